@@ -1,0 +1,118 @@
+"""Paged attention: the one entry point the model calls, with a batched pure-torch path.
+
+The batch is packed as [decode tokens (one query each) | prefill chunks]. New K/V are first
+written into their cache slots; every query then reads K/V through its block table, so the
+same code serves fresh prompts, cached prefixes and chunked prefill. The Triton kernels in
+`kernels/` slot in behind `paged_attention` on CUDA.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # (num_tokens,) int64, -1 = padding
+    num_decodes: int
+    decode_block_tables: torch.Tensor  # (num_decodes, max_blocks) int32
+    decode_context_lens: torch.Tensor  # (num_decodes,) int32
+    max_decode_context: int
+    prefill_block_tables: torch.Tensor  # (num_prefills, max_blocks) int32
+    prefill_cu_seqlens_q: torch.Tensor  # (num_prefills + 1,) int32, offsets from the first prefill token
+    prefill_seq_lens: torch.Tensor  # (num_prefills,) int32, cached + new tokens
+    # host copies of the prefill layout, for the torch path's per-chunk calls
+    prefill_chunks: list[tuple[int, int, int]]  # (query start, query len, seq len)
+    use_triton: bool = False
+
+
+def write_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    flat_k = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    flat_v = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    flat_k.index_copy_(0, slot_mapping, key)
+    flat_v.index_copy_(0, slot_mapping, value)
+
+
+def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(num_seqs, num_tokens, num_kv_heads, head_dim) view of each sequence's first tokens."""
+    block_size = cache.shape[1]
+    num_blocks = -(-num_tokens // block_size)
+    blocks = cache[block_tables[:, :num_blocks].long()]  # (num_seqs, num_blocks, block_size, kvh, d)
+    return blocks.flatten(1, 2)[:, :num_tokens]
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     block_tables: torch.Tensor, context_lens: torch.Tensor, max_context: int,
+                     scale: float) -> torch.Tensor:
+    """Single-token queries over paged K/V. q (num_seqs, num_heads, head_dim) -> same shape."""
+    num_seqs, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    k = gather_kv(k_cache, block_tables, max_context).transpose(1, 2)  # (s, kvh, t, d)
+    v = gather_kv(v_cache, block_tables, max_context).transpose(1, 2)
+    # the heads sharing one KV head act as that head's query rows: GQA without repeating K/V
+    qg = q.view(num_seqs, num_kv_heads, group, head_dim)
+    positions = torch.arange(max_context, device=q.device)
+    mask = (positions[None, :] < context_lens[:, None].to(positions.dtype))[:, None, None, :]
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(num_seqs, num_heads, head_dim)
+
+
+def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      block_table: torch.Tensor, seq_len: int, scale: float,
+                      new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of one chunk of `q_len` queries sitting at the end of `seq_len` tokens."""
+    q_len, num_heads, head_dim = q.shape
+    if new_k is not None and seq_len == q_len:
+        k, v = new_k, new_v  # nothing cached before this chunk: skip the gather
+    else:
+        k = gather_kv(k_cache, block_table[None], seq_len)[0]
+        v = gather_kv(v_cache, block_table[None], seq_len)[0]
+    qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
+    gqa = num_heads != k.shape[1]
+    if seq_len == q_len:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=gqa)
+    else:
+        rows = torch.arange(q_len, device=q.device)[:, None] + (seq_len - q_len)
+        mask = torch.arange(seq_len, device=q.device)[None, :] <= rows
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out[0].transpose(0, 1)
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q (num_tokens, num_heads, head_dim); k, v (num_tokens, num_kv_heads, head_dim) -> like q."""
+    if meta.use_triton:
+        return _triton_paged_attention(q, k, v, k_cache, v_cache, meta, scale)
+    write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    outs = []
+    n = meta.num_decodes
+    if n:
+        outs.append(decode_attention(q[:n], k_cache, v_cache, meta.decode_block_tables,
+                                     meta.decode_context_lens, meta.max_decode_context, scale))
+    for i, (start, q_len, seq_len) in enumerate(meta.prefill_chunks):
+        sl = slice(start, start + q_len)
+        outs.append(prefill_attention(q[sl], k_cache, v_cache, meta.prefill_block_tables[i], seq_len,
+                                      scale, k[sl], v[sl]))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _triton_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    from kernels.cache import reshape_and_cache
+    from kernels.paged_attention import paged_attention_decode
+    from kernels.paged_prefill import paged_prefill
+
+    reshape_and_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+    n = meta.num_decodes
+    parts = []
+    if n:
+        parts.append(paged_attention_decode(q[:n], k_cache, v_cache, meta.decode_block_tables,
+                                            meta.decode_context_lens, scale))
+    if meta.prefill_chunks:
+        parts.append(paged_prefill(q[n:], k_cache, v_cache, meta.prefill_block_tables,
+                                   meta.prefill_cu_seqlens_q, meta.prefill_seq_lens, scale))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

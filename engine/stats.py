@@ -1,0 +1,63 @@
+"""Engine counters, a snapshot object for /metrics and the periodic log line."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_swapped: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of device blocks in use
+    cpu_swap_usage: float
+    prefix_cache_hit_rate: float
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    num_preemptions_total: int
+    num_requests_finished: int
+    prompt_throughput: float  # tokens/s since the previous snapshot
+    generation_throughput: float
+
+    def log_line(self) -> str:
+        return (f"Avg prompt throughput: {self.prompt_throughput:.1f} tokens/s, "
+                f"Avg generation throughput: {self.generation_throughput:.1f} tokens/s, "
+                f"Running: {self.num_running} reqs, Swapped: {self.num_swapped} reqs, "
+                f"Pending: {self.num_waiting} reqs, KV cache usage: {100 * self.kv_cache_usage:.1f}%, "
+                f"CPU swap usage: {100 * self.cpu_swap_usage:.1f}%, "
+                f"Prefix cache hit rate: {100 * self.prefix_cache_hit_rate:.1f}%")
+
+
+@dataclass(slots=True)
+class StatsTracker:
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    finished: int = 0
+    _last_time: float = field(default_factory=time.monotonic)
+    _last_prompt: int = 0
+    _last_generation: int = 0
+
+    def on_step(self, sched, num_generated: int) -> None:
+        self.prompt_tokens += sum(s.num_new_tokens for s in sched.scheduled
+                                  if s.seq.num_computed_tokens - s.num_new_tokens < s.seq.num_prompt_tokens)
+        self.generation_tokens += num_generated
+
+    def on_finish(self, group) -> None:
+        self.finished += 1
+
+    def snapshot(self, scheduler, block_manager) -> EngineStats:
+        now = time.monotonic()
+        elapsed = max(now - self._last_time, 1e-9)
+        prompt_rate = (self.prompt_tokens - self._last_prompt) / elapsed
+        gen_rate = (self.generation_tokens - self._last_generation) / elapsed
+        self._last_time, self._last_prompt, self._last_generation = now, self.prompt_tokens, self.generation_tokens
+        queries = block_manager.prefix_queries
+        return EngineStats(
+            num_running=len(scheduler.running), num_swapped=len(scheduler.swapped),
+            num_waiting=len(scheduler.waiting), kv_cache_usage=block_manager.usage,
+            cpu_swap_usage=block_manager.cpu_usage,
+            prefix_cache_hit_rate=block_manager.prefix_hits / queries if queries else 0.0,
+            prompt_tokens_total=self.prompt_tokens, generation_tokens_total=self.generation_tokens,
+            num_preemptions_total=scheduler.num_preemptions, num_requests_finished=self.finished,
+            prompt_throughput=prompt_rate, generation_throughput=gen_rate)
