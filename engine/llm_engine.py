@@ -98,10 +98,21 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | BeamSearchParams,
                     arrival_time: float | None = None) -> SequenceGroup:
         """Validate and queue a request. Raises ValueError naming the problem."""
-        if request_id in self.requests:
-            raise ValueError(f"request_id {request_id!r} is already in use")
+        group = self.make_request(request_id, prompt, params, arrival_time)
+        self.enqueue(group)
+        return group
+
+    def enqueue(self, group: SequenceGroup) -> None:
+        if group.request_id in self.requests:
+            raise ValueError(f"request_id {group.request_id!r} is already in use")
         if len(self.scheduler.waiting) >= self.config.max_waiting:
             raise QueueFullError(f"{len(self.scheduler.waiting)} requests are already waiting")
+        self.requests[group.request_id] = group
+        self.scheduler.add(group)
+
+    def make_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | BeamSearchParams,
+                     arrival_time: float | None = None) -> SequenceGroup:
+        """Tokenize and validate without touching engine state (safe from another thread)."""
         if isinstance(prompt, str):
             text, token_ids = prompt, self.tokenize(prompt) if prompt else []
         else:
@@ -118,8 +129,6 @@ class LLMEngine:
                 group.generator = torch.Generator(device=self.device).manual_seed(params.seed)
             if params.grammar is not None:
                 seq.grammar_matcher = params.grammar()
-        self.requests[request_id] = group
-        self.scheduler.add(group)
         return group
 
     def _validate(self, token_ids: list[int], params) -> None:
