@@ -11,6 +11,12 @@ def build_cos_sin_cache(config, head_dim: int, max_positions: int, device=None) 
     Frequencies come from transformers' own rope initialisers, so every rope_type a supported
     checkpoint names (default, linear, dynamic, llama3, yarn …) matches HF exactly.
     """
+    with torch.device("cpu"):  # real numbers even when the model is being built on "meta"
+        cache = _cos_sin(config, head_dim, max_positions)
+    return cache.to(device)
+
+
+def _cos_sin(config, head_dim: int, max_positions: int) -> torch.Tensor:
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type == "default":
@@ -21,8 +27,7 @@ def build_cos_sin_cache(config, head_dim: int, max_positions: int, device=None) 
         inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, device="cpu")
     t = torch.arange(max_positions, dtype=torch.int64, device="cpu").float()
     freqs = torch.outer(t, inv_freq.float().cpu())
-    cache = torch.cat([freqs.cos() * scaling, freqs.sin() * scaling], dim=-1)
-    return cache.to(device)
+    return torch.cat([freqs.cos() * scaling, freqs.sin() * scaling], dim=-1)
 
 
 def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
