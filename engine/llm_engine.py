@@ -78,10 +78,13 @@ class LLMEngine:
 
     def _load_model(self, max_positions: int) -> LlamaForCausalLM:
         with torch.device("meta"):
-            model = LlamaForCausalLM(self.hf_config, max_positions)
+            model = LlamaForCausalLM(self.hf_config, max_positions, self.config.use_triton())
         model = model.to_empty(device="cpu")
         model.load_weights(iter_weights(self.model_path))
-        return model.to(device=self.device, dtype=self.dtype).eval()
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        if self.config.compile:
+            model.compile_blocks()
+        return model
 
     def _kv_budget(self) -> int:
         if self.config.kv_cache_memory:

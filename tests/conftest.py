@@ -9,6 +9,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton fixes GPU-or-interpreter mode at its first import, which any suite may trigger
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from engine.model_loader import resolve_model
 
 

@@ -6,13 +6,21 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float) -> None:
+    def __init__(self, hidden_size: int, eps: float, use_triton: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
+        self.use_triton = use_triton
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """With `residual`: returns (norm(x + residual), x + residual), the pre-norm layer pattern."""
+        if self.use_triton:
+            from kernels.rmsnorm import fused_add_rms_norm, rms_norm
+
+            if residual is None:
+                return rms_norm(x, self.weight, self.eps)
+            fused_add_rms_norm(x, residual, self.weight, self.eps)  # in place: x <- norm, residual <- sum
+            return x, residual
         if residual is not None:
             x = x + residual
             residual = x

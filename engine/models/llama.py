@@ -17,8 +17,9 @@ from engine.layers.rotary import apply_rotary, build_cos_sin_cache
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, cos_sin_cache: torch.Tensor) -> None:
+    def __init__(self, config, cos_sin_cache: torch.Tensor, use_triton: bool = False) -> None:
         super().__init__()
+        self.use_triton = use_triton
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
@@ -30,16 +31,21 @@ class LlamaAttention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.cos_sin_cache = cos_sin_cache
 
-    def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
+    def project(self, positions, hidden):
+        """q (num_tokens, num_heads, head_dim), k and v (num_tokens, num_kv_heads, head_dim), rotated."""
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)  # (num_tokens, num_heads, head_dim)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = apply_rotary(positions, q, k, self.cos_sin_cache)
-        out = paged_attention(q, k, v.contiguous(), kv_cache[0], kv_cache[1], meta, self.scale)
-        return self.o_proj(out.reshape(num_tokens, self.q_size))
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.use_triton:
+            from kernels.rotary import rotary_embedding
+
+            rotary_embedding(positions, q, k, self.cos_sin_cache)  # in place on views of qkv
+        else:
+            q, k = apply_rotary(positions, q, k, self.cos_sin_cache)
+        return q, k, v
 
 
 class LlamaMLP(nn.Module):
@@ -55,34 +61,51 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, cos_sin_cache) -> None:
+    def __init__(self, config, cos_sin_cache, use_triton: bool = False) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, cos_sin_cache)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, use_triton)
+        self.self_attn = LlamaAttention(config, cos_sin_cache, use_triton)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, use_triton)
         self.mlp = LlamaMLP(config)
+        self._compiled = None
 
-    def forward(self, positions, hidden, residual, kv_cache, meta):
+    def compile_blocks(self) -> None:
+        """Fuse the elementwise work around attention (norms, rotary, SiLU) with torch.compile;
+        attention itself stays eager, so the paged metadata never reaches the compiler."""
+        self._compiled = (torch.compile(self.pre_attention, dynamic=True),
+                          torch.compile(self.post_attention, dynamic=True))
+
+    def pre_attention(self, positions, hidden, residual):
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_cache, meta)
+        q, k, v = self.self_attn.project(positions, hidden)
+        return q, k, v, residual
+
+    def post_attention(self, attn_out, residual):
+        hidden = self.self_attn.o_proj(attn_out.flatten(1))
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
+    def forward(self, positions, hidden, residual, kv_cache, meta):
+        pre, post = self._compiled or (self.pre_attention, self.post_attention)
+        q, k, v, residual = pre(positions, hidden, residual)
+        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.self_attn.scale)
+        return post(out, residual)
+
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config, max_positions: int) -> None:
+    def __init__(self, config, max_positions: int, use_triton: bool = False) -> None:
         super().__init__()
         self.config = config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         cos_sin = build_cos_sin_cache(config, head_dim, max_positions)
         self.cos_sin_cache = cos_sin  # plain attribute: .to(dtype) must not round it
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, cos_sin) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, cos_sin, use_triton) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, use_triton)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
@@ -103,6 +126,10 @@ class LlamaForCausalLM(nn.Module):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def compile_blocks(self) -> None:
+        for layer in self.layers:
+            layer.compile_blocks()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
