@@ -60,15 +60,32 @@ class AsyncLLMEngine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_log = time.monotonic()
-        self.errored: BaseException | None = None
+        self._notify = None  # set when an outside owner of the device drives run_once()
 
     @classmethod
     def from_config(cls, config: EngineConfig | None = None, **kwargs) -> "AsyncLLMEngine":
         return cls(LLMEngine(config or EngineConfig(**kwargs)))
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def attach_driver(self, notify) -> None:
+        """Hand the step loop to an outside owner of the device (the shared runtime): no thread
+        of our own; `notify()` is called whenever work arrives and `run_once()` does the work."""
+        if self._thread is not None:
+            raise RuntimeError("the engine's own loop thread is already running")
+        self._notify = notify
+
+    def has_work(self) -> bool:
+        return bool(self._commands) or self.engine.has_unfinished_requests()
+
+    def _kick(self) -> None:
+        if self._notify is not None:
+            self._notify()
+        else:
+            self.start()
+            self._wakeup.set()
+
     def start(self) -> None:
-        if self._thread is None:
+        if self._thread is None and self._notify is None:
             self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
             self._thread.start()
 
@@ -76,6 +93,8 @@ class AsyncLLMEngine:
         """Abort everything in flight and stop the loop thread."""
         for request_id in list(self._mailboxes):
             self.abort(request_id)
+        if self._notify is not None:
+            return  # the driver applies the aborts and owns the loop
         self._stop.set()
         self._wakeup.set()
         if self._thread is not None:
@@ -96,8 +115,7 @@ class AsyncLLMEngine:
         mailbox = _Mailbox(asyncio.get_running_loop())
         self._mailboxes[request_id] = mailbox
         self._commands.append(("add", group))
-        self.start()
-        self._wakeup.set()
+        self._kick()
         sent: dict[int, tuple[int, int, int]] = {}
         finished = False
         try:
@@ -113,7 +131,7 @@ class AsyncLLMEngine:
     def abort(self, request_id: str) -> None:
         """Abort at any time, from any thread; the request's stream ends with finish_reason 'abort'."""
         self._commands.append(("abort", request_id))
-        self._wakeup.set()
+        self._kick()
 
     def num_waiting(self) -> int:
         return self.engine.num_waiting() + sum(1 for c in list(self._commands) if c[0] == "add")
