@@ -29,7 +29,8 @@ def _padded(tables: list[list[int]], width: int, device) -> torch.Tensor:
 def build_model_input(scheduled: list[ScheduledSeq], block_tables: dict[int, list[int]], block_size: int,
                       device: torch.device, use_triton: bool, prompt_logprob_range) -> ModelInput:
     """`prompt_logprob_range(item)` gives the chunk positions [first, last) needing prompt logprobs."""
-    decodes = [s for s in scheduled if s.num_new_tokens == 1]
+    # decodes sorted by context so the torch path can gather each length bucket without much padding
+    decodes = sorted((s for s in scheduled if s.num_new_tokens == 1), key=lambda s: s.seq.num_computed_tokens)
     prefills = [s for s in scheduled if s.num_new_tokens > 1]
     ordered = decodes + prefills
     tables = [block_tables[s.seq.seq_id] for s in ordered]
@@ -83,7 +84,7 @@ def build_model_input(scheduled: list[ScheduledSeq], block_tables: dict[int, lis
         num_decodes=num_decodes,
         decode_block_tables=_padded(tables[:num_decodes], width, device),
         decode_context_lens=torch.tensor(seq_lens[:num_decodes], dtype=torch.int32, device=device),
-        max_decode_context=max(seq_lens[:num_decodes], default=0),
+        decode_buckets=_buckets(seq_lens[:num_decodes]),
         prefill_block_tables=_padded(tables[num_decodes:], width, device),
         prefill_cu_seqlens_q=torch.tensor(cu if prefills else [0], dtype=torch.int32, device=device),
         prefill_seq_lens=torch.tensor(seq_lens[num_decodes:], dtype=torch.int32, device=device),
@@ -99,3 +100,14 @@ def build_model_input(scheduled: list[ScheduledSeq], block_tables: dict[int, lis
         sample_rows=sample_rows,
         prompt_logprob_rows=plp_rows,
     )
+
+
+def _buckets(context_lens: list[int], max_ratio: float = 1.5) -> list[tuple[int, int, int]]:
+    """(start, end, max context) runs of ascending `context_lens` whose longest is at most
+    `max_ratio` x their shortest: padding each run to its own longest wastes little."""
+    buckets, start = [], 0
+    for i in range(1, len(context_lens) + 1):
+        if i == len(context_lens) or context_lens[i] > max_ratio * context_lens[start] + 16:
+            buckets.append((start, i, context_lens[i - 1]))
+            start = i
+    return buckets

@@ -28,7 +28,6 @@ class SamplerOutput:
     token_ids: list[int]
     logprobs: list[float]  # raw model log-probability of each sampled token
     top_logprobs: list[dict[int, float] | None]
-    raw_logprobs: torch.Tensor  # (num_rows, vocab) before any processing, for beam search
 
 
 def _column(rows, fn, dtype, device) -> torch.Tensor:
@@ -82,7 +81,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
     """logits (num_rows, vocab) fp32 -> one token per row."""
     num_rows, vocab = logits.shape
     device = logits.device
-    raw_logprobs = torch.log_softmax(logits, dim=-1)
+    raw_logits = logits
 
     banned = [(i, t) for i, r in enumerate(rows) for t in r.banned_token_ids if t < vocab]
     if banned:
@@ -108,12 +107,18 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         sampled = (probs / noise).argmax(dim=-1)
         token_ids = torch.where(greedy, token_ids, sampled)
 
-    chosen = raw_logprobs.gather(1, token_ids[:, None])[:, 0]
+    # log-probabilities of the raw model output (before penalties, masks and temperature)
+    want_top = any(r.params.logprobs is not None for r in rows)
+    if want_top:
+        raw_logprobs = torch.log_softmax(raw_logits, dim=-1)
+        chosen = raw_logprobs.gather(1, token_ids[:, None])[:, 0]
+    else:
+        chosen = raw_logits.gather(1, token_ids[:, None])[:, 0] - torch.logsumexp(raw_logits, dim=-1)
     max_k = max((r.params.logprobs or 0) for r in rows)
     top: list[dict[int, float] | None] = [None] * num_rows
     token_list = token_ids.tolist()
     chosen_list = chosen.tolist()
-    if any(r.params.logprobs is not None for r in rows):
+    if want_top:
         top_vals, top_ids = raw_logprobs.topk(max(max_k, 1), dim=-1)
         top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
         for i, r in enumerate(rows):
@@ -123,7 +128,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
             entry = {token_list[i]: chosen_list[i]}
             entry.update({t: v for t, v in zip(top_ids[i][:k], top_vals[i][:k]) if t not in entry})
             top[i] = entry
-    return SamplerOutput(token_list, chosen_list, top, raw_logprobs)
+    return SamplerOutput(token_list, chosen_list, top)
 
 
 def _top_k_top_p_min_p(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

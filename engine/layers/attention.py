@@ -19,7 +19,7 @@ class AttentionMetadata:
     num_decodes: int
     decode_block_tables: torch.Tensor  # (num_decodes, max_blocks) int32
     decode_context_lens: torch.Tensor  # (num_decodes,) int32
-    max_decode_context: int
+    decode_buckets: list[tuple[int, int, int]]  # (start, end, max context) over decodes sorted by length
     prefill_block_tables: torch.Tensor  # (num_prefills, max_blocks) int32
     prefill_cu_seqlens_q: torch.Tensor  # (num_prefills + 1,) int32, offsets from the first prefill token
     prefill_seq_lens: torch.Tensor  # (num_prefills,) int32, cached + new tokens
@@ -90,10 +90,9 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
         return _triton_paged_attention(q, k, v, k_cache, v_cache, meta, scale)
     write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
     outs = []
-    n = meta.num_decodes
-    if n:
-        outs.append(decode_attention(q[:n], k_cache, v_cache, meta.decode_block_tables,
-                                     meta.decode_context_lens, meta.max_decode_context, scale))
+    for start, end, max_context in meta.decode_buckets:
+        outs.append(decode_attention(q[start:end], k_cache, v_cache, meta.decode_block_tables[start:end],
+                                     meta.decode_context_lens[start:end], max_context, scale))
     for i, (start, q_len, seq_len) in enumerate(meta.prefill_chunks):
         sl = slice(start, start + q_len)
         outs.append(prefill_attention(q[sl], k_cache, v_cache, meta.prefill_block_tables[i], seq_len,
