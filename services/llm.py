@@ -1,0 +1,125 @@
+"""The LLM side of the server: one AsyncLLMEngine, its tokenizer, grammars and latency metrics.
+
+`llm_server()` is the lifespan piece that builds and tears it down; routes reach the
+`LLMServer` through `services.deps.get_llm`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import aclosing, asynccontextmanager
+from typing import AsyncIterator
+
+from engine import AsyncLLMEngine, QueueFullError, RequestOutput, SamplingParams
+from services.chat_template import render_chat
+from services.errors import APIError
+from services.logprobs import TokenTexts
+from services.metrics import EngineCollector, ServingMetrics
+from services.settings import ServerSettings
+from services.structured import GrammarCache
+
+logger = logging.getLogger("livecast.server")
+
+
+class LLMServer:
+    def __init__(self, engine: AsyncLLMEngine, settings: ServerSettings, metrics: ServingMetrics) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.token_texts = TokenTexts(self.tokenizer)
+        core = engine.engine
+        self.model_name = settings.served_model_name or core.model_name
+        self.max_model_len = core.max_model_len
+        self.vocab_size = core.hf_config.vocab_size
+        self.retry_after_s = settings.retry_after_s
+        self.max_ws_streams = settings.max_ws_streams
+        self.created = int(time.time())
+        self.metrics = metrics
+        self.grammars = GrammarCache(self.tokenizer, self.vocab_size, sorted(core.eos_token_ids),
+                                     settings.grammar_cache_size)
+
+    # -- prompts -------------------------------------------------------------------------------
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+
+    def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None,
+                        add_generation_prompt: bool = True) -> list[int]:
+        text = render_chat(self.tokenizer, messages, tools, add_generation_prompt)
+        # the template already wrote the special tokens it wants
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        if any(not 0 <= t < self.vocab_size for t in token_ids):
+            raise APIError(400, f"token ids must be in [0, {self.vocab_size})", param="tokens")
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    # -- generation ------------------------------------------------------------------------------
+    async def open_stream(self, prompt: str | list[int], params: SamplingParams,
+                          request_id: str) -> AsyncIterator[RequestOutput]:
+        """Start a request and wait for its first output, so that a bad request or a full queue
+        raises APIError here, before any response is sent. The returned iterator yields delta
+        outputs (new text/tokens only); closing it early aborts the request and frees its blocks."""
+        stream = self._generate(prompt, params, request_id)
+        try:
+            first = await anext(stream)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return _prepend(first, stream)
+
+    async def _generate(self, prompt, params, request_id) -> AsyncIterator[RequestOutput]:
+        start = time.monotonic()
+        last_token_time = None
+        try:
+            async with aclosing(self.engine.generate(prompt, params, request_id, delta=True)) as stream:
+                async for out in stream:
+                    num_new = out.num_generated_tokens
+                    if num_new:
+                        now = time.monotonic()
+                        if last_token_time is None:  # the engine stamps its first token (same clock)
+                            first = (out.metrics and out.metrics.first_token_time) or now
+                            self.metrics.time_to_first_token.observe(first - start)
+                            last_token_time, num_new = min(first, now), num_new - 1
+                        for _ in range(num_new):  # tokens that arrive together share the gap
+                            self.metrics.inter_token_latency.observe((now - last_token_time) / num_new)
+                        last_token_time = now
+                    if out.finished:
+                        self.metrics.e2e_latency.observe(time.monotonic() - start)
+                        for o in out.outputs:
+                            self.metrics.requests_finished.labels(o.finish_reason or "unknown").inc()
+                    yield out
+        except QueueFullError as exc:
+            self.metrics.requests_rejected.inc()
+            raise APIError(503, f"the server is overloaded ({exc}); retry later", code="server_overloaded",
+                           headers={"Retry-After": str(self.retry_after_s)}) from exc
+        except ValueError as exc:  # the engine validates before yielding anything
+            raise APIError.bad_request(exc) from exc
+
+    def health(self) -> dict:
+        stats = self.engine.stats()
+        return {"model": self.model_name, "max_model_len": self.max_model_len, "running": stats.num_running,
+                "waiting": stats.num_waiting, "kv_cache_usage": stats.kv_cache_usage}
+
+
+async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+    async with aclosing(rest):
+        yield first
+        if not first.finished:
+            async for out in rest:
+                yield out
+
+
+@asynccontextmanager
+async def llm_server(settings: ServerSettings, metrics: ServingMetrics) -> AsyncIterator[LLMServer]:
+    """Build the engine (in a worker thread: loading weights is seconds of CPU), serve, shut down."""
+    engine = await asyncio.to_thread(AsyncLLMEngine.from_config, settings.engine_config())
+    server = LLMServer(engine, settings, metrics)
+    collector = EngineCollector(engine.stats)
+    metrics.registry.register(collector)
+    logger.info("serving %s (max_model_len %d)", server.model_name, server.max_model_len)
+    try:
+        yield server
+    finally:
+        metrics.registry.unregister(collector)
+        await engine.shutdown()

@@ -1,0 +1,27 @@
+"""GET /health and GET /metrics (Prometheus text from the app's own registry). No auth on either."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.deps import get_metrics
+from services.metrics import ServingMetrics
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request):
+    """`{"status", "llm": {…} | null, "diffusion": {…} | null}`: a side is null when disabled;
+    503 when an enabled side is not healthy."""
+    state = request.app.state
+    sides = {"llm": getattr(state, "llm", None), "diffusion": getattr(state, "diffusion", None)}
+    body = {name: side.health() if side is not None else None for name, side in sides.items()}
+    healthy = all(part is None or part.get("healthy", True) for part in body.values())
+    return JSONResponse({"status": "ok" if healthy else "error", **body}, status_code=200 if healthy else 503)
+
+
+@router.get("/metrics")
+async def metrics(metrics: ServingMetrics = Depends(get_metrics)):
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

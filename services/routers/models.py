@@ -1,0 +1,25 @@
+"""GET /v1/models and /v1/models/{id}: the one model this server serves."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from services.deps import get_llm, require_api_key
+from services.llm import LLMServer
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+def _card(llm: LLMServer) -> dict:
+    return {"id": llm.model_name, "object": "model", "created": llm.created, "owned_by": "livecast",
+            "max_model_len": llm.max_model_len}
+
+
+@router.get("/v1/models")
+async def list_models(llm: LLMServer = Depends(get_llm)):
+    return {"object": "list", "data": [_card(llm)]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, llm: LLMServer = Depends(get_llm)):
+    llm.check_model(model_id)
+    return _card(llm)

@@ -1,0 +1,62 @@
+"""`livecast serve`: parse flags into ServerSettings and run the app under uvicorn."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from services.settings import ServerSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livecast serve", description="Serve livecast over HTTP and WebSocket.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=os.environ.get("LIVECAST_API_KEY"),
+                        help="require `Authorization: Bearer KEY` (default: $LIVECAST_API_KEY, else none)")
+    parser.add_argument("--max-queue", type=int, default=1024,
+                        help="waiting requests beyond this are refused with 503 + Retry-After")
+    parser.add_argument("--max-body-mb", type=float, default=4.0, help="larger request bodies get 413")
+    parser.add_argument("--no-llm", dest="enable_llm", action="store_false", help="do not load the LLM")
+    parser.add_argument("--no-diffusion", dest="enable_diffusion", action="store_false",
+                        help="do not load the diffusion pipeline")
+    llm = parser.add_argument_group("LLM")
+    llm.add_argument("--model", default=None, help="HF folder, .gguf, or cached hub id (default: SmolLM2-135M-Instruct)")
+    llm.add_argument("--served-model-name", default=None, help="the model name clients send (default: --model)")
+    llm.add_argument("--dtype", default="auto", help="auto (bf16), float32, float16")
+    llm.add_argument("--kv-cache-gb", type=float, default=None, help="KV cache size (default: the engine's)")
+    llm.add_argument("--max-num-seqs", type=int, default=128)
+    llm.add_argument("--max-num-batched-tokens", type=int, default=1024)
+    llm.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def parse_settings(args: list[str]) -> tuple[ServerSettings, argparse.Namespace]:
+    ns = build_parser().parse_args(args)
+    settings = ServerSettings(
+        host=ns.host, port=ns.port, api_key=ns.api_key, max_queue=ns.max_queue,
+        max_body_bytes=int(ns.max_body_mb * (1 << 20)), enable_llm=ns.enable_llm,
+        enable_diffusion=ns.enable_diffusion, model=ns.model, served_model_name=ns.served_model_name,
+        dtype=ns.dtype, kv_cache_memory=int(ns.kv_cache_gb * (1 << 30)) if ns.kv_cache_gb else None,
+        max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens,
+        max_model_len=ns.max_model_len)
+    return settings, ns
+
+
+def main(argv: list[str]) -> int:
+    """argv is `["serve", *flags]`, as services.cli passes it."""
+    args = argv[1:] if argv and argv[0] == "serve" else argv
+    try:
+        settings, ns = parse_settings(args)
+    except ValueError as exc:
+        print(f"livecast serve: {exc}")
+        return 2
+    import uvicorn
+
+    from services.app import create_app
+
+    logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=ns.log_level,
+                timeout_graceful_shutdown=5)
+    return 0
