@@ -74,6 +74,11 @@ class AsyncLLMEngine:
             raise RuntimeError("the engine's own loop thread is already running")
         self._notify = notify
 
+    @property
+    def errored(self) -> bool:
+        """True when the engine's own loop thread died (a bug: step failures are caught)."""
+        return self._thread is not None and not self._thread.is_alive() and not self._stop.is_set()
+
     def has_work(self) -> bool:
         return bool(self._commands) or self.engine.has_unfinished_requests()
 
@@ -186,7 +191,7 @@ class AsyncLLMEngine:
         now = time.monotonic()
         if self.log_stats and now - self._last_log >= self.engine.config.stats_interval_s:
             self._last_log = now
-            logger.info(self.engine.stats().log_line())
+            logger.info(self.engine.stats(reset_window=True).log_line())
 
 
 def _delta(out: RequestOutput, sent: dict[int, tuple[int, int, int]]) -> RequestOutput:

@@ -281,5 +281,5 @@ class LLMEngine:
                 group.prompt_logprobs.append(entry)
 
     # -- stats ---------------------------------------------------------------------------------
-    def stats(self) -> EngineStats:
-        return self.stats_tracker.snapshot(self.scheduler, self.block_manager)
+    def stats(self, reset_window: bool = False) -> EngineStats:
+        return self.stats_tracker.snapshot(self.scheduler, self.block_manager, reset_window)

@@ -46,12 +46,15 @@ class StatsTracker:
     def on_finish(self, group) -> None:
         self.finished += 1
 
-    def snapshot(self, scheduler, block_manager) -> EngineStats:
+    def snapshot(self, scheduler, block_manager, reset_window: bool = False) -> EngineStats:
+        """Throughputs cover the window since the last reset (the periodic log line resets it;
+        metrics scrapes only read)."""
         now = time.monotonic()
         elapsed = max(now - self._last_time, 1e-9)
         prompt_rate = (self.prompt_tokens - self._last_prompt) / elapsed
         gen_rate = (self.generation_tokens - self._last_generation) / elapsed
-        self._last_time, self._last_prompt, self._last_generation = now, self.prompt_tokens, self.generation_tokens
+        if reset_window:
+            self._last_time, self._last_prompt, self._last_generation = now, self.prompt_tokens, self.generation_tokens
         queries = block_manager.prefix_queries
         return EngineStats(
             num_running=len(scheduler.running), num_swapped=len(scheduler.swapped),

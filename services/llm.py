@@ -98,7 +98,10 @@ class LLMServer:
 
     def health(self) -> dict:
         stats = self.engine.stats()
-        return {"model": self.model_name, "max_model_len": self.max_model_len, "running": stats.num_running,
+        engine = self.engine.engine
+        return {"model": self.model_name, "healthy": not self.engine.errored, "demo": False,
+                "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
+                "max_model_len": self.max_model_len, "running": stats.num_running,
                 "waiting": stats.num_waiting, "kv_cache_usage": stats.kv_cache_usage}
 
 
