@@ -1,0 +1,264 @@
+"""StreamBatcher: many live streams, one batched UNet/VAE call per step, latest frame wins.
+
+Submitting only records the frame (cheap checks, no model work), so it is safe on an event loop.
+`step()` does the model work synchronously on whichever thread the device owner picks; `start()`
+runs it on a private thread for standalone use. Everything is bounded: one pending frame per
+stream and at most `max_streams` streams.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from typing import Any, Hashable
+
+from .config import StreamParams
+from .image import Frame, frame_size
+from .pipeline import StreamPipeline
+from .stream import StreamState
+
+logger = logging.getLogger(__name__)
+
+
+class FrameDropped(Exception):
+    """A submitted frame was not processed: replaced by a newer one, or its stream went away."""
+
+
+@dataclass(slots=True)
+class StreamStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    frames_skipped: int = 0  # answered by the similarity filter (included in frames_out)
+    frames_failed: int = 0  # rejected frames (e.g. NaN pixels)
+    last_latency_ms: float = 0.0  # submit -> result
+    mean_latency_ms: float = 0.0  # exponential moving average, weight 0.1
+
+
+@dataclass(slots=True)
+class _Pending:
+    frame: Frame | None
+    future: Future
+    submitted_at: float
+
+
+@dataclass(slots=True)
+class _Stream:
+    params: StreamParams
+    state: StreamState | None = None  # built lazily on the stepping thread (model work)
+    pending: _Pending | None = None
+    stats: StreamStats = field(default_factory=StreamStats)
+
+
+class StreamBatcher:
+    def __init__(self, pipe: StreamPipeline, max_batch_size: int = 8, max_streams: int = 64):
+        if max_batch_size < 1 or max_streams < 1:
+            raise ValueError("max_batch_size and max_streams must be >= 1")
+        self.pipe = pipe
+        self.max_batch_size = max_batch_size
+        self.max_streams = max_streams
+        self._streams: dict[Hashable, _Stream] = {}
+        self._lock = threading.Lock()  # guards _streams and pending frames; never held over model work
+        self._step_lock = threading.Lock()  # one step at a time
+        self._wakeup = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def add_stream(self, stream_id: Hashable, prompt: str = "", negative_prompt: str = "",
+                   strength: float = 0.5, seed: int = 0, guidance_scale: float = 0.0,
+                   t_index_list: list[int] | None = None, similarity_filter: bool = False,
+                   **params: Any) -> None:
+        """Register a stream; other StreamParams fields (cfg_type, delta, ...) go in `params`."""
+        config = StreamParams(prompt=prompt, negative_prompt=negative_prompt, strength=strength,
+                              seed=seed, guidance_scale=guidance_scale,
+                              t_index_list=None if t_index_list is None else tuple(t_index_list),
+                              similarity_filter=similarity_filter, **params)
+        self.pipe.states.working_size(config)  # a bad width/height fails here, not in step()
+        with self._lock:
+            if stream_id in self._streams:
+                raise ValueError(f"stream {stream_id!r} already exists")
+            if len(self._streams) >= self.max_streams:
+                raise ValueError(f"too many streams ({self.max_streams}); remove one first")
+            self._streams[stream_id] = _Stream(config)
+
+    def update_stream(self, stream_id: Hashable, **changes: Any) -> None:
+        """Change settings (prompt, strength, seed, guidance, filter...); next frame onwards."""
+        if "t_index_list" in changes and changes["t_index_list"] is not None:
+            changes["t_index_list"] = tuple(changes["t_index_list"])
+        with self._lock:
+            stream = self._get(stream_id)
+            params = stream.params.updated(**changes)  # validates now, applies on the next step
+            self.pipe.states.working_size(params)
+            stream.params = params
+
+    def remove_stream(self, stream_id: Hashable) -> None:
+        with self._lock:
+            stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            raise KeyError(f"unknown stream {stream_id!r}")
+        if stream.pending is not None:
+            _drop(stream.pending, "stream removed")
+
+    def stream_ids(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._streams)
+
+    def stats(self, stream_id: Hashable) -> dict[str, Any]:
+        with self._lock:
+            return asdict(self._get(stream_id).stats)
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def submit(self, stream_id: Hashable, frame: Frame | None) -> Future:
+        """Queue `frame` (None: txt2img) as the stream's next frame; resolves to a PIL image.
+
+        A frame still waiting is replaced and its future fails with FrameDropped.
+        """
+        if frame is not None:
+            frame_size(frame)  # reject bad frames here, where the caller can see the error
+        future: Future = Future()
+        with self._lock:
+            stream = self._get(stream_id)
+            replaced, stream.pending = stream.pending, _Pending(frame, future, time.monotonic())
+            stream.stats.frames_in += 1
+            if replaced is not None:
+                stream.stats.frames_dropped += 1
+            self._wakeup.notify()
+        if replaced is not None:
+            _drop(replaced, "replaced by a newer frame")
+        return future
+
+    def num_pending(self) -> int:
+        with self._lock:
+            return sum(s.pending is not None for s in self._streams.values())
+
+    def oldest_pending_age_s(self) -> float:
+        """Seconds the oldest waiting frame has waited; 0.0 when none is waiting."""
+        now = time.monotonic()
+        with self._lock:
+            times = [s.pending.submitted_at for s in self._streams.values() if s.pending]
+        return now - min(times) if times else 0.0
+
+    def step(self) -> int:
+        """Run one batched call over up to max_batch_size waiting streams (oldest first).
+
+        Returns the number of frames answered (generated or skipped by the similarity filter).
+        """
+        with self._step_lock:
+            batch = self._take_batch()
+            if not batch:
+                return 0
+            try:
+                items = []
+                for stream, pending in batch:
+                    # 1. (re)build states whose settings changed: model work, so on this thread
+                    if stream.state is None or stream.state.params != stream.params:
+                        stream.state = self.pipe.new_state(stream.params, previous=stream.state)
+                    items.append((stream.state, pending.frame))
+                # 2. one batched run; skipped frames come back as copies of the last output
+                skipped_before = [s.state.filter.consecutive_skips if s.state.filter else 0
+                                  for s, _ in batch]
+                outputs = self.pipe.run(items, return_exceptions=True)
+            except BaseException as exc:
+                for _, pending in batch:
+                    pending.future.set_exception(exc)
+                raise
+            # 3. resolve futures and account
+            done = time.monotonic()
+            with self._lock:
+                for (stream, pending), output, before in zip(batch, outputs, skipped_before):
+                    stats = stream.stats
+                    if isinstance(output, Exception):
+                        stats.frames_failed += 1
+                        continue
+                    stats.frames_out += 1
+                    flt = stream.state.filter
+                    stats.frames_skipped += int(flt is not None and flt.consecutive_skips > before)
+                    latency_ms = (done - pending.submitted_at) * 1000
+                    stats.last_latency_ms = latency_ms
+                    if stats.frames_out == 1:
+                        stats.mean_latency_ms = latency_ms
+                    else:
+                        stats.mean_latency_ms += 0.1 * (latency_ms - stats.mean_latency_ms)
+            for (_, pending), output in zip(batch, outputs):
+                if isinstance(output, Exception):
+                    pending.future.set_exception(output)
+                else:
+                    pending.future.set_result(output)
+            return len(batch)
+
+    def _take_batch(self) -> list[tuple[_Stream, _Pending]]:
+        with self._lock:
+            waiting = sorted((s for s in self._streams.values() if s.pending is not None),
+                             key=lambda s: s.pending.submitted_at)
+            if not waiting:
+                return []
+            # Streams batch together only at the same working size (one latent shape per call).
+            size = self._working_size(waiting[0])
+            batch = []
+            for stream in waiting:
+                if len(batch) == self.max_batch_size:
+                    break
+                if self._working_size(stream) != size:
+                    continue
+                pending, stream.pending = stream.pending, None
+                if pending.future.set_running_or_notify_cancel():
+                    batch.append((stream, pending))
+            return batch
+
+    def _working_size(self, stream: _Stream) -> tuple[int, int]:
+        return self.pipe.states.working_size(stream.params)
+
+    def _get(self, stream_id: Hashable) -> _Stream:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise KeyError(f"unknown stream {stream_id!r}") from None
+
+    # -- optional private thread -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run step() on a background thread whenever frames wait (standalone use)."""
+        if self._thread is not None:
+            raise RuntimeError("batcher already started")
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="streamdiff-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread and fail every waiting frame with FrameDropped."""
+        with self._lock:
+            self._stopping = True
+            self._wakeup.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            dropped = [s.pending for s in self._streams.values() if s.pending is not None]
+            for stream in self._streams.values():
+                if stream.pending is not None:
+                    stream.stats.frames_dropped += 1
+                    stream.pending = None
+        for pending in dropped:
+            _drop(pending, "batcher stopped")
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not any(s.pending for s in self._streams.values()):
+                    self._wakeup.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception:  # the futures already carry the error; keep serving others
+                logger.exception("streamdiff: batched step failed")
+
+
+def _drop(pending: _Pending, reason: str) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(FrameDropped(reason))

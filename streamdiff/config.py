@@ -1,0 +1,106 @@
+"""Per-stream generation settings, validated once so the hot path never re-checks them."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+CFG_TYPES = ("none", "full", "self", "initialize")
+SCHEDULES = ("turbo", "lcm")
+MAX_TRAIN_TIMESTEPS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class StreamParams:
+    """What one stream generates and how (StreamDiffusion's `prepare()` arguments).
+
+    - Timesteps: `t_index_list` indexes the `num_inference_steps` trailing-spaced timesteps (as
+      StreamDiffusion does); when it is None, img2img uses diffusers' rule (the last
+      `int(num_inference_steps * strength)` steps) and txt2img uses all of them.
+    - `cfg_type` is Residual CFG's mode and only acts when `guidance_scale > 1` (as in diffusers):
+      `none` runs the conditional branch only, `full` adds an unconditional batch row per latent,
+      `self` approximates the unconditional noise by the stream's own residual noise scaled by
+      `delta`, `initialize` computes it once per frame for the first step and then propagates it.
+    - `schedule`: `turbo` takes the predicted clean latent (SD-Turbo/ADD, and one-step Euler);
+      `lcm` applies LCM's boundary-condition scalings (c_skip, c_out).
+    - `similarity_filter` skips a frame whose cosine similarity to the last processed input is at
+      least `similarity_threshold`, at most `max_skip_frames` times in a row.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    guidance_scale: float = 0.0
+    delta: float = 1.0
+    cfg_type: str = "self"
+    seed: int = 0
+    num_inference_steps: int = 2
+    strength: float = 0.5
+    t_index_list: tuple[int, ...] | None = None
+    schedule: str = "turbo"
+    width: int | None = None
+    height: int | None = None
+    use_denoising_batch: bool = True
+    similarity_filter: bool = False
+    similarity_threshold: float = 0.98
+    max_skip_frames: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
+        for name in ("guidance_scale", "delta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.cfg_type not in CFG_TYPES:
+            raise ValueError(f"cfg_type must be one of {CFG_TYPES}, got {self.cfg_type!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        n = self.num_inference_steps
+        if not _is_int(n) or not 1 <= n <= MAX_TRAIN_TIMESTEPS:
+            raise ValueError(f"num_inference_steps must be an int in [1, 1000], got {n!r}")
+        if self.t_index_list is not None:
+            indices = tuple(self.t_index_list)
+            if (not indices or not all(_is_int(i) and 0 <= i < n for i in indices)
+                    or list(indices) != sorted(set(indices))):
+                raise ValueError(f"t_index_list must be non-empty, strictly increasing indices "
+                                 f"in [0, num_inference_steps={n}), got {self.t_index_list!r}")
+            object.__setattr__(self, "t_index_list", indices)
+        s = self.strength
+        if not isinstance(s, (int, float)) or not 0 < s <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {s!r}")
+        if self.t_index_list is None and int(n * s) < 1:
+            raise ValueError(f"strength={s} x num_inference_steps={n} leaves no denoising step; "
+                             f"raise either so that int(steps * strength) >= 1")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if not 0 < self.similarity_threshold <= 1:
+            raise ValueError(f"similarity_threshold must be in (0, 1], got {self.similarity_threshold!r}")
+        if not _is_int(self.max_skip_frames) or self.max_skip_frames < 0:
+            raise ValueError(f"max_skip_frames must be an int >= 0, got {self.max_skip_frames!r}")
+
+    def step_indices(self, txt2img: bool) -> tuple[int, ...]:
+        """Indices into the trailing timesteps that this stream denoises, in order."""
+        if self.t_index_list is not None:
+            return self.t_index_list
+        n = self.num_inference_steps
+        first = 0 if txt2img else n - min(int(n * self.strength), n)
+        return tuple(range(first, n))
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.guidance_scale > 1.0 and self.cfg_type != "none"
+
+    def updated(self, **changes: Any) -> StreamParams:
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown stream setting(s): {sorted(unknown)}")
+        return replace(self, **changes)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,188 @@
+"""StreamPipeline: StreamDiffusion-style real-time img2img / txt2img on diffusers components."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import PIL.Image
+import torch
+from diffusers import DDPMScheduler
+
+from . import components as comp
+from .codec import LatentCodec
+from .config import StreamParams
+from .denoise import Denoiser, Job
+from .image import Frame, fit, frame_size, frame_to_tensor, to_pil
+from .prompt import PromptEncoder
+from .stream import StateFactory, StreamState
+
+
+class StreamPipeline:
+    """Streaming diffusion over one UNet, one VAE and one CLIP text encoder.
+
+    `prepare()` precomputes a stream (prompt embeddings, noise, scheduler coefficients); each
+    `__call__` then costs one VAE encode, one batched UNet call per round (one round with Stream
+    Batch) and one VAE decode. `run()` serves many streams in one batch (see StreamBatcher).
+    """
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, *,
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 name: str = "custom", demo: bool = False, resolution: int | None = None,
+                 channels_last: bool = True, fuse_qkv: bool = True, max_cached_prompts: int = 64):
+        self.device = comp.resolve_device(device)
+        self.dtype = comp.resolve_dtype(dtype, self.device)
+        self.name, self.demo = name, demo
+        self.codec = LatentCodec(vae, self.dtype)
+        for module, module_dtype in ((unet, self.dtype), (vae, self.codec.dtype),
+                                     (text_encoder, self.dtype)):
+            # nn.Module.to: diffusers' override warns about "modules to keep in float32" even
+            # when there are none, on every cast.
+            torch.nn.Module.to(module, device=self.device, dtype=module_dtype)
+            module.eval().requires_grad_(False)
+        if channels_last:
+            # Convolutions dominate at these sizes; oneDNN and cuDNN are fastest on NHWC.
+            unet.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
+        if fuse_qkv:
+            # One matmul for q, k, v (k, v for cross-attention): ~5% of a demo step on CPU.
+            unet.fuse_qkv_projections()
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.scheduler = tokenizer, scheduler
+        self.denoiser = Denoiser(unet, scheduler.config.prediction_type, self.dtype)
+        self.prompts = PromptEncoder(tokenizer, text_encoder, self.device, self.dtype, max_cached_prompts)
+        unet_down = 2 ** (len(unet.config.block_out_channels) - 1)
+        side = resolution or unet.config.sample_size * self.codec.downscale
+        # alphas_cumprod for any SD-family scheduler config (beta schedule, rescaling, ...).
+        alphas_cumprod = DDPMScheduler.from_config(scheduler.config).alphas_cumprod
+        self.states = StateFactory(encode_prompt=self.prompts, alphas_cumprod=alphas_cumprod,
+                                   latent_channels=self.codec.latent_channels,
+                                   downscale=self.codec.downscale,
+                                   size_multiple=self.codec.downscale * unet_down,
+                                   default_size=(side, side), device=self.device)
+        self.states.working_size(StreamParams())  # fail fast if the default resolution is invalid
+        self._state: StreamState | None = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "demo", device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None, **options: Any) -> StreamPipeline:
+        """Load `"demo"`, `"sd-turbo-shape"`, a diffusers folder or a hub id.
+
+        Options: `tiny_vae` (bool, or a path/hub id of an AutoencoderTiny; default True for the
+        built-in models), `seed` (built-in weights), `resolution`, `channels_last`, `fuse_qkv`,
+        `max_cached_prompts`.
+        """
+        loaded = comp.load_components(name_or_path, tiny_vae=options.pop("tiny_vae", None),
+                                      seed=options.pop("seed", None),
+                                      dtype=comp.resolve_dtype(dtype, comp.resolve_device(device)))
+        default_resolution = loaded.pop("resolution")
+        if options.get("resolution") is None:
+            options["resolution"] = default_resolution
+        return cls(**loaded, device=device, dtype=dtype, **options)
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        width, height = self.states.default_size
+        return {"name": self.name, "demo": self.demo, "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."), "resolution": [width, height],
+                "vae": "tiny" if self.codec.tiny else "kl", "size_multiple": self.states.size_multiple}
+
+    # -- single stream -------------------------------------------------------------------------
+
+    def prepare(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 0.0,
+                delta: float = 1.0, seed: int = 0, t_index_list: Sequence[int] | None = None,
+                strength: float = 0.5, width: int | None = None, height: int | None = None,
+                **options: Any) -> None:
+        """Precompute the stream: prompt embeddings, noise, timesteps and coefficients.
+
+        Further options are StreamParams fields: num_inference_steps, cfg_type, schedule,
+        use_denoising_batch, similarity_filter, similarity_threshold, max_skip_frames.
+        """
+        params = StreamParams(prompt=prompt, negative_prompt=negative_prompt,
+                              guidance_scale=guidance_scale, delta=delta, seed=seed,
+                              t_index_list=None if t_index_list is None else tuple(t_index_list),
+                              strength=strength, width=width, height=height, **options)
+        self._state = self.states.build(params)
+
+    def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
+        """Switch the prompt mid-stream: cached embeddings, same buffers, next frame onwards."""
+        state = self._ensure_state()
+        changes: dict[str, Any] = {"prompt": prompt}
+        if negative_prompt is not None:
+            changes["negative_prompt"] = negative_prompt
+        self._state = self.states.build(state.params.updated(**changes), previous=state)
+
+    @property
+    def params(self) -> StreamParams:
+        return self._ensure_state().params
+
+    def __call__(self, image: Frame | None = None) -> PIL.Image.Image:
+        """img2img on `image` (PIL, numpy or tensor; any size), or txt2img when it is None."""
+        return self.run([(self._ensure_state(), image)])[0]
+
+    def _ensure_state(self) -> StreamState:
+        if self._state is None:
+            self.prepare()
+        return self._state
+
+    # -- many streams --------------------------------------------------------------------------
+
+    def new_state(self, params: StreamParams, previous: StreamState | None = None) -> StreamState:
+        return self.states.build(params, previous)
+
+    @torch.inference_mode()
+    def run(self, items: Sequence[tuple[StreamState, Frame | None]],
+            return_exceptions: bool = False) -> list[PIL.Image.Image | Exception]:
+        """One frame for each (state, frame) pair, all in shared VAE and UNet batches.
+
+        Each state's result equals what it gets alone (up to batched float rounding). With
+        `return_exceptions`, a bad frame yields its ValueError in place of an image instead of
+        failing the whole batch.
+        """
+        if len({(s.width, s.height) for s, _ in items}) > 1:
+            raise ValueError("a batch must share one working size; group states by (width, height)")
+        if len({id(s) for s, _ in items}) != len(items):
+            raise ValueError("a state can appear only once per batch")
+        outputs: list[Any] = [None] * len(items)
+        encode, todo = [], []  # todo: (index, box or None for txt2img, output size)
+        # 1. preprocess; the similarity filter answers unchanged frames with the last output
+        for i, (state, frame) in enumerate(items):
+            if frame is None:
+                todo.append((i, None, (state.width, state.height)))
+                continue
+            try:
+                size = frame_size(frame)
+                batch, box = fit(frame_to_tensor(frame, self.device), state.width, state.height)
+            except ValueError as exc:
+                if not return_exceptions:
+                    raise
+                outputs[i] = exc
+                continue
+            if state.filter is not None:
+                if state.last_output is None or state.last_txt2img is not False:
+                    state.filter.reset()
+                if state.filter.should_skip(batch, key=size):
+                    outputs[i] = state.last_output.copy()
+                    continue
+            encode.append(batch)
+            todo.append((i, box, size))
+        if not todo:
+            return outputs
+        # 2. encode all img2img frames in one VAE call
+        latents = iter(self.codec.encode(torch.cat(encode)).split(1)) if encode else iter(())
+        # 3. noise each frame to its first timestep (txt2img starts from pure noise)
+        jobs = []
+        for i, box, _ in todo:
+            state = items[i][0]
+            plan = state.plan_for(txt2img=box is None)
+            x_first = plan.noise[:1]  # (1, C, h, w)
+            if box is not None:
+                x_first = plan.alpha[:1] * next(latents) + plan.beta[:1] * x_first
+            jobs.append(Job.start(plan, state.guidance, x_first, state.params.use_denoising_batch))
+        # 4. denoise: one batched UNet call per round
+        self.denoiser.run(jobs)
+        # 5. decode all results in one VAE call, then back to each frame's own size
+        images = self.codec.decode(torch.cat([job.output for job in jobs]))
+        for (i, box, size), image in zip(todo, images):
+            state = items[i][0]
+            outputs[i] = to_pil(image, box or (0, 0, state.width, state.height), size)
+            state.last_output = outputs[i]
+        return outputs
