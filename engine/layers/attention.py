@@ -39,10 +39,13 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
 
 def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """(num_seqs, num_tokens, num_kv_heads, head_dim) view of each sequence's first tokens."""
-    block_size = cache.shape[1]
-    num_blocks = -(-num_tokens // block_size)
-    blocks = cache[block_tables[:, :num_blocks].long()]  # (num_seqs, num_blocks, block_size, kvh, d)
-    return blocks.flatten(1, 2)[:, :num_tokens]
+    total_blocks, block_size, num_kv_heads, head_dim = cache.shape
+    num_seqs, num_blocks = block_tables.shape[0], -(-num_tokens // block_size)
+    ids = block_tables[:, :num_blocks].reshape(-1).long()
+    # index_select over whole flattened blocks: one contiguous copy per block, ~4x faster on CPU
+    # than advanced indexing of the 4-d cache
+    blocks = cache.view(total_blocks, -1).index_select(0, ids)
+    return blocks.view(num_seqs, num_blocks * block_size, num_kv_heads, head_dim)[:, :num_tokens]
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
