@@ -59,7 +59,8 @@ class LLMEngine:
         self.max_model_len = min(max_len, num_blocks * config.block_size)
         self.use_triton = config.use_triton()
         self.runner = ModelRunner(self.model, hf.num_hidden_layers, hf.num_key_value_heads, head_dim,
-                                  num_blocks, num_cpu_blocks, config.block_size, self.dtype, self.device)
+                                  num_blocks, num_cpu_blocks, config.block_size, self.dtype, self.device,
+                                  self.use_triton)
         self.block_manager = BlockManager(num_blocks, config.block_size, num_cpu_blocks,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,

@@ -3,22 +3,26 @@ from __future__ import annotations
 
 import torch
 
+from engine.layers.attention import allocate_kv_cache
 from engine.model_input import ModelInput
 
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, num_layers: int, num_kv_heads: int, head_dim: int,
                  num_blocks: int, num_cpu_blocks: int, block_size: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, use_triton: bool = False) -> None:
         self.model = model
         self.device = device
-        shape = (num_blocks, block_size, num_kv_heads, head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=device),
-                           torch.zeros(shape, dtype=dtype, device=device)) for _ in range(num_layers)]
-        cpu_shape = (max(num_cpu_blocks, 1), block_size, num_kv_heads, head_dim)
+        # the torch attention path wants head-major storage; the Triton kernels the plain layout
+        layout = dict(block_size=block_size, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype,
+                      head_major=not use_triton)
+        self.kv_caches = [(allocate_kv_cache(num_blocks, device=device, **layout),
+                           allocate_kv_cache(num_blocks, device=device, **layout)) for _ in range(num_layers)]
         pin = device.type == "cuda"
-        self.cpu_caches = [(torch.zeros(cpu_shape, dtype=dtype, pin_memory=pin),
-                            torch.zeros(cpu_shape, dtype=dtype, pin_memory=pin)) for _ in range(num_layers)]
+        cpu_blocks = max(num_cpu_blocks, 1)
+        self.cpu_caches = [(allocate_kv_cache(cpu_blocks, device="cpu", pin_memory=pin, **layout),
+                            allocate_kv_cache(cpu_blocks, device="cpu", pin_memory=pin, **layout))
+                           for _ in range(num_layers)]
 
     @staticmethod
     def bytes_per_block(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int,

@@ -28,24 +28,47 @@ class AttentionMetadata:
     use_triton: bool = False
 
 
+def allocate_kv_cache(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                      device, head_major: bool, pin_memory: bool = False) -> torch.Tensor:
+    """A (num_blocks, block_size, num_kv_heads, head_dim) cache. `head_major` stores it as
+    (num_kv_heads, num_blocks, block_size, head_dim) underneath, which lets the torch path gather
+    each head's blocks into contiguous (num_seqs, tokens, head_dim) matrices for plain matmuls."""
+    if head_major:
+        storage = torch.zeros((num_kv_heads, num_blocks, block_size, head_dim), dtype=dtype, device=device,
+                              pin_memory=pin_memory)
+        return storage.permute(1, 2, 0, 3)
+    return torch.zeros((num_blocks, block_size, num_kv_heads, head_dim), dtype=dtype, device=device,
+                       pin_memory=pin_memory)
+
+
+def head_major(cache: torch.Tensor) -> torch.Tensor:
+    storage = cache.permute(2, 0, 1, 3)  # (num_kv_heads, num_blocks, block_size, head_dim)
+    if not storage.is_contiguous():
+        raise ValueError("the torch attention path needs a head-major KV cache (allocate_kv_cache(head_major=True))")
+    return storage
+
+
 def write_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
-    flat_k = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
-    flat_v = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
-    flat_k.index_copy_(0, slot_mapping, key)
-    flat_v.index_copy_(0, slot_mapping, value)
+    for new, cache in ((key, k_cache), (value, v_cache)):
+        storage = head_major(cache)
+        num_kv_heads, num_blocks, block_size, head_dim = storage.shape
+        flat = storage.view(num_kv_heads, num_blocks * block_size, head_dim)
+        for h in range(num_kv_heads):  # row copies along dim 0 are the fast index path on CPU
+            flat[h].index_copy_(0, slot_mapping, new[:, h])
 
 
 def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """(num_seqs, num_tokens, num_kv_heads, head_dim) view of each sequence's first tokens."""
-    total_blocks, block_size, num_kv_heads, head_dim = cache.shape
+    """(num_kv_heads, num_seqs, num_tokens, head_dim): each sequence's first tokens, per head."""
+    storage = head_major(cache)
+    num_kv_heads, total_blocks, block_size, head_dim = storage.shape
     num_seqs, num_blocks = block_tables.shape[0], -(-num_tokens // block_size)
     ids = block_tables[:, :num_blocks].reshape(-1).long()
-    # index_select over whole flattened blocks: one contiguous copy per block, ~4x faster on CPU
-    # than advanced indexing of the 4-d cache
-    blocks = cache.view(total_blocks, -1).index_select(0, ids)
-    return blocks.view(num_seqs, num_blocks * block_size, num_kv_heads, head_dim)[:, :num_tokens]
+    out = torch.empty((num_kv_heads, ids.numel(), block_size * head_dim), dtype=cache.dtype, device=cache.device)
+    for h in range(num_kv_heads):
+        # whole blocks as rows of a 2-d view: one contiguous copy each, the fastest gather on CPU
+        torch.index_select(storage[h].view(total_blocks, -1), 0, ids, out=out[h])
+    return out.view(num_kv_heads, num_seqs, num_blocks * block_size, head_dim)[:, :, :num_tokens]
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -55,14 +78,17 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
-    k = gather_kv(k_cache, block_tables, max_context).transpose(1, 2)  # (s, kvh, t, d)
-    v = gather_kv(v_cache, block_tables, max_context).transpose(1, 2)
+    k = gather_kv(k_cache, block_tables, max_context)  # (kvh, s, t, d)
+    v = gather_kv(v_cache, block_tables, max_context)
     # the heads sharing one KV head act as that head's query rows: GQA without repeating K/V
-    qg = q.view(num_seqs, num_kv_heads, group, head_dim)
+    qh = q.view(num_seqs, num_kv_heads, group, head_dim).transpose(0, 1)  # (kvh, s, g, d)
+    scores = torch.matmul(qh, k.transpose(-1, -2)).float() * scale  # (kvh, s, g, t)
     positions = torch.arange(max_context, device=q.device)
-    mask = (positions[None, :] < context_lens[:, None].to(positions.dtype))[:, None, None, :]
-    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
-    return out.reshape(num_seqs, num_heads, head_dim)
+    pad = positions[None, :] >= context_lens[:, None].to(positions.dtype)  # (s, t)
+    scores.masked_fill_(pad[None, :, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    out = torch.matmul(probs, v)  # (kvh, s, g, d)
+    return out.transpose(0, 1).reshape(num_seqs, num_heads, head_dim)
 
 
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -73,8 +99,8 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     if new_k is not None and seq_len == q_len:
         k, v = new_k, new_v  # nothing cached before this chunk: skip the gather
     else:
-        k = gather_kv(k_cache, block_table[None], seq_len)[0]
-        v = gather_kv(v_cache, block_table[None], seq_len)[0]
+        k = gather_kv(k_cache, block_table[None], seq_len)[:, 0].transpose(0, 1)  # (t, kvh, d)
+        v = gather_kv(v_cache, block_table[None], seq_len)[:, 0].transpose(0, 1)
     qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
     gqa = num_heads != k.shape[1]
     if seq_len == q_len:
