@@ -94,10 +94,13 @@ class AsyncLLMEngine:
             self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
             self._thread.start()
 
-    async def shutdown(self) -> None:
-        """Abort everything in flight and stop the loop thread."""
+    def abort_all(self) -> None:
         for request_id in list(self._mailboxes):
             self.abort(request_id)
+
+    async def shutdown(self) -> None:
+        """Abort everything in flight and stop the loop thread."""
+        self.abort_all()
         if self._notify is not None:
             return  # the driver applies the aborts and owns the loop
         self._stop.set()

@@ -1,6 +1,6 @@
 """The FastAPI app: `create_app(settings)` wires routers, errors and metrics; the lifespan owns engines.
 
-Each side of the server (LLM now, diffusion later) is three things, added the same way:
+Each side of the server (LLM, diffusion) is three things, added the same way:
 its flag in ServerSettings (`enable_*`), an async context manager that builds and tears down its
 engine (entered on the lifespan's exit stack and stored on `app.state.<side>`), and its routers,
 mounted only when the side is enabled. Routes reach a side through a getter in services.deps;
@@ -10,28 +10,41 @@ from __future__ import annotations
 
 import json
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
+from services.diffusion import diffusion_server
 from services.errors import APIError, install_error_handlers
 from services.llm import llm_server
 from services.metrics import ServingMetrics
-from services.routers import chat, completions, health, models, tgi, ws
+from services.device import device_runtime, plan_memory
+from services.routers import chat, completions, frames, health, images, models, tgi, webrtc, ws
 from services.settings import ServerSettings
 
 LLM_ROUTERS = (models.router, chat.router, completions.router, tgi.router, ws.router)
+DIFFUSION_ROUTERS = (webrtc.router, frames.router, images.router)
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: ServerSettings = app.state.settings
     async with AsyncExitStack() as stack:
+        # diffusion first: on CUDA the KV cache is sized from what its models leave free
+        if settings.enable_diffusion:
+            app.state.diffusion = await stack.enter_async_context(
+                diffusion_server(settings.diffusion_config(), app.state.metrics.registry))
         if settings.enable_llm:
+            settings = plan_memory(settings, app.state.diffusion)
             app.state.llm = await stack.enter_async_context(llm_server(settings, app.state.metrics))
+        app.state.runtime = await stack.enter_async_context(
+            device_runtime(app.state.llm, app.state.diffusion, settings.runtime_policy(), app.state.metrics.registry))
         try:
             yield
         finally:
-            app.state.llm = None
+            app.state.llm = app.state.diffusion = app.state.runtime = None
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -40,14 +53,31 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app = FastAPI(title="livecast", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = ServingMetrics()
-    app.state.llm = None
+    app.state.llm = app.state.diffusion = app.state.runtime = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     if settings.enable_llm:
         for router in LLM_ROUTERS:
             app.include_router(router)
+    if settings.enable_diffusion:
+        for router in DIFFUSION_ROUTERS:
+            app.include_router(router)
+    app.router.default = _web_pages(app.router.default)
     return app
+
+
+def _web_pages(not_found):
+    """web/ served at `/` for GETs no route claims. As the router's fallback rather than a mount,
+    it never shadows an API route: a wrong method still gets 405 and an unknown path 404."""
+    pages = StaticFiles(directory=WEB_DIR, html=True)
+
+    async def serve(scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            return await pages(scope, receive, send)
+        return await not_found(scope, receive, send)
+
+    return serve
 
 
 class BodyLimitMiddleware:

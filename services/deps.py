@@ -10,6 +10,7 @@ import hmac
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from services.diffusion import DiffusionService
 from services.errors import APIError
 from services.llm import LLMServer
 from services.metrics import ServingMetrics
@@ -29,6 +30,13 @@ def get_llm(conn: HTTPConnection) -> LLMServer:
     if llm is None:
         raise APIError(503, "the LLM engine is not running", code="llm_unavailable")
     return llm
+
+
+def get_diffusion(conn: HTTPConnection) -> DiffusionService:
+    diffusion = getattr(conn.app.state, "diffusion", None)
+    if diffusion is None:
+        raise APIError(503, "the diffusion pipeline is not running", code="diffusion_unavailable")
+    return diffusion
 
 
 def api_key_error(conn: HTTPConnection, settings: ServerSettings) -> APIError | None:

@@ -82,8 +82,7 @@ class DeviceRuntime:
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Abort LLM requests (their streams end with 'abort'), let the loop apply that, then stop."""
         if self.llm is not None:
-            for request_id in list(self.llm._mailboxes):
-                self.llm.abort(request_id)
+            self.llm.abort_all()
         deadline = time.monotonic() + drain_timeout_s
         while self.llm is not None and self.llm.has_work() and self._thread and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -190,3 +189,21 @@ class DeviceRuntime:
                     len(self.batcher.stream_ids()), frames / elapsed, snap["diffusion_batch_ms"],
                     snap["frame_wait_p95_ms"], snap["deadline_misses"], 100 * diff_busy / elapsed,
                     100 * llm_busy / elapsed)
+
+
+def plan_kv_cache_bytes(device: str, memory_budget: int, diffusion_bytes: int, llm_weight_bytes: int,
+                        default_cap: int = 2 << 30) -> int:
+    """KV cache size on a CPU host from one memory budget shared by both engines: what is left
+    after the diffusion models (weights and activations) and the LLM weights, capped at
+    `default_cap`. On CUDA the engine measures free device memory after the diffusion side is
+    built and warmed up, so only CPU hosts need this plan."""
+    left = memory_budget - diffusion_bytes - llm_weight_bytes
+    if left <= 0:
+        raise ValueError(f"memory budget {memory_budget / 2**30:.2f} GiB leaves nothing for the KV cache after "
+                         f"diffusion ({diffusion_bytes / 2**30:.2f} GiB) and LLM weights "
+                         f"({llm_weight_bytes / 2**30:.2f} GiB); raise --memory-budget or set --kv-cache-memory")
+    kv = min(left, default_cap)
+    logger.info("memory plan (%s): budget %.2f GiB = diffusion %.2f + LLM weights %.2f + KV cache %.2f GiB "
+                "(%.2f GiB unassigned)", device, memory_budget / 2**30, diffusion_bytes / 2**30,
+                llm_weight_bytes / 2**30, kv / 2**30, (left - kv) / 2**30)
+    return kv

@@ -28,6 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
     llm.add_argument("--max-num-seqs", type=int, default=128)
     llm.add_argument("--max-num-batched-tokens", type=int, default=1024)
     llm.add_argument("--max-model-len", type=int, default=None)
+    diffusion = parser.add_argument_group("diffusion")
+    diffusion.add_argument("--diffusion-model", default="demo",
+                           help="demo (random weights, CPU-live), sd-turbo-shape, a diffusers folder or hub id")
+    diffusion.add_argument("--diffusion-device", default=None, help="cuda or cpu (default: cuda if available)")
+    diffusion.add_argument("--diffusion-dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), bfloat16, ...")
+    diffusion.add_argument("--diffusion-resolution", type=int, default=None,
+                           help="working side in pixels, a multiple of 64 (default: the model's)")
+    diffusion.add_argument("--max-video-sessions", type=int, default=4, help="WebRTC sessions beyond this get 503")
+    diffusion.add_argument("--latency-probe", action="store_true",
+                           help="stamp each WebRTC input frame's pixel id on its output (livecast bench webrtc)")
+    diffusion.add_argument("--ice-loopback", action="store_true",
+                           help="offer only 127.0.0.1 to WebRTC peers (browser and server on one machine)")
+    runtime = parser.add_argument_group("shared device runtime")
+    runtime.add_argument("--frame-deadline-ms", type=float, default=66.0,
+                         help="run a diffusion batch before a waiting frame gets this late (default 66 = 15 fps)")
+    runtime.add_argument("--video-llm-tokens", type=int, default=256,
+                         help="LLM tokens per step while video streams are live (bounds how long a frame waits)")
+    runtime.add_argument("--memory-budget-gb", type=float, default=None,
+                         help="CPU hosts: memory for both engines; the KV cache gets what diffusion and LLM weights leave")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -40,7 +59,11 @@ def parse_settings(args: list[str]) -> tuple[ServerSettings, argparse.Namespace]
         enable_diffusion=ns.enable_diffusion, model=ns.model, served_model_name=ns.served_model_name,
         dtype=ns.dtype, kv_cache_memory=int(ns.kv_cache_gb * (1 << 30)) if ns.kv_cache_gb else None,
         max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens,
-        max_model_len=ns.max_model_len)
+        max_model_len=ns.max_model_len, diffusion_model=ns.diffusion_model, diffusion_device=ns.diffusion_device,
+        diffusion_dtype=ns.diffusion_dtype, diffusion_resolution=ns.diffusion_resolution,
+        max_video_sessions=ns.max_video_sessions, latency_probe=ns.latency_probe,
+        ice_loopback=ns.ice_loopback, frame_deadline_ms=ns.frame_deadline_ms, video_llm_tokens=ns.video_llm_tokens,
+        memory_budget=int(ns.memory_budget_gb * (1 << 30)) if ns.memory_budget_gb else None)
     return settings, ns
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine import EngineConfig
+from services.runtime import RuntimePolicy
+from services.diffusion import DiffusionConfig
 
 
 @dataclass(slots=True)
@@ -34,6 +36,21 @@ class ServerSettings:
     max_ws_streams: int = 64  # concurrent generations on one WebSocket
     retry_after_s: int = 1
 
+    # -- diffusion side ------------------------------------------------------------------------
+    diffusion_model: str = "demo"  # "demo", "sd-turbo-shape", a diffusers folder or hub id
+    diffusion_device: str | None = None  # None → cuda if available, else cpu
+    diffusion_dtype: str = "auto"
+    diffusion_resolution: int | None = None  # working side in pixels; None → the model's
+    max_video_sessions: int = 4  # WebRTC sessions; the next offer gets 503
+    max_frame_clients: int = 16  # /v1/ws/frames sockets
+    latency_probe: bool = False  # stamp input frame ids on WebRTC output (livecast bench webrtc)
+    ice_loopback: bool = False  # offer only 127.0.0.1 as WebRTC candidate (same-machine clients)
+
+    # -- the shared device runtime ---------------------------------------------------------------
+    frame_deadline_ms: float = 66.0  # a waiting video frame is processed before it is this late
+    video_llm_tokens: int = 256  # LLM token budget per step while video streams are live
+    memory_budget: int | None = None  # bytes for both engines on a CPU host; sizes the KV cache
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
@@ -49,8 +66,19 @@ class ServerSettings:
             self.api_key = None
         # fail at startup, not in the lifespan, on a bad engine setting
         self.engine_config()
+        self.diffusion_config()
+        self.runtime_policy()
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(model=self.model, dtype=self.dtype, kv_cache_memory=self.kv_cache_memory,
                             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
                             max_model_len=self.max_model_len, max_waiting=self.max_queue)
+
+    def diffusion_config(self) -> DiffusionConfig:
+        return DiffusionConfig(model=self.diffusion_model, device=self.diffusion_device, dtype=self.diffusion_dtype,
+                               resolution=self.diffusion_resolution, max_video_sessions=self.max_video_sessions,
+                               max_frame_clients=self.max_frame_clients, latency_probe=self.latency_probe,
+                               ice_loopback=self.ice_loopback, drive_batcher=False)
+
+    def runtime_policy(self) -> RuntimePolicy:
+        return RuntimePolicy(frame_deadline_ms=self.frame_deadline_ms, video_llm_token_budget=self.video_llm_tokens)

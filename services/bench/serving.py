@@ -12,17 +12,15 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import httpx
 
 from services.bench.report import report
+from services.bench.server import start_server, stop_server
 
 WORDS = ("the of and to in is was for on that with as by at from his her they this which be have are an not one "
          "had you or were their all we there been has when who will more no if out so said what up its about into "
@@ -125,30 +123,13 @@ def summarize(rate: float, results: list[Result], duration: float) -> dict:
             "itl": _stats([gap for r in done for gap in r.itl_s]), "e2e": _stats([r.e2e_s for r in done])}
 
 
-def start_server(args) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "services.cli", "serve", "--port", str(port), "--dtype", args.dtype,
-           "--log-level", "warning", "--no-diffusion"]
+def start_bench_server(args):
+    serve = ["--dtype", args.dtype, "--log-level", "warning", "--no-diffusion"]
     if args.model:
-        cmd += ["--model", args.model]
+        serve += ["--model", args.model]
     if args.api_key:
-        cmd += ["--api-key", args.api_key]
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    log.seek(0)
-    raise RuntimeError(f"the server did not start:\n{log.read().decode(errors='replace')[-2000:]}")
+        serve += ["--api-key", args.api_key]
+    return start_server(serve)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     url = args.url
     if url is None:
-        proc, url = start_server(args)
+        proc, url = start_bench_server(args)
     try:
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
@@ -185,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{runs[-1]['duration_s']:.1f}s", file=sys.stderr)
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_server(proc)
 
     headers = ["rate req/s", "done", "req/s", "out tok/s", "TTFT mean/p50/p99 ms", "TPOT mean/p50/p99 ms",
                "ITL mean/p50/p99 ms"]

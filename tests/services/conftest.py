@@ -75,6 +75,7 @@ def running_server(settings: ServerSettings):
 
 
 def tiny_settings(path, **overrides) -> ServerSettings:
+    overrides.setdefault("enable_diffusion", False)  # LLM tests need no diffusion pipeline
     return ServerSettings(model=str(path), served_model_name="tiny", dtype="float32", kv_cache_memory=64 << 20,
                           **overrides)
 

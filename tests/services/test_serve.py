@@ -38,7 +38,7 @@ def test_bad_settings_fail_fast(bad):
 
 
 def test_app_without_llm_serves_health_only():
-    app = create_app(ServerSettings(enable_llm=False))
+    app = create_app(ServerSettings(enable_llm=False, enable_diffusion=False))
     with TestClient(app) as client:
         assert client.get("/health").json() == {"status": "ok", "llm": None, "diffusion": None}
         assert client.get("/v1/models").status_code == 404
@@ -46,7 +46,7 @@ def test_app_without_llm_serves_health_only():
 
 
 def test_dependency_override_swaps_the_engine():
-    app = create_app(ServerSettings(enable_llm=False))
+    app = create_app(ServerSettings(enable_llm=False, enable_diffusion=False))
     app.include_router(models.router)  # an LLM route, with the LLM swapped out below
 
     def unavailable():

@@ -1,0 +1,101 @@
+"""Servers for the media tests: the app under a real uvicorn on 127.0.0.1 (a free port, in a thread),
+the demo diffusion model at 128 px, and a headless Chromium driven by Playwright."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.media.app import build_app
+
+CHROMIUM_ARGS = ["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-features=WebRtcHideLocalIpsWithMdns", "--allow-loopback-in-peer-connection"]
+
+
+class MediaServer:
+    def __init__(self, app) -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        port = self.sock.getsockname()[1]
+        self.url, self.ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def diffusion(self):
+        return self.app.state.diffusion
+
+    def start(self) -> "MediaServer":
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def wait_for(self, predicate, timeout: float = 20.0, message: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {message}")
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running(app):
+    server = MediaServer(app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def media_server():
+    """Diffusion only (demo weights, 128 px), 2 video sessions at most."""
+    with running(build_app(diffusion=dict(resolution=128, max_video_sessions=2, max_frame_clients=3))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def http(media_server):
+    with media_server.http() as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def chromium_path():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (make chromium)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
