@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
-import threading
 import time
 
-import httpx
 import pytest
-import uvicorn
 
+from tests.live_server import LiveServer
 from tests.media.app import build_app
 
 CHROMIUM_ARGS = ["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
@@ -19,37 +16,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fa
                  "--disable-features=WebRtcHideLocalIpsWithMdns", "--allow-loopback-in-peer-connection"]
 
 
-class MediaServer:
-    def __init__(self, app) -> None:
-        self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        port = self.sock.getsockname()[1]
-        self.url, self.ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
+class MediaServer(LiveServer):
     @property
     def diffusion(self):
         return self.app.state.diffusion
-
-    def start(self) -> "MediaServer":
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
 
     def wait_for(self, predicate, timeout: float = 20.0, message: str = "condition") -> None:
         deadline = time.monotonic() + timeout

@@ -2,57 +2,29 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 
-import httpx
 import openai
 import pytest
-import uvicorn
 
 from services.app import create_app
 from services.settings import ServerSettings
+from tests.live_server import LiveServer
 
 
-class RunningServer:
+class RunningServer(LiveServer):
     def __init__(self, settings: ServerSettings) -> None:
-        self.app = create_app(settings)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with other runs
-        port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        super().__init__(create_app(settings))
 
     @property
     def llm(self):
         return self.app.state.llm
-
-    def start(self) -> "RunningServer":
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
 
     def client(self, api_key: str = "unused", **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
 
     def async_client(self, api_key: str = "unused", **kwargs) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)
-
-    def http(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
 
     def wait_idle(self, timeout: float = 20.0) -> None:
         """Until the engine holds no request and no KV block."""
