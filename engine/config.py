@@ -25,7 +25,6 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     preemption_mode: str = "swap"
     attention_backend: str = "auto"  # "torch", "triton" or "auto" (triton on CUDA)
-    compile: bool = False  # torch.compile the elementwise work around attention (minutes saved per hour)
     seed: int = 0
     num_threads: int | None = None
     stats_interval_s: float = 5.0

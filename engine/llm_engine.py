@@ -82,10 +82,7 @@ class LLMEngine:
             model = LlamaForCausalLM(self.hf_config, max_positions, self.config.use_triton())
         model = model.to_empty(device="cpu")
         model.load_weights(iter_weights(self.model_path))
-        model = model.to(device=self.device, dtype=self.dtype).eval()
-        if self.config.compile:
-            model.compile_blocks()
-        return model
+        return model.to(device=self.device, dtype=self.dtype).eval()
 
     def _kv_budget(self) -> int:
         if self.config.kv_cache_memory:

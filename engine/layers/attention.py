@@ -59,7 +59,8 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_ca
 
 
 def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """(num_kv_heads, num_seqs, num_tokens, head_dim): each sequence's first tokens, per head."""
+    """(num_kv_heads, num_seqs, padded_tokens, head_dim): each sequence's first `num_tokens`
+    tokens per head, padded to whole blocks (callers mask or slice the tail)."""
     storage = head_major(cache)
     num_kv_heads, total_blocks, block_size, head_dim = storage.shape
     num_seqs, num_blocks = block_tables.shape[0], -(-num_tokens // block_size)
@@ -68,7 +69,8 @@ def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int) 
     for h in range(num_kv_heads):
         # whole blocks as rows of a 2-d view: one contiguous copy each, the fastest gather on CPU
         torch.index_select(storage[h].view(total_blocks, -1), 0, ids, out=out[h])
-    return out.view(num_kv_heads, num_seqs, num_blocks * block_size, head_dim)[:, :, :num_tokens]
+    # whole blocks, padding included: a contiguous result feeds the matmuls without another copy
+    return out.view(num_kv_heads, num_seqs, num_blocks * block_size, head_dim)
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -83,7 +85,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     # the heads sharing one KV head act as that head's query rows: GQA without repeating K/V
     qh = q.view(num_seqs, num_kv_heads, group, head_dim).transpose(0, 1)  # (kvh, s, g, d)
     scores = torch.matmul(qh, k.transpose(-1, -2)).float() * scale  # (kvh, s, g, t)
-    positions = torch.arange(max_context, device=q.device)
+    positions = torch.arange(k.shape[2], device=q.device)
     pad = positions[None, :] >= context_lens[:, None].to(positions.dtype)  # (s, t)
     scores.masked_fill_(pad[None, :, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
@@ -99,8 +101,8 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     if new_k is not None and seq_len == q_len:
         k, v = new_k, new_v  # nothing cached before this chunk: skip the gather
     else:
-        k = gather_kv(k_cache, block_table[None], seq_len)[:, 0].transpose(0, 1)  # (t, kvh, d)
-        v = gather_kv(v_cache, block_table[None], seq_len)[:, 0].transpose(0, 1)
+        k = gather_kv(k_cache, block_table[None], seq_len)[:, 0, :seq_len].transpose(0, 1)  # (t, kvh, d)
+        v = gather_kv(v_cache, block_table[None], seq_len)[:, 0, :seq_len].transpose(0, 1)
     qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
     gqa = num_heads != k.shape[1]
     if seq_len == q_len:

@@ -67,13 +67,6 @@ class LlamaDecoderLayer(nn.Module):
         self.self_attn = LlamaAttention(config, cos_sin_cache, use_triton)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, use_triton)
         self.mlp = LlamaMLP(config)
-        self._compiled = None
-
-    def compile_blocks(self) -> None:
-        """Fuse the elementwise work around attention (norms, rotary, SiLU) with torch.compile;
-        attention itself stays eager, so the paged metadata never reaches the compiler."""
-        self._compiled = (torch.compile(self.pre_attention, dynamic=True),
-                          torch.compile(self.post_attention, dynamic=True))
 
     def pre_attention(self, positions, hidden, residual):
         if residual is None:
@@ -90,10 +83,9 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(hidden), residual
 
     def forward(self, positions, hidden, residual, kv_cache, meta):
-        pre, post = self._compiled or (self.pre_attention, self.post_attention)
-        q, k, v, residual = pre(positions, hidden, residual)
+        q, k, v, residual = self.pre_attention(positions, hidden, residual)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.self_attn.scale)
-        return post(out, residual)
+        return self.post_attention(out, residual)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -126,10 +118,6 @@ class LlamaForCausalLM(nn.Module):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
         hidden, _ = self.norm(hidden, residual)
         return hidden
-
-    def compile_blocks(self) -> None:
-        for layer in self.layers:
-            layer.compile_blocks()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
