@@ -22,7 +22,7 @@ logger = logging.getLogger("livecast.runtime")
 @dataclass(slots=True)
 class RuntimePolicy:
     frame_deadline_ms: float = 66.0  # a frame should start processing within one 15 fps interval
-    video_llm_token_budget: int = 256  # LLM tokens per step while video streams are live
+    video_llm_token_budget: int = 64  # LLM tokens per step while video streams are live
     idle_wait_s: float = 0.05
     stats_interval_s: float = 5.0
 
@@ -159,7 +159,8 @@ class DeviceRuntime:
         video_live = self.batcher is not None and bool(self.batcher.stream_ids())
         budget = self._base_token_budget
         if video_live:
-            budget = max(min(budget, self.policy.video_llm_token_budget), scheduler.max_num_seqs)
+            # every running sequence still decodes each step; only prefill chunks shrink
+            budget = max(min(budget, self.policy.video_llm_token_budget), scheduler.num_running_seqs(), 1)
         scheduler.max_num_batched_tokens = budget
 
     # -- reporting ---------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class ServerSettings:
 
     # -- the shared device runtime ---------------------------------------------------------------
     frame_deadline_ms: float = 66.0  # a waiting video frame is processed before it is this late
-    video_llm_tokens: int = 256  # LLM token budget per step while video streams are live
+    video_llm_tokens: int = 64  # LLM token budget per step while video streams are live
     memory_budget: int | None = None  # bytes for both engines on a CPU host; sizes the KV cache
 
     def __post_init__(self) -> None:
