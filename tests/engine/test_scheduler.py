@@ -1,0 +1,36 @@
+"""Scheduler decisions without a model: token budgets, FCFS admission, chunked prefill."""
+from __future__ import annotations
+
+from engine.block_manager import BlockManager
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerConfig
+from engine.sequence import Sequence, SequenceGroup
+
+
+def group(i, prompt_len=4):
+    seq = Sequence(i, list(range(100 * i, 100 * i + prompt_len)), prompt_len)
+    return SequenceGroup(f"r{i}", None, list(seq.token_ids), SamplingParams(max_tokens=100), [seq])
+
+
+def run_step(scheduler):
+    """Schedule, then act like the engine: advance computed tokens and append one sampled token."""
+    out = scheduler.schedule()
+    for item in out.scheduled:
+        samples = item.samples
+        item.seq.num_computed_tokens += item.num_new_tokens
+        scheduler.block_manager.mark_computed(item.seq)
+        if samples:
+            item.seq.token_ids.append(7)
+    return out
+
+
+def test_budget_admits_in_arrival_order_and_chunks_prefill():
+    bm = BlockManager(num_blocks=64, block_size=4)
+    scheduler = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=10), bm)
+    groups = [group(i, prompt_len=6) for i in range(3)]
+    for g in groups:
+        scheduler.add(g)
+    out = run_step(scheduler)
+    assert [(s.group.request_id, s.num_new_tokens) for s in out.scheduled] == [("r0", 6), ("r1", 4)]
+    out = run_step(scheduler)  # r0 decodes, r1 finishes its prompt, r2 gets what is left
+    assert [(s.group.request_id, s.num_new_tokens) for s in out.scheduled] == [("r0", 1), ("r1", 2), ("r2", 6)]
