@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--diffusion-model", default="demo",
                            help="demo (random weights, CPU-live), sd-turbo-shape, a diffusers folder or hub id")
     diffusion.add_argument("--diffusion-device", default=None, help="cuda or cpu (default: cuda if available)")
-    diffusion.add_argument("--diffusion-dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), bfloat16, ...")
+    diffusion.add_argument("--diffusion-dtype", default="auto", help="auto (fp16 on CUDA, bf16 on CPU), float32, ...")
     diffusion.add_argument("--diffusion-resolution", type=int, default=None,
                            help="working side in pixels, a multiple of 64 (default: the model's)")
     diffusion.add_argument("--max-video-sessions", type=int, default=4, help="WebRTC sessions beyond this get 503")
