@@ -36,6 +36,18 @@ def dot(a, b, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
     return tl.dot(a, b, input_precision=DOT_PRECISION)
 
 
+@triton.jit
+def online_softmax_update(qk, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    """One tile of flash attention: fold masked scores `qk` (log2 units) and values `v` into the
+    running max `m_i`, denominator `l_i` and accumulator `acc`."""
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    p = tl.exp2(qk - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return m_new, l_i, acc
+
+
 def dot_options(dtype: torch.dtype) -> dict:
     # fp32 inputs get exact fp32 products, not tf32. Triton's interpreter multiplies bf16 bit
     # patterns as integers in tl.dot (triton-lang/triton#11584), so there the bf16 tiles are widened
@@ -84,14 +96,9 @@ def _paged_attention_decode_kernel(
                             stride_cache_block, stride_cache_pos, stride_cache_head, BLOCK_SIZE)
         qk = dot(q, tl.trans(k), DOT_PRECISION, DOT_UPCAST) * qk_scale  # (BLOCK_G, BLOCK_N), log2 units
         qk = tl.where(mask_n[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
         v = load_paged_tile(v_cache_ptr, block_table_ptr, offs_n, mask_n, kv_head, offs_d,
                             stride_cache_block, stride_cache_pos, stride_cache_head, BLOCK_SIZE)
-        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_update(qk, v, m_i, l_i, acc, DOT_PRECISION, DOT_UPCAST)
     # An empty context (a padding sequence) yields zeros rather than 0/0.
     acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
 

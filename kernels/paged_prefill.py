@@ -12,7 +12,8 @@ import triton
 import triton.language as tl
 
 from kernels.cache import gather_paged
-from kernels.paged_attention import LOG2E, check_attention_inputs, dot, dot_options, load_paged_tile
+from kernels.paged_attention import (LOG2E, check_attention_inputs, dot, dot_options, load_paged_tile,
+                                     online_softmax_update)
 
 
 @triton.jit
@@ -55,14 +56,9 @@ def _paged_prefill_kernel(
         qk = dot(q, tl.trans(k), DOT_PRECISION, DOT_UPCAST) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         causal = (offs_n[None, :] <= pos_m[:, None]) & mask_n[None, :]
         qk = tl.where(causal, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
         v = load_paged_tile(v_cache_ptr, block_table_ptr, offs_n, mask_n, kv_head, offs_d,
                             stride_cache_block, stride_cache_pos, stride_cache_head, BLOCK_SIZE)
-        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_PRECISION, DOT_UPCAST)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_update(qk, v, m_i, l_i, acc, DOT_PRECISION, DOT_UPCAST)
     acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + tokens[:, None] * stride_out_token + head * stride_out_head + offs_d[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None])
