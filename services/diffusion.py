@@ -185,14 +185,23 @@ class DiffusionService:
         if self._params.pop(stream_id, None) is not None:
             self.batcher.remove_stream(stream_id)
 
-    async def process(self, stream_id: str, frame: Frame | None, source: str) -> PIL.Image.Image:
-        """One frame through the batcher (None: txt2img). Raises FrameDropped if a newer frame
-        replaced it, ValueError for a frame the pipeline rejects."""
+    def submit(self, stream_id: str, frame: Frame | None, source: str) -> asyncio.Future:
+        """Queue one frame (None: txt2img) as the stream's next; the future resolves to the image,
+        or fails with FrameDropped when a newer frame replaces it first (latest wins) and with
+        ValueError for a frame the pipeline rejects. KeyError: no such stream."""
         start = time.monotonic()
-        image = await asyncio.wrap_future(self._submit(stream_id, frame))
-        self.metrics.frames.labels(source).inc()
-        self.metrics.frame_latency.labels(source).observe(time.monotonic() - start)
-        return image
+        result = asyncio.wrap_future(self._submit(stream_id, frame))
+        result.add_done_callback(lambda done: self._account(done, source, start))
+        return result
+
+    def _account(self, done: asyncio.Future, source: str, start: float) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self.metrics.frames.labels(source).inc()
+            self.metrics.frame_latency.labels(source).observe(time.monotonic() - start)
+
+    async def process(self, stream_id: str, frame: Frame | None, source: str) -> PIL.Image.Image:
+        """One frame through the batcher: `submit` and wait."""
+        return await self.submit(stream_id, frame, source)
 
     def _submit(self, stream_id: str, frame: Frame | None):
         future = self.batcher.submit(stream_id, frame)
@@ -244,8 +253,10 @@ async def diffusion_server(config: DiffusionConfig, registry: CollectorRegistry)
     """The lifespan piece: load the pipeline (in a worker thread), start, serve, then close every
     WebRTC peer before stopping the batcher."""
     from services.ice import use_loopback_only
+    from services.jitterbuffer import reassemble_on_marker
     from services.video import VideoSessions  # aiortc is only needed once the side is enabled
 
+    reassemble_on_marker()
     if config.ice_loopback:
         use_loopback_only()
     pipe = await asyncio.to_thread(config.load_pipeline)

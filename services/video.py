@@ -1,9 +1,11 @@
 """WebRTC live stylization: one aiortc peer per session, every peer in one set, closed on shutdown.
 
-Per session, a reader task drains the browser's track into a depth-1 slot (latest frame wins;
-replaced frames are dropped and counted). The outgoing track's `recv()` only takes the slot's
-frame, converts it in a worker thread, awaits the batcher's future and returns the result with
-the input's pts/time_base, so at most one frame per session is ever in flight. A `control` data
+Per session, a reader task drains the browser's track into a depth-1 slot and a feeder converts
+each frame and submits it to the batcher at once. Both hand-overs keep only the latest frame: the
+batcher replaces a frame still waiting with a newer one, so whenever the device gets to the
+stream it works on the freshest picture, and a busy device (an LLM step running) lowers the
+output frame rate, not the latency of the frames that come out. Results land in a second depth-1
+slot; the outgoing track's `recv()` takes them with the input's pts/time_base. A `control` data
 channel takes JSON setting updates and receives stats every second.
 """
 from __future__ import annotations
@@ -58,7 +60,8 @@ class VideoSession:
         self.id = uuid.uuid4().hex[:16]
         self.owner, self.pc, self.stream_id = owner, pc, stream_id
         self.service = owner.service
-        self.slot = LatestSlot()
+        self.slot = LatestSlot()  # input frames, latest wins
+        self.results = LatestSlot()  # stylized frames for the outgoing track, latest wins
         self.stats = FrameStats()
         self.channel = None
         self.has_input = False
@@ -78,6 +81,8 @@ class VideoSession:
         self.has_input = True
         self.pc.addTrack(StylizedTrack(self))
         self._spawn(self._read(track))
+        if self.stream_id is not None:
+            self._spawn(self._feed())
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "control":
@@ -123,22 +128,42 @@ class VideoSession:
         except MediaStreamError:  # the browser hung up
             self.close()
 
-    async def next_frame(self) -> VideoFrame:
+    async def _feed(self) -> None:
+        """Convert each input frame and hand it to the batcher, replacing one still waiting there."""
         while True:
             frame, arrived = await self.slot.get()
             rgb, frame_id = await asyncio.to_thread(_to_rgb, frame, self.max_size, self.owner.latency_probe)
-            if self.stream_id is not None:
-                try:
-                    rgb = await self.service.process(self.stream_id, rgb, "webrtc")
-                except FrameDropped:  # the stream is going away
-                    continue
-                except Exception:  # one bad frame must not end the outgoing track
-                    logger.exception("video session %s: frame failed", self.id)
-                    continue
-            out = await asyncio.to_thread(_to_frame, rgb, frame_id)
-            out.pts, out.time_base = frame.pts, frame.time_base
-            self.stats.frame_done(arrived)
-            return out
+            try:
+                result = self.service.submit(self.stream_id, rgb, "webrtc")
+            except KeyError:  # the stream is gone: the session is closing
+                return
+            except ValueError:
+                logger.exception("video session %s: frame rejected", self.id)
+                continue
+            result.add_done_callback(lambda done, src=(frame, arrived, frame_id): self._on_result(done, src))
+
+    def _on_result(self, done: asyncio.Future, source: tuple) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if isinstance(error, FrameDropped):  # a newer frame replaced it, or the stream went away
+            self.stats.dropped += 1
+            self.service.metrics.frames_dropped.labels("webrtc").inc()
+        elif error is not None:  # one bad frame must not end the outgoing track
+            logger.error("video session %s: frame failed: %r", self.id, error)
+        elif self.results.put((done.result(), *source)):
+            self.stats.dropped += 1  # made but replaced before the sender took it
+
+    async def next_frame(self) -> VideoFrame:
+        if self.stream_id is None:  # passthrough: the latest input, round-tripped through RGB
+            frame, arrived = await self.slot.get()
+            image, frame_id = await asyncio.to_thread(_to_rgb, frame, self.max_size, self.owner.latency_probe)
+        else:
+            image, frame, arrived, frame_id = await self.results.get()
+        out = await asyncio.to_thread(_to_frame, image, frame_id)
+        out.pts, out.time_base = frame.pts, frame.time_base
+        self.stats.frame_done(arrived)
+        return out
 
     async def _report(self) -> None:
         while True:

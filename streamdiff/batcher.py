@@ -42,6 +42,7 @@ class _Pending:
     frame: Frame | None
     future: Future
     submitted_at: float
+    waiting_since: float  # when the stream began waiting: a replaced frame passes its time on
 
 
 @dataclass(slots=True)
@@ -121,9 +122,11 @@ class StreamBatcher:
         if frame is not None:
             frame_size(frame)  # reject bad frames here, where the caller can see the error
         future: Future = Future()
+        now = time.monotonic()
         with self._lock:
             stream = self._get(stream_id)
-            replaced, stream.pending = stream.pending, _Pending(frame, future, time.monotonic())
+            replaced = stream.pending
+            stream.pending = _Pending(frame, future, now, replaced.waiting_since if replaced else now)
             stream.stats.frames_in += 1
             if replaced is not None:
                 stream.stats.frames_dropped += 1
@@ -137,10 +140,11 @@ class StreamBatcher:
             return sum(s.pending is not None for s in self._streams.values())
 
     def oldest_pending_age_s(self) -> float:
-        """Seconds the oldest waiting frame has waited; 0.0 when none is waiting."""
+        """Seconds the longest-waiting stream has waited for a step (since its first frame still
+        unanswered was submitted, newer replacements included); 0.0 when none is waiting."""
         now = time.monotonic()
         with self._lock:
-            times = [s.pending.submitted_at for s in self._streams.values() if s.pending]
+            times = [s.pending.waiting_since for s in self._streams.values() if s.pending]
         return now - min(times) if times else 0.0
 
     def step(self) -> int:
@@ -194,7 +198,7 @@ class StreamBatcher:
     def _take_batch(self) -> list[tuple[_Stream, _Pending]]:
         with self._lock:
             waiting = sorted((s for s in self._streams.values() if s.pending is not None),
-                             key=lambda s: s.pending.submitted_at)
+                             key=lambda s: s.pending.waiting_since)
             if not waiting:
                 return []
             # Streams batch together only at the same working size (one latent shape per call).

@@ -13,6 +13,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
 from services.ice import use_loopback_only
+from services.jitterbuffer import reassemble_on_marker
 from services.probe import read_id, stamp_id
 
 VIDEO_CLOCK = 90_000
@@ -52,6 +53,7 @@ class VideoProbe:
     def __init__(self, base_url: str, fps: float = 20.0, size: int = 256) -> None:
         self.base_url = base_url
         use_loopback_only()  # the server runs with --ice-loopback: media stays on 127.0.0.1
+        reassemble_on_marker()  # like a browser: a frame is decoded once its last packet is in
         self.camera = IdCamera(fps, size)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTrack(self.camera)

@@ -53,6 +53,7 @@ class RTCClient:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.camera = MovingPattern()
         self.frames: list[VideoFrame] = []
+        self.received_at: list[float] = []  # time.monotonic() of each frame in `frames`
         self.messages: list[dict] = []
         self.session_id: str | None = None
         self.channel = self.pc.createDataChannel("control")
@@ -67,7 +68,9 @@ class RTCClient:
     async def _read(self, track) -> None:
         try:
             while True:
-                self.frames.append(await track.recv())
+                frame = await track.recv()
+                self.received_at.append(time.monotonic())
+                self.frames.append(frame)
         except MediaStreamError:
             pass
 

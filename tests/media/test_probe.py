@@ -2,6 +2,8 @@
 input frame's id on the stylized frame made from it."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from services import probe
@@ -26,17 +28,28 @@ def test_ids_round_trip_and_garbage_reads_as_none():
 
 
 class StampedCamera(MovingPattern):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_at: dict[int, float] = {}
+
     def image(self, index: int) -> np.ndarray:
         rgb = super().image(index)
         probe.stamp_id(rgb, index)
+        self.sent_at.setdefault(index, time.monotonic())
         return rgb
+
+
+def stamped_client(url: str) -> RTCClient:
+    client = RTCClient(url)
+    client.pc.getTransceivers()[0].sender.replaceTrack(camera := StampedCamera())
+    client.camera = camera
+    return client
 
 
 async def test_probe_server_stamps_input_ids_on_stylized_output(media_server, monkeypatch):
     monkeypatch.setattr(media_server.diffusion.video, "latency_probe", True)
-    client = RTCClient(media_server.url)
-    client.pc.getTransceivers()[0].sender.replaceTrack(camera := StampedCamera())
-    client.camera = camera
+    client = stamped_client(media_server.url)
+    camera = client.camera
     try:
         assert (await client.connect(prompt="probe", strength=1.0)).status_code == 200
         await client.wait_frames(20)
@@ -48,3 +61,31 @@ async def test_probe_server_stamps_input_ids_on_stylized_output(media_server, mo
     finally:
         await client.close()
         await wait_drained(media_server.diffusion)
+
+
+async def test_a_busy_device_lowers_the_frame_rate_not_the_freshness(media_server, monkeypatch):
+    """Each batch starts only after 250 ms of other device work (an LLM step, say). Frames keep
+    replacing the one waiting in the batcher meanwhile, so the frame a batch takes is at most one
+    camera period old and what comes out is about as fresh as on an idle device, only rarer."""
+    service = media_server.diffusion
+    monkeypatch.setattr(service.video, "latency_probe", True)
+    take_batch = service.batcher._take_batch
+
+    def busy_then_take():
+        time.sleep(0.25)
+        return take_batch()
+
+    monkeypatch.setattr(service.batcher, "_take_batch", busy_then_take)
+    client = stamped_client(media_server.url)
+    try:
+        assert (await client.connect(prompt="busy", strength=1.0)).status_code == 200
+        await client.wait_frames(12, timeout=30)
+        ages = [received - client.camera.sent_at[i] for frame, received in zip(client.frames[2:], client.received_at[2:])
+                if (i := probe.read_id(frame.to_ndarray(format="rgb24"))) is not None]
+        assert len(ages) >= 8
+        assert float(np.median(ages)) < 0.2, ages  # a frame taken before the 250 ms wait would be older
+        span = client.received_at[-1] - client.received_at[2]
+        assert span / (len(client.frames) - 3) >= 0.25  # one frame per busy period at most
+    finally:
+        await client.close()
+        await wait_drained(service)

@@ -65,6 +65,20 @@ def test_latest_frame_wins_and_drops_are_counted():
     assert stats["last_latency_ms"] > 0
 
 
+def test_a_replacement_keeps_the_streams_wait_but_its_own_latency():
+    batcher = StreamBatcher(make_pipe())
+    batcher.add_stream("s", prompt="x")
+    first_at = time.monotonic()
+    batcher.submit("s", frame(1))
+    time.sleep(0.05)
+    latest = batcher.submit("s", frame(2))
+    assert batcher.oldest_pending_age_s() >= 0.05  # the stream has waited since its first frame
+    assert batcher.step() == 1 and latest.done()
+    since_first_ms = 1000 * (time.monotonic() - first_at)
+    assert batcher.stats("s")["last_latency_ms"] <= since_first_ms - 45  # timed from its own submit
+    assert batcher.oldest_pending_age_s() == 0.0
+
+
 def test_step_takes_oldest_first_up_to_max_batch_size():
     pipe = make_pipe()
     batcher = StreamBatcher(pipe, max_batch_size=2)
