@@ -2,10 +2,14 @@
 
 vLLM and StreamDiffusion each assume the device is theirs. Here a single executor alternates
 between diffusion batches (frames of every live video stream in one UNet call) and LLM engine
-steps. Video frames have deadlines: a batch runs as soon as waiting another LLM step would make
-the oldest frame late; otherwise LLM steps fill the time. Neither side starves: after every
-diffusion batch the LLM gets at least one step, and while video streams are live the LLM step is
-held to a small token budget so it never blocks a frame for long.
+steps. When both sides have work the device is shared by weighted fair queuing: each side's busy
+time, divided by its weight (`video_share` and the rest), advances its virtual clock, and the
+side that is behind runs next; a side that had no work starts level with the other, so neither
+banks credit while idle nor starves the other. Video frames also have deadlines: a stream that
+has waited so long that one more LLM step would make it late is due; a frame that is not due yet
+lets the LLM step first. While video streams are live the LLM step's token budget is held small
+so prefill chunks stay short. Frames wait in the batcher latest-wins, so a busy device lowers
+the video frame rate, not the freshness of the frames that come out.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ logger = logging.getLogger("livecast.runtime")
 @dataclass(slots=True)
 class RuntimePolicy:
     frame_deadline_ms: float = 66.0  # a frame should start processing within one 15 fps interval
+    video_share: float = 0.5  # device time video gets while the LLM also has work
     video_llm_token_budget: int = 64  # LLM tokens per step while video streams are live
     idle_wait_s: float = 0.05
     stats_interval_s: float = 5.0
@@ -29,6 +34,8 @@ class RuntimePolicy:
     def __post_init__(self) -> None:
         if self.frame_deadline_ms <= 0:
             raise ValueError(f"frame_deadline_ms must be > 0, got {self.frame_deadline_ms}")
+        if not 0 < self.video_share < 1:
+            raise ValueError(f"video_share must be in (0, 1), got {self.video_share}")
         if self.video_llm_token_budget < 1:
             raise ValueError(f"video_llm_token_budget must be >= 1, got {self.video_llm_token_budget}")
 
@@ -61,7 +68,7 @@ class DeviceRuntime:
         self.stats = RuntimeStats()
         self._llm_step = _Ema()
         self._diffusion_step = _Ema()
-        self._last: str | None = None
+        self._clock = {"diffusion": 0.0, "llm": 0.0}  # virtual time: busy seconds / the side's weight
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,25 +116,24 @@ class DeviceRuntime:
             self._maybe_log()
 
     def choose(self) -> str | None:
-        """'diffusion', 'llm' or None (idle): the scheduling policy, side-effect free."""
+        """'diffusion', 'llm' or None (idle): the scheduling policy (it only levels idle clocks)."""
         llm_wants = self.llm is not None and self.llm.has_work()
         frames = self.batcher is not None and self.batcher.num_pending() > 0
-        if not frames:
-            return "llm" if llm_wants else None
-        if not llm_wants:
-            return "diffusion"
-        if self._last == "diffusion":
-            return "llm"  # the LLM always gets a step between two batches
+        clock = self._clock
+        if not (frames and llm_wants):  # one side alone: it starts level when the other wakes
+            idle = "llm" if frames else "diffusion"
+            clock[idle] = max(clock["llm"], clock["diffusion"])
+            return "diffusion" if frames else "llm" if llm_wants else None
         deadline_s = self.policy.frame_deadline_ms / 1000
-        if self.batcher.oldest_pending_age_s() + self._llm_step.value >= deadline_s:
-            return "diffusion"
-        return "llm"
+        if self.batcher.oldest_pending_age_s() + self._llm_step.value < deadline_s:
+            return "llm"  # the frame can wait one more LLM step
+        return "diffusion" if clock["diffusion"] <= clock["llm"] else "llm"
 
     def run_once(self) -> bool:
         self._apply_token_budget()
         choice = self.choose()
         if choice == "diffusion":
-            self._run_diffusion()
+            elapsed = self._run_diffusion()
         elif choice == "llm":
             start = time.perf_counter()
             self.llm.run_once()
@@ -135,10 +141,13 @@ class DeviceRuntime:
             self._llm_step.update(elapsed)
             self.stats.llm_steps += 1
             self.stats.llm_busy_s += elapsed
-        self._last = choice or self._last
-        return choice is not None
+        else:
+            return False
+        weight = self.policy.video_share if choice == "diffusion" else 1 - self.policy.video_share
+        self._clock[choice] += elapsed / weight
+        return True
 
-    def _run_diffusion(self) -> None:
+    def _run_diffusion(self) -> float:
         wait_s = self.batcher.oldest_pending_age_s()
         start = time.perf_counter()
         frames = self.batcher.step()
@@ -151,6 +160,7 @@ class DeviceRuntime:
         stats.frame_wait_ms.append(wait_s * 1000)
         if wait_s * 1000 > self.policy.frame_deadline_ms:
             stats.deadline_misses += 1
+        return elapsed
 
     def _apply_token_budget(self) -> None:
         if self.llm is None:

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     runtime = parser.add_argument_group("shared device runtime")
     runtime.add_argument("--frame-deadline-ms", type=float, default=66.0,
                          help="run a diffusion batch before a waiting frame gets this late (default 66 = 15 fps)")
+    runtime.add_argument("--video-share", type=float, default=0.5,
+                         help="share of device time video gets while the LLM also has work (default 0.5)")
     runtime.add_argument("--video-llm-tokens", type=int, default=64,
                          help="LLM tokens per step while video streams are live (bounds how long a frame waits)")
     runtime.add_argument("--memory-budget-gb", type=float, default=None,
@@ -62,7 +64,8 @@ def parse_settings(args: list[str]) -> tuple[ServerSettings, argparse.Namespace]
         max_model_len=ns.max_model_len, diffusion_model=ns.diffusion_model, diffusion_device=ns.diffusion_device,
         diffusion_dtype=ns.diffusion_dtype, diffusion_resolution=ns.diffusion_resolution,
         max_video_sessions=ns.max_video_sessions, latency_probe=ns.latency_probe,
-        ice_loopback=ns.ice_loopback, frame_deadline_ms=ns.frame_deadline_ms, video_llm_tokens=ns.video_llm_tokens,
+        ice_loopback=ns.ice_loopback, frame_deadline_ms=ns.frame_deadline_ms, video_share=ns.video_share,
+        video_llm_tokens=ns.video_llm_tokens,
         memory_budget=int(ns.memory_budget_gb * (1 << 30)) if ns.memory_budget_gb else None)
     return settings, ns
 

@@ -48,6 +48,7 @@ class ServerSettings:
 
     # -- the shared device runtime ---------------------------------------------------------------
     frame_deadline_ms: float = 66.0  # a waiting video frame is processed before it is this late
+    video_share: float = 0.5  # device time video gets while the LLM also has work
     video_llm_tokens: int = 64  # LLM token budget per step while video streams are live
     memory_budget: int | None = None  # bytes for both engines on a CPU host; sizes the KV cache
 
@@ -81,4 +82,5 @@ class ServerSettings:
                                ice_loopback=self.ice_loopback, drive_batcher=False)
 
     def runtime_policy(self) -> RuntimePolicy:
-        return RuntimePolicy(frame_deadline_ms=self.frame_deadline_ms, video_llm_token_budget=self.video_llm_tokens)
+        return RuntimePolicy(frame_deadline_ms=self.frame_deadline_ms, video_share=self.video_share,
+                             video_llm_token_budget=self.video_llm_tokens)

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="livecast bench cohost", description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=None, help="a running server started with --latency-probe")
     parser.add_argument("--model", default=None, help="LLM for the started server (default: SmolLM2-135M)")
+    parser.add_argument("--video-share", type=float, default=None,
+                        help="the started server's --video-share (default: the server's own)")
     parser.add_argument("--fps", type=float, default=20.0)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=15.0, help="video-alone measurement window")
@@ -63,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     url = args.url
     if url is None:
-        serve = ["--latency-probe", "--diffusion-resolution", str(args.size), "--log-level", "warning"]
-        proc, url = start_server(serve + (["--model", args.model] if args.model else []))
+        serve = ["--latency-probe", "--ice-loopback", "--diffusion-resolution", str(args.size), "--log-level", "warning"]
+        serve += ["--model", args.model] if args.model else []
+        serve += ["--video-share", str(args.video_share)] if args.video_share is not None else []
+        proc, url = start_server(serve)
     try:
         phases = asyncio.run(run(url, args))
     finally:

@@ -91,30 +91,46 @@ async def test_chat_and_video_together_both_complete(tiny_llama_path, pipe):
         await runtime.stop()
 
 
-def test_policy_alternates_and_respects_deadlines(tiny_llama_path, pipe):
+def test_policy_shares_the_device_and_respects_deadlines(tiny_llama_path, pipe):
     llm = make_llm(tiny_llama_path)
     batcher = StreamBatcher(pipe, max_batch_size=4)
-    runtime = DeviceRuntime(llm, batcher, RuntimePolicy(frame_deadline_ms=50, video_llm_token_budget=32))
+    runtime = DeviceRuntime(llm, batcher, RuntimePolicy(frame_deadline_ms=50, video_share=0.25,
+                                                        video_llm_token_budget=32))
     assert runtime.choose() is None
     batcher.add_stream("cam", prompt="x")
     runtime._apply_token_budget()
     assert llm.engine.scheduler.max_num_batched_tokens == 32  # nothing runs yet: the video budget
     batcher.submit("cam", image(0))
     assert runtime.choose() == "diffusion"  # only video wants the device
-    llm._commands.append(("add", llm.engine.make_request("r", [1, 2, 3], SamplingParams(max_tokens=4))))
-    runtime._last = "diffusion"
-    assert runtime.choose() == "llm"  # the LLM always gets a step between batches
-    runtime._last = "llm"
+    assert runtime.run_once() and runtime.stats.diffusion_frames == 1
+    llm._commands.append(("add", llm.engine.make_request("r", [1, 2, 3], SamplingParams(max_tokens=400,
+                                                                                        ignore_eos=True))))
+    assert runtime.choose() == "llm"  # no frame waits
     runtime._llm_step.value = 0.01
+    batcher.submit("cam", image(1))
     assert runtime.choose() == "llm"  # a fresh frame can wait one short LLM step
-    time.sleep(0.06)
-    assert runtime.choose() == "diffusion"  # now waiting longer would miss the deadline
+    time.sleep(0.05)
+    # due now, but the LLM is behind: it woke level with video's clock before the first batch
+    assert runtime.choose() == "llm"
+    runtime._clock["llm"] = runtime._clock["diffusion"] + 1e-3
+    assert runtime.choose() == "diffusion"  # once the LLM is ahead, the due frame goes first
+    # both sides busy, frames always due: the LLM gets ~3/4 of the device time
+    runtime.policy.frame_deadline_ms = 1e-3
+    before = runtime.stats.diffusion_busy_s, runtime.stats.llm_busy_s
+    for i in range(200):
+        batcher.submit("cam", image(i))
+        runtime.run_once()
+    video, llm_busy = runtime.stats.diffusion_busy_s - before[0], runtime.stats.llm_busy_s - before[1]
+    assert 0.18 < video / (video + llm_busy) < 0.32, runtime.snapshot()
+    llm.abort_all()
     while runtime.run_once():
         pass
-    assert runtime.stats.diffusion_frames == 1 and not llm.has_work()
+    assert not llm.has_work() and llm.engine.block_manager.device.num_used == 0
     batcher.remove_stream("cam")
     runtime._apply_token_budget()
     assert llm.engine.scheduler.max_num_batched_tokens == llm.engine.config.max_num_batched_tokens
+    with pytest.raises(ValueError, match="video_share"):
+        RuntimePolicy(video_share=1.0)
 
 
 async def test_stop_under_load_does_not_hang(tiny_llama_path, pipe):
