@@ -69,7 +69,9 @@ def plan_memory(settings, diffusion):
     if config.torch_device().type != "cpu":
         return settings
     diffusion_bytes = 0
-    if diffusion is not None:
+    if diffusion is not None and settings.diffusion_memory is not None:
+        diffusion_bytes = settings.diffusion_memory
+    elif diffusion is not None:
         pipe = diffusion.pipe
         weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder)
                       for p in m.parameters())

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="LLM tokens per step while video streams are live (bounds how long a frame waits)")
     runtime.add_argument("--memory-budget-gb", type=float, default=None,
                          help="CPU hosts: memory for both engines; the KV cache gets what diffusion and LLM weights leave")
+    runtime.add_argument("--diffusion-memory-gb", type=float, default=None,
+                         help="with --memory-budget-gb: what diffusion needs (default: its weights x 1.5)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -66,7 +68,8 @@ def parse_settings(args: list[str]) -> tuple[ServerSettings, argparse.Namespace]
         max_video_sessions=ns.max_video_sessions, latency_probe=ns.latency_probe,
         ice_loopback=ns.ice_loopback, frame_deadline_ms=ns.frame_deadline_ms, video_share=ns.video_share,
         video_llm_tokens=ns.video_llm_tokens,
-        memory_budget=int(ns.memory_budget_gb * (1 << 30)) if ns.memory_budget_gb else None)
+        memory_budget=int(ns.memory_budget_gb * (1 << 30)) if ns.memory_budget_gb else None,
+        diffusion_memory=int(ns.diffusion_memory_gb * (1 << 30)) if ns.diffusion_memory_gb else None)
     return settings, ns
 
 

@@ -51,6 +51,7 @@ class ServerSettings:
     video_share: float = 0.5  # device time video gets while the LLM also has work
     video_llm_tokens: int = 64  # LLM token budget per step while video streams are live
     memory_budget: int | None = None  # bytes for both engines on a CPU host; sizes the KV cache
+    diffusion_memory: int | None = None  # bytes the diffusion side needs in that plan; None: estimated
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -63,6 +64,9 @@ class ServerSettings:
             raise ValueError(f"grammar_cache_size must be >= 1, got {self.grammar_cache_size}")
         if self.max_ws_streams < 1:
             raise ValueError(f"max_ws_streams must be >= 1, got {self.max_ws_streams}")
+        for name in ("memory_budget", "diffusion_memory", "kv_cache_memory"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 bytes, got {getattr(self, name)}")
         if self.api_key == "":
             self.api_key = None
         # fail at startup, not in the lifespan, on a bad engine setting
