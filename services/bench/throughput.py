@@ -23,11 +23,12 @@ def make_workload(num_requests: int, seed: int, vocab_size: int, min_prompt=32, 
              rng.randint(min_output, max_output)) for _ in range(num_requests)]
 
 
-def run_engine(engine, workload) -> dict:
+def run_engine(engine, workload, temperature: float = 0.0, seed: int = 0) -> dict:
     from engine import SamplingParams
 
     for i, (prompt, out_len) in enumerate(workload):
-        engine.add_request(f"bench-{i}", prompt, SamplingParams(temperature=0, max_tokens=out_len, ignore_eos=True))
+        engine.add_request(f"bench-{i}", prompt, SamplingParams(temperature=temperature, seed=seed + i if temperature
+                                                                else None, max_tokens=out_len, ignore_eos=True))
     bm = engine.block_manager
     peak_alloc = peak_filled = generated = 0
     start = time.perf_counter()
@@ -67,19 +68,27 @@ def parallel_sampling_saving(engine, vocab_size: int, seed: int) -> dict:
     return {"n4_blocks": one, "separate_blocks": four, "saving_pct": 100.0 * (1 - one / four)}
 
 
-def run_hf_sequential(model, workload) -> dict:
+def _hf_sampling(temperature: float) -> dict:
+    """generate() options for the same distribution as the engine's: plain temperature sampling
+    (HF's generation config would otherwise add top_k=50)."""
+    if not temperature:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+
+
+def run_hf_sequential(model, workload, temperature: float = 0.0) -> dict:
     generated, start = 0, time.perf_counter()
     with torch.inference_mode():
         for prompt, out_len in workload:
             x = torch.tensor([prompt])
-            y = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=out_len,
-                               min_new_tokens=out_len, pad_token_id=0)
+            y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=out_len,
+                               min_new_tokens=out_len, pad_token_id=0, **_hf_sampling(temperature))
             generated += y.shape[1] - len(prompt)
     elapsed = time.perf_counter() - start
     return {"tok_s": generated / elapsed, "seconds": elapsed, "tokens": generated}
 
 
-def run_hf_static(model, workload, batch_size: int) -> dict:
+def run_hf_static(model, workload, batch_size: int, temperature: float = 0.0) -> dict:
     useful, start = 0, time.perf_counter()
     with torch.inference_mode():
         for b in range(0, len(workload), batch_size):
@@ -91,8 +100,8 @@ def run_hf_static(model, workload, batch_size: int) -> dict:
                 ids[i, width - len(p):] = torch.tensor(p)
                 mask[i, width - len(p):] = 1
             longest = max(n for _, n in batch)
-            model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=longest,
-                           min_new_tokens=longest, pad_token_id=0)
+            model.generate(ids, attention_mask=mask, max_new_tokens=longest,
+                           min_new_tokens=longest, pad_token_id=0, **_hf_sampling(temperature))
             useful += sum(n for _, n in batch)
     elapsed = time.perf_counter() - start
     return {"tok_s": useful / elapsed, "seconds": elapsed, "tokens": useful}
@@ -108,7 +117,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hf-static-requests", type=int, default=128)
     parser.add_argument("--max-num-seqs", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--kv-cache-gb", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy; > 0: seeded temperature sampling on both sides")
     parser.add_argument("--skip-hf", action="store_true", help="engine figures only")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -118,23 +130,25 @@ def main(argv: list[str]) -> int:
     from engine import EngineConfig, LLMEngine
 
     engine = LLMEngine(EngineConfig(model=args.model, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-                                    max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=3 << 30))
+                                    max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=int(args.kv_cache_gb * (1 << 30))))
     vocab = engine.hf_config.vocab_size
     workload = make_workload(args.num_requests, args.seed, vocab)
     run_engine(engine, make_workload(4, args.seed + 7, vocab, 16, 32, 4, 8))  # warm-up
-    ours = run_engine(engine, workload)
+    ours = run_engine(engine, workload, args.temperature, args.seed)
     saving = parallel_sampling_saving(engine, vocab, args.seed)
     result = {"engine_output_tok_s": ours["tok_s"], "engine_seconds": ours["seconds"],
               "engine_output_tokens": ours["tokens"], "kv_waste_pct": ours["kv_waste_pct"],
               "engine_preemptions": ours["preemptions"],
               "parallel_sampling_kv_saving_pct": saving["saving_pct"], "parallel_sampling": saving,
-              "num_requests": args.num_requests, "dtype": args.dtype, "model": engine.model_name}
+              "num_requests": args.num_requests, "dtype": args.dtype, "model": engine.model_name,
+              "temperature": args.temperature}
     rows = [["livecast engine (all at once)", args.num_requests, ours["tokens"], ours["seconds"], ours["tok_s"], 1.0]]
     if not args.skip_hf:
         hf = AutoModelForCausalLM.from_pretrained(engine.model_path, dtype=engine.dtype).eval()
         rng = random.Random(args.seed)
-        seq = run_hf_sequential(hf, rng.sample(workload, args.hf_sequential_requests))
-        static = run_hf_static(hf, workload[:args.hf_static_requests], args.hf_batch_size)
+        torch.manual_seed(args.seed)
+        seq = run_hf_sequential(hf, rng.sample(workload, args.hf_sequential_requests), args.temperature)
+        static = run_hf_static(hf, workload[:args.hf_static_requests], args.hf_batch_size, args.temperature)
         result.update(hf_sequential_output_tok_s=seq["tok_s"], hf_static_batch_output_tok_s=static["tok_s"],
                       engine_vs_hf_sequential=ours["tok_s"] / seq["tok_s"],
                       engine_vs_hf_static_batch=ours["tok_s"] / static["tok_s"])

@@ -201,3 +201,21 @@ def test_utf8_deltas_never_split_and_concatenate_to_text(llm):
             pieces.append(text[len(last):])
             last = text
     assert "".join(pieces) == out.outputs[0].text == tok.decode(out.outputs[0].token_ids, skip_special_tokens=True)
+
+
+def test_draws_follow_the_distribution_and_never_pick_masked_tokens():
+    from engine.sampler import SamplingRow, sample
+
+    target = torch.tensor([0.5, 0.0, 0.25, 0.125, 0.0, 0.125])
+    logits = target.log().expand(20000, -1).contiguous()  # log(0) = -inf: masked
+    rows = [SamplingRow(SamplingParams(temperature=1.0), [1], 1, None, []) for _ in range(20000)]
+    counts = torch.bincount(torch.tensor(sample(logits, rows).token_ids), minlength=6).float()
+    assert counts[1] == 0 and counts[4] == 0
+    sigma = (20000 * target * (1 - target)).sqrt()
+    assert torch.all((counts - 20000 * target).abs() <= 4 * sigma + 1e-6), counts
+    # a seeded row draws the same token whatever else is in the batch
+    seeded = lambda: SamplingRow(SamplingParams(temperature=1.0, seed=7), [1], 1,  # noqa: E731
+                                 torch.Generator().manual_seed(7), [])
+    alone = sample(logits[:1], [seeded()]).token_ids
+    crowd = sample(logits[:5], [rows[0], rows[1], seeded(), rows[2], rows[3]]).token_ids
+    assert crowd[2] == alone[0]
