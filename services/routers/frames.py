@@ -7,9 +7,12 @@ Server → `{"type": "hello", …}` once; per result a text `{"type": "frame", "
 "width", "height", "format"}` followed by the binary image; `{"type": "stats", …}` every second;
 `{"type": "error", "code", "message", "param"?, "seq"?}`, which never closes the socket.
 
-Frames arriving while one is in flight go to a depth-1 slot: the newest replaces a waiting one
-(counted as dropped), so a client that sends faster than the server stylizes, or reads slower,
-never builds a backlog on the server.
+Every hand-over keeps only the latest: frames arriving faster than they are decoded replace the
+one waiting in a depth-1 slot; decoded frames go to the batcher at once and replace one still
+waiting there, so the device always starts on the freshest picture (a busy device lowers the
+frame rate, not the freshness); results wait for the socket in another depth-1 slot. Replaced
+frames are counted as dropped. A client that sends faster than the server stylizes, or reads
+slower, never builds a backlog on the server.
 """
 from __future__ import annotations
 
@@ -65,6 +68,8 @@ class _FrameSession:
         self.websocket, self.service, self.stream_id = websocket, service, stream_id
         self.mode, self.format, self.quality = "img2img", "JPEG", 85
         self.slot = LatestSlot()  # ("frame", bytes, seq, t) or ("next", None, None, t)
+        self.results = LatestSlot()  # (image, seq, t) for the sender
+        self.errors: set[asyncio.Task] = set()
         self.stats = FrameStats()
         self.send_lock = asyncio.Lock()
         self.seq = 0
@@ -72,7 +77,8 @@ class _FrameSession:
     async def run(self) -> None:
         await self._send_json({"type": "hello", "mode": self.mode, "model": self.service.model_info,
                                "settings": self.service.stream_settings(self.stream_id)})
-        tasks = [asyncio.create_task(self._work()), asyncio.create_task(self._report())]
+        tasks = [asyncio.create_task(self._work()), asyncio.create_task(self._send_results()),
+                 asyncio.create_task(self._report())]
         try:
             while True:
                 message = await self.websocket.receive()
@@ -85,9 +91,9 @@ class _FrameSession:
         except WebSocketDisconnect:
             pass
         finally:
-            for task in tasks:
+            for task in tasks + list(self.errors):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self.errors, return_exceptions=True)
 
     def _on_frame(self, data: bytes) -> None:
         self.seq += 1
@@ -153,12 +159,29 @@ class _FrameSession:
                     await self._error("invalid_image", str(exc), param="image", seq=seq)
                     continue
             try:
-                image = await self.service.process(self.stream_id, frame, "ws")
-            except FrameDropped:
-                continue
+                result = self.service.submit(self.stream_id, frame, "ws")
             except ValueError as exc:
                 await self._error("invalid_image", str(exc), param="image", seq=seq)
                 continue
+            result.add_done_callback(lambda done, tag=(seq, started): self._on_result(done, *tag))
+
+    def _on_result(self, done: asyncio.Future, seq: int, started: float) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if isinstance(error, FrameDropped):  # a newer frame replaced it in the batcher
+            self.stats.dropped += 1
+            self.service.metrics.frames_dropped.labels("ws").inc()
+        elif error is not None:  # the pipeline rejected it (e.g. NaN pixels)
+            task = asyncio.ensure_future(self._error("invalid_image", str(error), param="image", seq=seq))
+            self.errors.add(task)
+            task.add_done_callback(self.errors.discard)
+        elif self.results.put((done.result(), seq, started)):
+            self.stats.dropped += 1
+
+    async def _send_results(self) -> None:
+        while True:
+            image, seq, started = await self.results.get()
             payload = await asyncio.to_thread(encode_image, image, self.format, self.quality)
             latency_ms = self.stats.frame_done(started)
             meta = {"type": "frame", "seq": seq, "latency_ms": round(latency_ms, 2), "width": image.width,
