@@ -23,6 +23,7 @@ class EngineConfig:
     max_model_len: int | None = None
     max_waiting: int = 4096
     enable_prefix_caching: bool = True
+    jump_forward: bool = True  # grammar-forced text is appended without sampling (see OutputProcessor)
     preemption_mode: str = "swap"
     attention_backend: str = "auto"  # "torch", "triton" or "auto" (triton on CUDA)
     seed: int = 0

@@ -67,7 +67,7 @@ class LLMEngine:
                                                    config.preemption_mode), self.block_manager)
         self._seq_ids = itertools.count()
         self.processor = OutputProcessor(self.tokenizer, self.block_manager, self.eos_token_ids,
-                                         self.max_model_len, lambda: next(self._seq_ids))
+                                         self.max_model_len, lambda: next(self._seq_ids), config.jump_forward)
         self.requests: dict[str, SequenceGroup] = {}
         self.stats_tracker = StatsTracker()
         logger.info("model %s (%s, %s, %s) · KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB) · "

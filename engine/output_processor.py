@@ -14,8 +14,9 @@ from engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 class OutputProcessor:
     def __init__(self, tokenizer, block_manager: BlockManager, eos_token_ids: set[int],
-                 max_model_len: int, next_seq_id) -> None:
+                 max_model_len: int, next_seq_id, jump_forward: bool = True) -> None:
         self.tokenizer = tokenizer
+        self.jump_forward = jump_forward
         self.detokenizer = Detokenizer(tokenizer)
         self.block_manager = block_manager
         self.eos_token_ids = eos_token_ids
@@ -38,12 +39,38 @@ class OutputProcessor:
 
     def append(self, group: SequenceGroup, seq: Sequence, token_id: int, logprob: float,
                top_logprobs: dict[int, float] | None) -> None:
+        matcher = seq.grammar_matcher
+        if matcher is not None and not matcher.is_terminated():
+            matcher.accept_token(token_id)
+        self._extend(group, seq, token_id, logprob, top_logprobs)
+        if matcher is not None and self.jump_forward and not seq.finished:
+            self._jump_forward(group, seq)
+
+    def _jump_forward(self, group: SequenceGroup, seq: Sequence) -> None:
+        """Append the text the grammar forces next (a JSON key, a tool call's fixed frame) as
+        tokens the model does not sample: the next step computes them all in one chunk instead of
+        one decode step each. The forced string is tokenized on its own and its last token is left
+        to the model, which may merge it with what follows. Requests that want logprobs or rank
+        candidates by them (best_of > 1) decode token by token: forced tokens have no model
+        log-probability."""
+        params: SamplingParams = group.params
+        if params.logprobs is not None or params.best_of > 1:
+            return
+        forced = seq.grammar_matcher.find_jump_forward_string()
+        if not forced:
+            return
+        for token_id in self.tokenizer.encode(forced, add_special_tokens=False)[:-1]:
+            if seq.finished or not seq.grammar_matcher.accept_token(token_id):
+                return
+            self._extend(group, seq, token_id, 0.0, None)
+
+    def _extend(self, group: SequenceGroup, seq: Sequence, token_id: int, logprob: float,
+                top_logprobs: dict[int, float] | None) -> None:
+        """One more token on `seq` (its grammar already advanced): detokenize, check stops."""
         params: SamplingParams = group.params
         seq.append_token(token_id, logprob, top_logprobs)
         if group.first_token_time is None:
             group.first_token_time = time.monotonic()
-        if seq.grammar_matcher is not None and not seq.grammar_matcher.is_terminated():
-            seq.grammar_matcher.accept_token(token_id)
         reason, stop_reason = self._token_stop(params, seq, token_id)
         old_len = len(seq.text)
         self.detokenizer.step(seq, params.skip_special_tokens, flush=reason is not None)

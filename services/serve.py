@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     llm.add_argument("--dtype", default="auto", help="auto (bf16), float32, float16")
     llm.add_argument("--kv-cache-gb", type=float, default=None, help="KV cache size (default: the engine's)")
     llm.add_argument("--max-num-seqs", type=int, default=128)
+    llm.add_argument("--no-jump-forward", dest="jump_forward", action="store_false",
+                     help="decode grammar-forced text (JSON keys, tool-call frames) token by token")
     llm.add_argument("--max-num-batched-tokens", type=int, default=1024)
     llm.add_argument("--max-model-len", type=int, default=None)
     diffusion = parser.add_argument_group("diffusion")
@@ -62,7 +64,7 @@ def parse_settings(args: list[str]) -> tuple[ServerSettings, argparse.Namespace]
         max_body_bytes=int(ns.max_body_mb * (1 << 20)), enable_llm=ns.enable_llm,
         enable_diffusion=ns.enable_diffusion, model=ns.model, served_model_name=ns.served_model_name,
         dtype=ns.dtype, kv_cache_memory=int(ns.kv_cache_gb * (1 << 30)) if ns.kv_cache_gb else None,
-        max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens,
+        max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens, jump_forward=ns.jump_forward,
         max_model_len=ns.max_model_len, diffusion_model=ns.diffusion_model, diffusion_device=ns.diffusion_device,
         diffusion_dtype=ns.diffusion_dtype, diffusion_resolution=ns.diffusion_resolution,
         max_video_sessions=ns.max_video_sessions, latency_probe=ns.latency_probe,

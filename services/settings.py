@@ -29,6 +29,7 @@ class ServerSettings:
     dtype: str = "auto"
     kv_cache_memory: int | None = None  # bytes; None → the engine's default
     max_num_seqs: int = 128
+    jump_forward: bool = True  # grammar-forced text appended without sampling
     max_num_batched_tokens: int = 1024
     max_model_len: int | None = None
     max_queue: int = 1024  # waiting requests beyond this get 503 + Retry-After
@@ -77,6 +78,7 @@ class ServerSettings:
     def engine_config(self) -> EngineConfig:
         return EngineConfig(model=self.model, dtype=self.dtype, kv_cache_memory=self.kv_cache_memory,
                             max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
+                            jump_forward=self.jump_forward,
                             max_model_len=self.max_model_len, max_waiting=self.max_queue)
 
     def diffusion_config(self) -> DiffusionConfig:
