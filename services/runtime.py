@@ -26,7 +26,7 @@ logger = logging.getLogger("livecast.runtime")
 @dataclass(slots=True)
 class RuntimePolicy:
     frame_deadline_ms: float = 66.0  # a frame should start processing within one 15 fps interval
-    video_share: float = 0.5  # device time video gets while the LLM also has work
+    video_share: float = 0.4  # device time video gets while the LLM also has work
     video_llm_token_budget: int = 64  # LLM tokens per step while video streams are live
     idle_wait_s: float = 0.05
     stats_interval_s: float = 5.0

@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     runtime = parser.add_argument_group("shared device runtime")
     runtime.add_argument("--frame-deadline-ms", type=float, default=66.0,
                          help="run a diffusion batch before a waiting frame gets this late (default 66 = 15 fps)")
-    runtime.add_argument("--video-share", type=float, default=0.5,
-                         help="share of device time video gets while the LLM also has work (default 0.5)")
+    runtime.add_argument("--video-share", type=float, default=0.4,
+                         help="share of device time video gets while the LLM also has work (default 0.4)")
     runtime.add_argument("--video-llm-tokens", type=int, default=64,
                          help="LLM tokens per step while video streams are live (bounds how long a frame waits)")
     runtime.add_argument("--memory-budget-gb", type=float, default=None,

@@ -49,7 +49,7 @@ class ServerSettings:
 
     # -- the shared device runtime ---------------------------------------------------------------
     frame_deadline_ms: float = 66.0  # a waiting video frame is processed before it is this late
-    video_share: float = 0.5  # device time video gets while the LLM also has work
+    video_share: float = 0.4  # device time video gets while the LLM also has work
     video_llm_tokens: int = 64  # LLM token budget per step while video streams are live
     memory_budget: int | None = None  # bytes for both engines on a CPU host; sizes the KV cache
     diffusion_memory: int | None = None  # bytes the diffusion side needs in that plan; None: estimated

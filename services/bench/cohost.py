@@ -81,13 +81,16 @@ def main(argv: list[str] | None = None) -> int:
               "video_p95_ratio": vc["p95_ms"] / vs["p95_ms"],
               "llm_throughput_ratio": lc["output_throughput"] / ls["output_throughput"],
               "fps_in": args.fps, "size": args.size, "phases": phases}
+    def llm_cells(phase: dict) -> list[str]:
+        return [f"{phase['output_throughput']:.1f}", f"{phase['ttft']['p50_ms']:.0f}", f"{phase['tpot']['p50_ms']:.0f}"]
+
     rows = [["video alone", f"{vs['fps_out']:.1f}", f"{vs['p50_ms']:.0f}", f"{vs['p95_ms']:.0f}",
-             f"{vs['dropped_pct']:.0f}%", "-"],
-            ["LLM alone", "-", "-", "-", "-", f"{ls['output_throughput']:.1f}"],
+             f"{vs['dropped_pct']:.0f}%", "-", "-", "-"],
+            ["LLM alone", "-", "-", "-", "-", *llm_cells(ls)],
             ["both together", f"{vc['fps_out']:.1f}", f"{vc['p50_ms']:.0f}", f"{vc['p95_ms']:.0f}",
-             f"{vc['dropped_pct']:.0f}%", f"{lc['output_throughput']:.1f}"]]
-    report("cohost", ["phase", "video fps out", "video p50 ms", "video p95 ms", "dropped", "LLM out tok/s"],
-           rows, result, args.json)
+             f"{vc['dropped_pct']:.0f}%", *llm_cells(lc)]]
+    report("cohost", ["phase", "video fps out", "video p50 ms", "video p95 ms", "dropped", "LLM out tok/s",
+                      "LLM TTFT p50 ms", "LLM TPOT p50 ms"], rows, result, args.json)
     print(f"co-hosted video p95 = {result['video_p95_ratio']:.2f}x solo (target <= 1.5x); "
           f"co-hosted LLM throughput = {100 * result['llm_throughput_ratio']:.0f}% of solo (target >= 50%)")
     return 0
