@@ -174,6 +174,14 @@ class DeviceRuntime:
         scheduler.max_num_batched_tokens = budget
 
     # -- reporting ---------------------------------------------------------------------------
+    def health(self) -> dict:
+        """The policy and the counters, for /health."""
+        p = self.policy
+        return {"running": self._thread is not None and self._thread.is_alive(),
+                "policy": {"video_share": p.video_share, "frame_deadline_ms": p.frame_deadline_ms,
+                           "video_llm_token_budget": p.video_llm_token_budget},
+                **self.snapshot()}
+
     def snapshot(self) -> dict:
         s = self.stats
         waits = sorted(s.frame_wait_ms)

@@ -53,6 +53,8 @@ async def test_chat_and_video_cohosted(tiny_llama_path):
             assert runtime.stats.llm_steps > 0 and runtime.stats.diffusion_batches > 0
             health = httpx.get(f"{server.url}/health").json()
             assert health["llm"]["healthy"] and health["diffusion"]["demo"] is True
+            assert health["runtime"]["running"] and health["runtime"]["policy"]["video_share"] == 0.4
+            assert health["runtime"]["diffusion_batches"] >= 1 and health["runtime"]["llm_steps"] >= 1
             assert "livecast_runtime_deadline_misses" in httpx.get(f"{server.url}/metrics").text
         finally:
             await video.close()

@@ -40,7 +40,9 @@ def test_bad_settings_fail_fast(bad):
 def test_app_without_llm_serves_health_only():
     app = create_app(ServerSettings(enable_llm=False, enable_diffusion=False))
     with TestClient(app) as client:
-        assert client.get("/health").json() == {"status": "ok", "llm": None, "diffusion": None}
+        body = client.get("/health").json()
+        assert {k: body[k] for k in ("status", "llm", "diffusion")} == {"status": "ok", "llm": None, "diffusion": None}
+        assert body["runtime"]["running"] and body["runtime"]["llm_steps"] == 0
         assert client.get("/v1/models").status_code == 404
         assert "livecast_time_to_first_token_seconds" in client.get("/metrics").text
 
