@@ -252,6 +252,7 @@ def param_error_name(message: str) -> str | None:
 async def diffusion_server(config: DiffusionConfig, registry: CollectorRegistry) -> AsyncIterator[DiffusionService]:
     """The lifespan piece: load the pipeline (in a worker thread), start, serve, then close every
     WebRTC peer before stopping the batcher."""
+    from services.device import on_own_thread
     from services.ice import use_loopback_only
     from services.jitterbuffer import reassemble_on_marker
     from services.video import VideoSessions  # aiortc is only needed once the side is enabled
@@ -259,7 +260,7 @@ async def diffusion_server(config: DiffusionConfig, registry: CollectorRegistry)
     reassemble_on_marker()
     if config.ice_loopback:
         use_loopback_only()
-    pipe = await asyncio.to_thread(config.load_pipeline)
+    pipe = await on_own_thread(config.load_pipeline)  # not an executor thread: see on_own_thread
     service = DiffusionService(pipe, config, registry)
     service.video = VideoSessions(service, config.max_video_sessions, latency_probe=config.latency_probe)
     service.start()

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from contextlib import aclosing, asynccontextmanager
@@ -13,6 +12,7 @@ from typing import AsyncIterator
 
 from engine import AsyncLLMEngine, QueueFullError, RequestOutput, SamplingParams
 from services.chat_template import render_chat
+from services.device import on_own_thread
 from services.errors import APIError
 from services.logprobs import TokenTexts
 from services.metrics import EngineCollector, ServingMetrics
@@ -116,7 +116,7 @@ async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> 
 @asynccontextmanager
 async def llm_server(settings: ServerSettings, metrics: ServingMetrics) -> AsyncIterator[LLMServer]:
     """Build the engine (in a worker thread: loading weights is seconds of CPU), serve, shut down."""
-    engine = await asyncio.to_thread(AsyncLLMEngine.from_config, settings.engine_config())
+    engine = await on_own_thread(AsyncLLMEngine.from_config, settings.engine_config())  # see on_own_thread
     server = LLMServer(engine, settings, metrics)
     collector = EngineCollector(engine.stats)
     metrics.registry.register(collector)
