@@ -139,3 +139,15 @@ async def test_async_engine_streams_cancels_and_reports_errors(tiny_llama_path):
         assert await aborted() == "abort"
     finally:
         await engine.shutdown()
+
+
+def test_async_engine_loads_on_a_thread_that_is_gone(tiny_llama_path, tmp_path):
+    import threading
+
+    engine = AsyncLLMEngine.from_config(EngineConfig(model=str(tiny_llama_path), dtype="float32",
+                                                     kv_cache_memory=16 << 20), log_stats=False)
+    assert engine.log_stats is False
+    assert not any(t.name == "llm-engine-load" for t in threading.enumerate())
+    with pytest.raises(ValueError, match="neither a local folder"):  # raised on the caller's thread
+        AsyncLLMEngine.from_config(EngineConfig(model=str(tmp_path / "missing")))
+    assert not any(t.name == "llm-engine-load" for t in threading.enumerate())
