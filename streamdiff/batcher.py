@@ -226,7 +226,12 @@ class StreamBatcher:
     # -- optional private thread -------------------------------------------------------------
 
     def start(self) -> None:
-        """Run step() on a background thread whenever frames wait (standalone use)."""
+        """Run step() on a background thread whenever frames wait (standalone use).
+
+        On a CPU, build the pipeline on a thread that has exited (or step from the building
+        thread): a live thread that ran parallel torch ops keeps an OpenMP pool, and with more
+        libgomp threads than CPUs every small op here pays a wake-up (~2x slower steps on 2 cores).
+        """
         if self._thread is not None:
             raise RuntimeError("batcher already started")
         self._stopping = False
