@@ -72,8 +72,12 @@ async def on_own_thread(fn, *args):
     done = loop.create_future()
 
     def settle(result, error) -> None:
-        if not done.done():
-            done.set_exception(error) if error is not None else done.set_result(result)
+        if done.done():  # the awaiting coroutine was cancelled
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
 
     def target() -> None:
         try:
