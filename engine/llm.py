@@ -68,4 +68,9 @@ class LLM:
                     if out.finished:
                         done[out.request_id] = out
                         bar.update(1)
+                failed = [i for i in ids if i in self.engine.step_errors]
+                if failed:
+                    for request_id in ids:
+                        self.engine.abort_request(request_id)
+                    raise ValueError(f"request {failed[0]} failed: {self.engine.step_errors[failed[0]]}")
         return [done[i] for i in ids]

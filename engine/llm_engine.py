@@ -15,9 +15,9 @@ from engine.model_runner import ModelRunner
 from engine.models.llama import LlamaForCausalLM
 from engine.output_processor import OutputProcessor
 from engine.outputs import CompletionOutput, RequestOutput
-from engine.sampler import SamplingRow, sample
+from engine.postprocess import Postprocessor
 from engine.sampling_params import BeamSearchParams, SamplingParams
-from engine.scheduler import Scheduler, SchedulerConfig, ScheduledSeq
+from engine.scheduler import Scheduler, SchedulerConfig
 from engine.sequence import Sequence, SequenceGroup, SequenceStatus
 from engine.stats import EngineStats, StatsTracker
 
@@ -68,7 +68,9 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self.processor = OutputProcessor(self.tokenizer, self.block_manager, self.eos_token_ids,
                                          self.max_model_len, lambda: next(self._seq_ids), config.jump_forward)
+        self.postprocess = Postprocessor(self.block_manager, self.processor, self.eos_token_ids)
         self.requests: dict[str, SequenceGroup] = {}
+        self.step_errors: dict[str, Exception] = {}
         self.stats_tracker = StatsTracker()
         logger.info("model %s (%s, %s, %s) · KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB) · "
                     "CPU swap: %d blocks (%.2f GiB) · max_model_len %d · attention: %s",
@@ -78,11 +80,20 @@ class LLMEngine:
                     "triton" if self.use_triton else "torch")
 
     def _load_model(self, max_positions: int) -> LlamaForCausalLM:
+        from engine.quant.loading import QuantizedCheckpoint
+
         with torch.device("meta"):
             model = LlamaForCausalLM(self.hf_config, max_positions, self.config.use_triton())
         model = model.to_empty(device="cpu")
-        model.load_weights(iter_weights(self.model_path))
-        return model.to(device=self.device, dtype=self.dtype).eval()
+        quant = QuantizedCheckpoint.resolve(self.config.quantization, self.config.model, self.model_path,
+                                            self.device.type)
+        model.load_weights(quant.weights(self.config.model, self.model_path, self.hf_config,
+                                         iter_weights(self.model_path)))
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.quantization = quant.mode  # none | awq | gguf, for /health
+        self.quantization_detail = quant.apply(model, self.device)
+        logger.info("weights: %s", self.quantization_detail)
+        return model
 
     def _kv_budget(self) -> int:
         if self.config.kv_cache_memory:
@@ -140,6 +151,10 @@ class LLMEngine:
         vocab = self.hf_config.vocab_size
         if min(token_ids) < 0 or max(token_ids) >= vocab:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if isinstance(params, SamplingParams):
+            for name, ids in (("stop_token_ids", params.stop_token_ids), ("logit_bias", params.logit_bias or {})):
+                if any(t >= vocab for t in ids):
+                    raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab})")
         if len(token_ids) >= self.max_model_len:
             raise ValueError(f"prompt is {len(token_ids)} tokens, but max_model_len is {self.max_model_len} "
                              "(the prompt must leave room for at least one generated token)")
@@ -148,6 +163,14 @@ class LLMEngine:
             raise ValueError(f"max_tokens ({max_tokens}) + prompt ({len(token_ids)} tokens) exceeds "
                              f"max_model_len ({self.max_model_len})")
         width = params.beam_width if isinstance(params, BeamSearchParams) else params.best_of
+        if width > self.config.max_num_seqs:
+            raise ValueError(f"{'beam_width' if isinstance(params, BeamSearchParams) else 'best_of'} ({width}) "
+                             f"exceeds max_num_seqs ({self.config.max_num_seqs}): its sequences could never "
+                             "run in one batch")
+        if width > self.config.max_best_of:
+            raise ValueError(f"{'beam_width' if isinstance(params, BeamSearchParams) else 'best_of'} ({width}) "
+                             f"exceeds this server's limit of {self.config.max_best_of} sequences per request "
+                             "(--max-best-of)")
         per_seq = -(-(max_tokens or self.max_model_len) // self.block_size) + 1
         needed = -(-len(token_ids) // self.block_size) + width * per_seq
         if needed > self.block_manager.device.num_blocks:
@@ -169,6 +192,13 @@ class LLMEngine:
             o.finish_reason = o.finish_reason or "abort"
         return out
 
+    def set_token_budget(self, num_tokens: int) -> None:
+        """Tokens the next steps may run (the shared runtime shrinks prefill chunks while video is
+        live); never below the running sequences, which each decode one token per step."""
+        if num_tokens < 1:
+            raise ValueError(f"token budget must be >= 1, got {num_tokens}")
+        self.scheduler.max_num_batched_tokens = num_tokens
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
@@ -177,16 +207,20 @@ class LLMEngine:
 
     # -- the step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """schedule → run the model → postprocess, handing plain data from one beat to the next.
+        A request that fails on its own is removed, its error in `step_errors` until the next step."""
+        self.step_errors = {}
         sched = self.scheduler.schedule()
         self.runner.move_blocks(sched.blocks_to_swap_out, sched.blocks_to_swap_in, sched.blocks_to_copy)
-        touched: dict[str, SequenceGroup] = {}
+        touched, num_generated = {}, 0
         if sched.scheduled:
-            batch = build_model_input(sched.scheduled, self.block_manager.block_tables, self.block_size,
-                                      self.device, self.use_triton, self._prompt_logprob_range)
+            batch = build_model_input(sched.scheduled, self.block_size, self.device, self.use_triton)
             logits = self.runner.forward(batch)
-            num_generated = self._postprocess(batch, logits, touched)
-        else:
-            num_generated = 0
+            touched, num_generated = self.postprocess(batch, logits, self.requests)
+            for request_id, error in self.postprocess.failed.items():
+                logger.warning("request %s failed in the step and was removed: %r", request_id, error)
+                self.abort_request(request_id)
+                self.step_errors[request_id] = error
         self.stats_tracker.on_step(sched, num_generated)
         outputs = []
         for group in touched.values():
@@ -197,86 +231,6 @@ class LLMEngine:
             self.requests.pop(group.request_id, None)
             self.stats_tracker.on_finish(group)
         return outputs
-
-    def _prompt_logprob_range(self, item: ScheduledSeq) -> tuple[int, int] | None:
-        """Positions [first, last) of this chunk whose logits score prompt tokens that still lack
-        logprobs (position p scores prompt token p + 1; a recompute skips what it already has)."""
-        group = item.group
-        if group.is_beam or group.params.prompt_logprobs is None:
-            return None
-        done = len(group.prompt_logprobs or [None])  # entry 0 is None: nothing scores token 0
-        c, n = item.seq.num_computed_tokens, item.num_new_tokens
-        first, last = max(c, done - 1), min(c + n, len(group.prompt_token_ids) - 1)
-        return (first, last) if first < last else None
-
-    def _postprocess(self, batch, logits: torch.Tensor, touched: dict[str, SequenceGroup]) -> int:
-        """Advance every scheduled sequence and append sampled tokens; returns tokens generated."""
-        self._record_prompt_logprobs(batch, logits)
-        rows, items, beam_rows = [], [], {}
-        for item, row in zip(batch.scheduled, batch.sample_rows):
-            item.seq.num_computed_tokens += item.num_new_tokens
-            self.block_manager.mark_computed(item.seq)
-            if row < 0:
-                continue
-            group = item.group
-            touched[group.request_id] = group
-            if group.is_beam:
-                beam_rows.setdefault(group.request_id, (group, []))[1].append((item.seq, row))
-                continue
-            repeat = 1 if group.forked or group.params.best_of == 1 else group.params.best_of
-            for _ in range(repeat):
-                rows.append(row)
-                items.append(item)
-        if rows:
-            self._sample(logits, rows, items)
-        for group, seq_rows in beam_rows.values():
-            logprobs = torch.log_softmax(logits[[r for _, r in seq_rows]], dim=-1)
-            self.processor.beam_step(group, [s for s, _ in seq_rows], logprobs)
-        return len(rows) + sum(group.params.beam_width for group, _ in beam_rows.values())
-
-    def _sample(self, logits: torch.Tensor, rows: list[int], items: list[ScheduledSeq]) -> None:
-        sampling_rows = []
-        for item in items:
-            params, seq = item.group.params, item.seq
-            banned = [] if seq.num_output_tokens >= params.min_tokens else \
-                sorted(self.eos_token_ids | set(params.stop_token_ids))
-            # rows repeated for a fork all start from the prompt, so the parent's matcher masks them
-            sampling_rows.append(SamplingRow(params, seq.token_ids, seq.num_prompt_tokens, item.group.generator,
-                                             banned, seq.grammar_matcher))
-        out = sample(logits[rows], sampling_rows)
-        i = 0
-        while i < len(items):
-            item = items[i]
-            group = item.group
-            count = 1
-            while i + count < len(items) and items[i + count] is item:
-                count += 1
-            seqs = [item.seq] if count == 1 else self.processor.fork(group, item.seq, count)
-            if count == 1 and not group.forked:
-                group.forked = True
-            for j, seq in enumerate(seqs):
-                k = i + j
-                self.processor.append(group, seq, out.token_ids[k], out.logprobs[k], out.top_logprobs[k])
-            i += count
-
-    def _record_prompt_logprobs(self, batch, logits: torch.Tensor) -> None:
-        for item, rows in zip(batch.scheduled, batch.prompt_logprob_rows):
-            if rows is None:
-                continue
-            group, (first_row, count) = item.group, rows
-            k = group.params.prompt_logprobs
-            logprobs = torch.log_softmax(logits[first_row:first_row + count], dim=-1)
-            if group.prompt_logprobs is None:
-                group.prompt_logprobs = [None]
-            start = len(group.prompt_logprobs)
-            targets = torch.tensor(group.prompt_token_ids[start:start + count])
-            chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
-            top_vals, top_ids = logprobs.topk(max(k, 1), dim=-1)
-            for j, target in enumerate(targets.tolist()):
-                entry = {target: chosen[j]}
-                entry.update({t: v for t, v in zip(top_ids[j, :k].tolist(), top_vals[j, :k].tolist())
-                              if t not in entry})
-                group.prompt_logprobs.append(entry)
 
     # -- stats ---------------------------------------------------------------------------------
     def stats(self, reset_window: bool = False) -> EngineStats:

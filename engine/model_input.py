@@ -1,4 +1,5 @@
-"""Turn a SchedulerOutput into the step's tensors, built once: ids, positions, slots, tables."""
+"""Turn the scheduler's plain-data chunks into the step's tensors, built once: ids, positions,
+slots, tables, and which logit rows sampling and prompt logprobs read."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.layers.attention import AttentionMetadata
-from engine.scheduler import ScheduledSeq
+from engine.scheduler import ScheduledChunk
 
 
 @dataclass(slots=True)
@@ -15,7 +16,7 @@ class ModelInput:
     positions: torch.Tensor  # (num_tokens,)
     attn: AttentionMetadata
     logits_indices: torch.Tensor  # (num_logit_rows,) token rows whose logits are needed
-    scheduled: list[ScheduledSeq]  # batch order: decodes first, then prefill chunks
+    scheduled: list[ScheduledChunk]  # batch order: decodes first, then prefill chunks
     sample_rows: list[int]  # per scheduled seq: its row in the logits, or -1
     prompt_logprob_rows: list[tuple[int, int] | None]  # per scheduled seq: (first row, count)
 
@@ -26,14 +27,13 @@ def _padded(tables: list[list[int]], width: int, device) -> torch.Tensor:
     return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=device)
 
 
-def build_model_input(scheduled: list[ScheduledSeq], block_tables: dict[int, list[int]], block_size: int,
-                      device: torch.device, use_triton: bool, prompt_logprob_range) -> ModelInput:
-    """`prompt_logprob_range(item)` gives the chunk positions [first, last) needing prompt logprobs."""
+def build_model_input(scheduled: list[ScheduledChunk], block_size: int, device: torch.device,
+                      use_triton: bool) -> ModelInput:
     # decodes sorted by context so the torch path can gather each length bucket without much padding
-    decodes = sorted((s for s in scheduled if s.num_new_tokens == 1), key=lambda s: s.seq.num_computed_tokens)
+    decodes = sorted((s for s in scheduled if s.num_new_tokens == 1), key=lambda s: s.start_pos)
     prefills = [s for s in scheduled if s.num_new_tokens > 1]
     ordered = decodes + prefills
-    tables = [block_tables[s.seq.seq_id] for s in ordered]
+    tables = [s.block_table for s in ordered]
     width = max((len(t) for t in tables), default=1)
 
     input_ids: list[int] = []
@@ -44,12 +44,12 @@ def build_model_input(scheduled: list[ScheduledSeq], block_tables: dict[int, lis
     sample_rows: list[int] = []
     plp_rows: list[tuple[int, int] | None] = []
     for s in ordered:
-        c, n = s.seq.num_computed_tokens, s.num_new_tokens
+        c, n = s.start_pos, s.num_new_tokens
         starts.append(len(input_ids))
-        input_ids.extend(s.seq.token_ids[c:c + n])
+        input_ids.extend(s.token_ids)
         q_lens.append(n)
         seq_lens.append(c + n)
-        span = prompt_logprob_range(s)
+        span = s.prompt_logprob_span
         if span is not None:
             rows = list(range(starts[-1] + span[0] - c, starts[-1] + span[1] - c))
             plp_rows.append((len(logit_rows), len(rows)))

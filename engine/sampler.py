@@ -1,4 +1,5 @@
-"""Batched logits processing and sampling: penalties, grammar masks, temperature, top-k/p, min-p.
+"""Batched logits processing and sampling: bans, logit bias, grammar masks, penalties, temperature,
+top-k/p, min-p.
 
 Every row is processed in one set of tensor ops. Random rows are drawn by inverse transform:
 one uniform number per row picks the first token whose cumulative probability passes it. That
@@ -90,6 +91,11 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
     if banned:
         idx = torch.tensor(banned, device=device)
         logits = logits.index_put((idx[:, 0], idx[:, 1]), torch.tensor(float("-inf"), device=device))
+    biased = [(i, t, b) for i, r in enumerate(rows) for t, b in (r.params.logit_bias or {}).items() if t < vocab]
+    if biased:
+        rows_idx, cols_idx, bias = zip(*biased)
+        logits = logits.index_put((torch.tensor(rows_idx, device=device), torch.tensor(cols_idx, device=device)),
+                                  torch.tensor(bias, dtype=logits.dtype, device=device), accumulate=True)
     if any(r.grammar_matcher is not None for r in rows):
         logits = apply_bitmask(logits, rows)
     if any(r.params.repetition_penalty != 1.0 or r.params.presence_penalty or r.params.frequency_penalty
@@ -131,14 +137,16 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
 
 def draw(probs: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """One token per row of `probs` (num_rows, vocab): the first whose cumulative probability
-    exceeds u * total, u ~ U[0, 1) from the row's generator when it has one."""
+    exceeds u * total, u ~ U[0, 1) from the row's generator when it has one. The cumsum runs in
+    float64: in float32 its rounding over a 49k vocabulary (~1e-5) is as large as a flat
+    distribution's token masses, so tiny batch-dependent logit differences picked a neighbour."""
     device = probs.device
     u = torch.rand(len(rows), device=device)
     for i, r in enumerate(rows):
         if r.generator is not None and r.params.temperature > 0:
             u[i] = torch.rand((), generator=r.generator, device=device)
-    cdf = probs.cumsum(dim=-1)
-    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    cdf = probs.double().cumsum(dim=-1)
+    picked = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)[:, 0]
     picked.clamp_(max=probs.shape[-1] - 1)
     # u * total rounding up to the total would land past the last allowed token: take the likeliest
     stray = probs.gather(1, picked[:, None])[:, 0] == 0

@@ -31,22 +31,29 @@ class SchedulerConfig:
 
 
 @dataclass(slots=True)
-class ScheduledSeq:
-    seq: Sequence
-    group: SequenceGroup
-    num_new_tokens: int
+class ScheduledChunk:
+    """One sequence's share of a step, as plain data: what the runner computes, and the ids that
+    let postprocess find the sequence again."""
+
+    request_id: str
+    seq_id: int
+    token_ids: list[int]  # the chunk's tokens, at positions start_pos, start_pos + 1, ...
+    start_pos: int  # tokens of the sequence already in the KV cache
+    block_table: list[int]  # the sequence's blocks, the chunk's slots included
+    samples: bool  # the chunk reaches the sequence's last token: its logits pick the next one
+    prefill: bool  # the chunk starts inside the prompt (a first prefill or a recompute)
+    prompt_logprob_span: tuple[int, int] | None = None  # positions [first, last) whose logits score prompt tokens
 
     @property
-    def samples(self) -> bool:
-        """True when this chunk reaches the sequence's last token, so its logits pick the next one."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == len(self.seq.token_ids)
+    def num_new_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 @dataclass(slots=True)
 class SchedulerOutput:
     """What one step runs: handed to the model runner, never live scheduler state."""
 
-    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    scheduled: list[ScheduledChunk] = field(default_factory=list)
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)
     blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)
@@ -136,8 +143,7 @@ class Scheduler:
                 self._preempt(group, out)
                 continue
             for seq, num_new in plan:
-                out.blocks_to_copy += bm.append_slots(seq, num_new)
-                out.scheduled.append(ScheduledSeq(seq, group, num_new))
+                self._schedule_chunk(out, seq, group, num_new)
                 budget -= num_new
             kept.append(group)
         self.running = kept
@@ -160,8 +166,7 @@ class Scheduler:
             # can_swap_in reserved a block per sequence; anything more waits for the next step
             if sum(bm.num_blocks_needed(s, n) for s, n in plan) <= bm.device.num_free:
                 for seq, num_new in plan:
-                    out.blocks_to_copy += bm.append_slots(seq, num_new)
-                    out.scheduled.append(ScheduledSeq(seq, group, num_new))
+                    self._schedule_chunk(out, seq, group, num_new)
                     budget -= num_new
             for seq in seqs:
                 seq.status = SequenceStatus.RUNNING
@@ -192,10 +197,18 @@ class Scheduler:
             for seq, hits, num_new in plans:
                 seq.num_computed_tokens = bm.admit(seq, hits)
                 seq.status = SequenceStatus.RUNNING
-                out.blocks_to_copy += bm.append_slots(seq, num_new)
-                out.scheduled.append(ScheduledSeq(seq, group, num_new))
+                self._schedule_chunk(out, seq, group, num_new)
             budget = remaining
             self.running.append(group)
+
+    def _schedule_chunk(self, out: SchedulerOutput, seq: Sequence, group: SequenceGroup, num_new: int) -> None:
+        """Reserve the chunk's slots (copying a shared last block first) and record it as plain data."""
+        out.blocks_to_copy += self.block_manager.append_slots(seq, num_new)
+        start = seq.num_computed_tokens
+        out.scheduled.append(ScheduledChunk(
+            group.request_id, seq.seq_id, seq.token_ids[start:start + num_new], start,
+            list(self.block_manager.block_tables[seq.seq_id]), start + num_new == len(seq.token_ids),
+            start < seq.num_prompt_tokens, _prompt_logprob_span(group, start, num_new)))
 
     def _preempt(self, group: SequenceGroup, out: SchedulerOutput) -> None:
         bm = self.block_manager
@@ -214,3 +227,13 @@ class Scheduler:
             seq.num_computed_tokens = 0
             seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(group)
+
+
+def _prompt_logprob_span(group: SequenceGroup, start: int, num_new: int) -> tuple[int, int] | None:
+    """Positions [first, last) of a chunk whose logits score prompt tokens that still lack
+    logprobs (position p scores prompt token p + 1; a recompute skips what it already has)."""
+    if group.is_beam or group.params.prompt_logprobs is None:
+        return None
+    done = len(group.prompt_logprobs or [None])  # entry 0 is None: nothing scores token 0
+    first, last = max(start, done - 1), min(start + num_new, len(group.prompt_token_ids) - 1)
+    return (first, last) if first < last else None

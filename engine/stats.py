@@ -39,8 +39,7 @@ class StatsTracker:
     _last_generation: int = 0
 
     def on_step(self, sched, num_generated: int) -> None:
-        self.prompt_tokens += sum(s.num_new_tokens for s in sched.scheduled
-                                  if s.seq.num_computed_tokens - s.num_new_tokens < s.seq.num_prompt_tokens)
+        self.prompt_tokens += sum(s.num_new_tokens for s in sched.scheduled if s.prefill)
         self.generation_tokens += num_generated
 
     def on_finish(self, group) -> None:

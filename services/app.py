@@ -1,50 +1,76 @@
-"""The FastAPI app: `create_app(settings)` wires routers, errors and metrics; the lifespan owns engines.
+"""The FastAPI app: `create_app(settings)` mounts each room's routes; the lifespan owns the engines.
 
-Each side of the server (LLM, diffusion) is three things, added the same way:
-its flag in ServerSettings (`enable_*`), an async context manager that builds and tears down its
-engine (entered on the lifespan's exit stack and stored on `app.state.<side>`), and its routers,
-mounted only when the side is enabled. Routes reach a side through a getter in services.deps;
-/health reports each side as `app.state.<side>.health()` or null.
+Rooms: `services.llm` (OpenAI/TGI/WebSocket text), `services.media` (WebRTC, frames, images),
+`services.runtime` (the one loop that steps every engine on the device). Each room is switched
+by its `enable_*` setting, built by an async context manager entered on the lifespan's exit
+stack (stored on `app.state.<room>`), and reached by routes through the room's `deps`. /health
+reports each as `app.state.<room>.health()` or null.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 
-from services.diffusion import diffusion_server
+from services import health
+from services.agents.db import Database
+from services.agents.lifespan import agents_service
+from services.agents.retrieval.routes import router as retrieval_router
+from services.agents.retrieval.service import retrieval_service
+from services.agents.routes import ROUTERS as AGENTS_ROUTERS
+from services.agents.sandbox.routes import router as sandbox_router
+from services.agents.sandbox.service import containers_service
 from services.errors import APIError, install_error_handlers
-from services.llm import llm_server
-from services.metrics import ServingMetrics
-from services.device import device_runtime, plan_memory
-from services.routers import chat, completions, frames, health, images, models, tgi, webrtc, ws
+from services.logs import redact_secrets
+from services.llm.routes import chat, completions, generate, models, tokenize, ws
+from services.llm.service import llm_service
+from services.media.lifespan import media_service
+from services.media.routes import frames, images, webrtc
+from services.runtime.lifespan import device_runtime
+from services.runtime.memory import plan_memory
 from services.settings import ServerSettings
 
-LLM_ROUTERS = (models.router, chat.router, completions.router, tgi.router, ws.router)
-DIFFUSION_ROUTERS = (webrtc.router, frames.router, images.router)
+LLM_ROUTERS = (models.router, chat.router, completions.router, generate.router, tokenize.router, ws.router)
+MEDIA_ROUTERS = (webrtc.router, frames.router, images.router)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: ServerSettings = app.state.settings
+    registry = app.state.registry
     async with AsyncExitStack() as stack:
-        # diffusion first: on CUDA the KV cache is sized from what its models leave free
+        # media first: on CUDA the KV cache is sized from what its models leave free
         if settings.enable_diffusion:
-            app.state.diffusion = await stack.enter_async_context(
-                diffusion_server(settings.diffusion_config(), app.state.metrics.registry))
+            app.state.diffusion = await stack.enter_async_context(media_service(settings.diffusion, registry))
         if settings.enable_llm:
-            settings = plan_memory(settings, app.state.diffusion)
-            app.state.llm = await stack.enter_async_context(llm_server(settings, app.state.metrics))
-        app.state.runtime = await stack.enter_async_context(
-            device_runtime(app.state.llm, app.state.diffusion, settings.runtime_policy(), app.state.metrics.registry))
+            engine_config = plan_memory(settings.engine, settings.memory, app.state.diffusion)
+            app.state.llm = await stack.enter_async_context(
+                llm_service(engine_config, settings.llm, registry, settings.retry_after_s))
+        if settings.enable_agents:
+            db = Database(Path(settings.agents.data_dir) / "livecast.db")
+            stack.callback(db.close)
+            app.state.containers = await stack.enter_async_context(containers_service(settings.sandbox))
+            app.state.retrieval = await stack.enter_async_context(retrieval_service(dataclasses.replace(
+                settings.retrieval, data_dir=settings.agents.data_dir, batcher_thread=False), db))
+            app.state.agents = await stack.enter_async_context(
+                agents_service(settings.agents, app.state.llm, db, app.state, settings.retry_after_s))
+        llm, diffusion, retrieval = app.state.llm, app.state.diffusion, app.state.retrieval
+        embeddings = (retrieval.batcher,) if retrieval is not None and retrieval.batcher is not None else ()
+        # entered last, so it stops first: no engine is stepped while its room closes
+        app.state.runtime = await stack.enter_async_context(device_runtime(
+            llm.engine if llm is not None else None, diffusion.batcher if diffusion is not None else None,
+            settings.runtime, registry, others=embeddings))
         try:
             yield
         finally:
             app.state.llm = app.state.diffusion = app.state.runtime = None
+            app.state.agents = app.state.containers = app.state.retrieval = None
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -52,16 +78,21 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     app = FastAPI(title="livecast", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
-    app.state.metrics = ServingMetrics()
+    app.state.registry = CollectorRegistry()  # per app, never the process-global one
     app.state.llm = app.state.diffusion = app.state.runtime = None
+    app.state.agents = app.state.containers = app.state.retrieval = None
     install_error_handlers(app)
+    redact_secrets("uvicorn.access", "uvicorn.error")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     if settings.enable_llm:
         for router in LLM_ROUTERS:
             app.include_router(router)
     if settings.enable_diffusion:
-        for router in DIFFUSION_ROUTERS:
+        for router in MEDIA_ROUTERS:
+            app.include_router(router)
+    if settings.enable_agents:
+        for router in (*AGENTS_ROUTERS, sandbox_router, retrieval_router):
             app.include_router(router)
     app.router.default = _web_pages(app.router.default)
     return app

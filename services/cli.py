@@ -1,4 +1,4 @@
-"""The `livecast` command: serve, generate, chat and the benchmarks."""
+"""The `livecast` command: serve, generate, chat, sandbox and the benchmarks."""
 from __future__ import annotations
 
 import argparse
@@ -13,11 +13,13 @@ BENCHMARKS = {
     "webrtc": "services.bench.webrtc",
     "cohost": "services.bench.cohost",
     "kernels": "services.bench.kernels",
+    "retrieval": "services.bench.retrieval",
 }
 
 # Subcommands that own their argument parsing: `livecast NAME …` → module.main(argv).
 COMMANDS = {
     "serve": "services.serve",
+    "sandbox": "services.agents.sandbox.cli",
     "generate": "engine.cli",
     "chat": "engine.cli",
 }

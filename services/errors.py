@@ -44,6 +44,11 @@ class APIError(Exception):
         return cls(400, message, param=param)
 
 
+def overloaded(message: str, retry_after_s: int, code: str = "server_overloaded") -> APIError:
+    """A 503 that tells the client when to retry (one setting, `retry_after_s`, for every route)."""
+    return APIError(503, message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
 def validation_error(errors: list) -> APIError:
     """The first pydantic error as a 400, with its location as the parameter."""
     if not errors:

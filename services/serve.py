@@ -1,78 +1,82 @@
-"""`livecast serve`: parse flags into ServerSettings and run the app under uvicorn."""
+"""`livecast serve`: flags built from the settings' dataclass fields, then the app under uvicorn.
+
+A field becomes a flag when its metadata has `help`; the flag is `--field-name` unless metadata
+names one (`flag`); booleans that default to true are switched off with their `--no-…` flag;
+`unit: GiB|MiB` fields take a number of that unit and hold bytes; `env` names an environment
+variable that supplies the default. Each default is the dataclass's own (written once).
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 
 from services.settings import ServerSettings
 
+_UNITS = {"GiB": 1 << 30, "MiB": 1 << 20}
+
+
+def _flag_fields(cls):
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _add(group, section: str | None, f: dataclasses.Field) -> None:
+    meta, default = f.metadata, _default(f)
+    text = meta["help"].replace("%", "%%")
+    flag = meta.get("flag") or ("--no-" if default is True else "--") + f.name.replace("_", "-")
+    dest = f"{section}.{f.name}" if section else f.name
+    if isinstance(default, bool):
+        group.add_argument(flag, dest=dest, action="store_false" if default else "store_true", help=text)
+        return
+    if "env" in meta:
+        default = os.environ.get(meta["env"], default)
+    kind = "str" if "str" in str(f.type) else "float" if "float" in str(f.type) else "int"
+    if "unit" in meta:
+        scale = _UNITS[meta["unit"]]
+        group.add_argument(flag, dest=dest, type=float, default=None if default is None else default / scale, metavar=meta["unit"],
+                           help=f"{text} ({meta['unit']})")
+        return
+    group.add_argument(flag, dest=dest, type={"str": str, "float": float, "int": int}[kind], default=default,
+                       metavar=f.name.upper(), help=text)
+
+
+def _value(f: dataclasses.Field, raw):
+    if raw is not None and "unit" in f.metadata:
+        return int(raw * _UNITS[f.metadata["unit"]])
+    return raw
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livecast serve", description="Serve livecast over HTTP and WebSocket.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=os.environ.get("LIVECAST_API_KEY"),
-                        help="require `Authorization: Bearer KEY` (default: $LIVECAST_API_KEY, else none)")
-    parser.add_argument("--max-queue", type=int, default=1024,
-                        help="waiting requests beyond this are refused with 503 + Retry-After")
-    parser.add_argument("--max-body-mb", type=float, default=4.0, help="larger request bodies get 413")
-    parser.add_argument("--no-llm", dest="enable_llm", action="store_false", help="do not load the LLM")
-    parser.add_argument("--no-diffusion", dest="enable_diffusion", action="store_false",
-                        help="do not load the diffusion pipeline")
-    llm = parser.add_argument_group("LLM")
-    llm.add_argument("--model", default=None, help="HF folder, .gguf, or cached hub id (default: SmolLM2-135M-Instruct)")
-    llm.add_argument("--served-model-name", default=None, help="the model name clients send (default: --model)")
-    llm.add_argument("--dtype", default="auto", help="auto (bf16), float32, float16")
-    llm.add_argument("--kv-cache-gb", type=float, default=None, help="KV cache size (default: the engine's)")
-    llm.add_argument("--max-num-seqs", type=int, default=128)
-    llm.add_argument("--no-jump-forward", dest="jump_forward", action="store_false",
-                     help="decode grammar-forced text (JSON keys, tool-call frames) token by token")
-    llm.add_argument("--max-num-batched-tokens", type=int, default=1024)
-    llm.add_argument("--max-model-len", type=int, default=None)
-    diffusion = parser.add_argument_group("diffusion")
-    diffusion.add_argument("--diffusion-model", default="demo",
-                           help="demo (random weights, CPU-live), sd-turbo-shape, a diffusers folder or hub id")
-    diffusion.add_argument("--diffusion-device", default=None, help="cuda or cpu (default: cuda if available)")
-    diffusion.add_argument("--diffusion-dtype", default="auto", help="auto (fp16 on CUDA, bf16 on CPU), float32, ...")
-    diffusion.add_argument("--diffusion-resolution", type=int, default=None,
-                           help="working side in pixels, a multiple of 64 (default: the model's)")
-    diffusion.add_argument("--max-video-sessions", type=int, default=4, help="WebRTC sessions beyond this get 503")
-    diffusion.add_argument("--latency-probe", action="store_true",
-                           help="stamp each WebRTC input frame's pixel id on its output (livecast bench webrtc)")
-    diffusion.add_argument("--ice-loopback", action="store_true",
-                           help="offer only 127.0.0.1 to WebRTC peers (browser and server on one machine)")
-    runtime = parser.add_argument_group("shared device runtime")
-    runtime.add_argument("--frame-deadline-ms", type=float, default=66.0,
-                         help="run a diffusion batch before a waiting frame gets this late (default 66 = 15 fps)")
-    runtime.add_argument("--video-share", type=float, default=0.4,
-                         help="share of device time video gets while the LLM also has work (default 0.4)")
-    runtime.add_argument("--video-llm-tokens", type=int, default=64,
-                         help="LLM tokens per step while video streams are live (bounds how long a frame waits)")
-    runtime.add_argument("--memory-budget-gb", type=float, default=None,
-                         help="CPU hosts: memory for both engines; the KV cache gets what diffusion and LLM weights leave")
-    runtime.add_argument("--diffusion-memory-gb", type=float, default=None,
-                         help="with --memory-budget-gb: what diffusion needs (default: its weights x 1.5)")
+    for f in _flag_fields(ServerSettings):
+        _add(parser, None, f)
+    for title, section in ServerSettings.SECTIONS.items():
+        group = parser.add_argument_group(title)
+        for f in _flag_fields(_section_type(section)):
+            _add(group, section, f)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
+def _section_type(section: str):
+    return next(f for f in dataclasses.fields(ServerSettings) if f.name == section).default_factory
+
+
 def parse_settings(args: list[str]) -> tuple[ServerSettings, argparse.Namespace]:
+    """ServerSettings from flags; ValueError (from a config's validation) names a bad value."""
     ns = build_parser().parse_args(args)
-    settings = ServerSettings(
-        host=ns.host, port=ns.port, api_key=ns.api_key, max_queue=ns.max_queue,
-        max_body_bytes=int(ns.max_body_mb * (1 << 20)), enable_llm=ns.enable_llm,
-        enable_diffusion=ns.enable_diffusion, model=ns.model, served_model_name=ns.served_model_name,
-        dtype=ns.dtype, kv_cache_memory=int(ns.kv_cache_gb * (1 << 30)) if ns.kv_cache_gb else None,
-        max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens, jump_forward=ns.jump_forward,
-        max_model_len=ns.max_model_len, diffusion_model=ns.diffusion_model, diffusion_device=ns.diffusion_device,
-        diffusion_dtype=ns.diffusion_dtype, diffusion_resolution=ns.diffusion_resolution,
-        max_video_sessions=ns.max_video_sessions, latency_probe=ns.latency_probe,
-        ice_loopback=ns.ice_loopback, frame_deadline_ms=ns.frame_deadline_ms, video_share=ns.video_share,
-        video_llm_tokens=ns.video_llm_tokens,
-        memory_budget=int(ns.memory_budget_gb * (1 << 30)) if ns.memory_budget_gb else None,
-        diffusion_memory=int(ns.diffusion_memory_gb * (1 << 30)) if ns.diffusion_memory_gb else None)
-    return settings, ns
+    values = vars(ns)
+    sections = {}
+    for section in ServerSettings.SECTIONS.values():
+        cls = _section_type(section)
+        sections[section] = cls(**{f.name: _value(f, values[f"{section}.{f.name}"]) for f in _flag_fields(cls)})
+    shell = {f.name: _value(f, values[f.name]) for f in _flag_fields(ServerSettings)}
+    return ServerSettings(**shell, **sections), ns
 
 
 def main(argv: list[str]) -> int:
@@ -89,5 +93,5 @@ def main(argv: list[str]) -> int:
 
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=ns.log_level,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, ws_max_size=settings.max_body_bytes)
     return 0

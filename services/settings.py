@@ -1,92 +1,69 @@
-"""Server settings: one slotted dataclass, built by `livecast serve` or by a test, validated once."""
+"""Server settings: the app shell's own fields plus each room's config, composed (never copied).
+
+Every default is written once, in the dataclass that owns it: EngineConfig (engine), LLMConfig
+(the LLM service), DiffusionConfig (media), RuntimePolicy and MemoryConfig (the device runtime).
+`livecast serve` builds its flags from these fields (services.serve).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine import EngineConfig
-from services.runtime import RuntimePolicy
-from services.diffusion import DiffusionConfig
+from services.agents.config import AgentsConfig
+from services.agents.retrieval.service import RetrievalConfig
+from services.agents.sandbox.service import SandboxConfig
+from services.llm.config import LLMConfig
+from services.media.config import DiffusionConfig
+from services.runtime.memory import MemoryConfig
+from services.runtime.policy import RuntimePolicy
 
 
 @dataclass(slots=True)
 class ServerSettings:
-    """Everything `create_app` needs. Each component copies the fields it uses.
+    """Everything `create_app` needs. `enable_llm` / `enable_diffusion` switch whole rooms: a
+    disabled room builds no engine in the lifespan, mounts no routes and reports `null` in /health."""
 
-    `enable_llm` / `enable_diffusion` switch whole sides of the server: a disabled side builds
-    no engine in the lifespan, mounts no routers and reports `null` in /health.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # when set, every route but /health and /metrics needs `Bearer <key>`
-    max_body_bytes: int = 4 << 20
-    enable_llm: bool = True
-    enable_diffusion: bool = True
-
-    # -- LLM side ------------------------------------------------------------------------------
-    model: str | None = None  # None → SmolLM2-135M-Instruct
-    served_model_name: str | None = None  # the `model` clients send; defaults to the engine's name
-    dtype: str = "auto"
-    kv_cache_memory: int | None = None  # bytes; None → the engine's default
-    max_num_seqs: int = 128
-    jump_forward: bool = True  # grammar-forced text appended without sampling
-    max_num_batched_tokens: int = 1024
-    max_model_len: int | None = None
-    max_queue: int = 1024  # waiting requests beyond this get 503 + Retry-After
-    grammar_cache_size: int = 64  # compiled xgrammar grammars kept (LRU)
-    max_ws_streams: int = 64  # concurrent generations on one WebSocket
-    retry_after_s: int = 1
-
-    # -- diffusion side ------------------------------------------------------------------------
-    diffusion_model: str = "demo"  # "demo", "sd-turbo-shape", a diffusers folder or hub id
-    diffusion_device: str | None = None  # None → cuda if available, else cpu
-    diffusion_dtype: str = "auto"
-    diffusion_resolution: int | None = None  # working side in pixels; None → the model's
-    max_video_sessions: int = 4  # WebRTC sessions; the next offer gets 503
-    max_frame_clients: int = 16  # /v1/ws/frames sockets
-    latency_probe: bool = False  # stamp input frame ids on WebRTC output (livecast bench webrtc)
-    ice_loopback: bool = False  # offer only 127.0.0.1 as WebRTC candidate (same-machine clients)
-
-    # -- the shared device runtime ---------------------------------------------------------------
-    frame_deadline_ms: float = 66.0  # a waiting video frame is processed before it is this late
-    video_share: float = 0.4  # device time video gets while the LLM also has work
-    video_llm_tokens: int = 64  # LLM token budget per step while video streams are live
-    memory_budget: int | None = None  # bytes for both engines on a CPU host; sizes the KV cache
-    diffusion_memory: int | None = None  # bytes the diffusion side needs in that plan; None: estimated
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8000, metadata={"help": "port to listen on"})
+    api_key: str | None = field(default=None, metadata={
+        "env": "LIVECAST_API_KEY",
+        "help": "require `Authorization: Bearer KEY` on every route but /health and /metrics "
+                "(default: $LIVECAST_API_KEY, else none)"})
+    max_body_bytes: int = field(default=4 << 20, metadata={
+        "flag": "--max-body-mb", "unit": "MiB", "help": "larger request bodies get 413"})
+    retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds on every 503"})
+    allowed_origins: str = field(default="", metadata={
+        "help": "comma-separated origins (scheme://host:port) whose pages may open this server's WebSockets, "
+                "besides its own; * allows any"})
+    enable_llm: bool = field(default=True, metadata={"flag": "--no-llm", "help": "do not load the LLM"})
+    enable_diffusion: bool = field(default=True, metadata={
+        "flag": "--no-diffusion", "help": "do not load the diffusion pipeline"})
+    enable_agents: bool = field(default=True, metadata={
+        "flag": "--no-agents", "help": "do not serve the Responses, Conversations and Assistants APIs"})
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    runtime: RuntimePolicy = field(default_factory=RuntimePolicy)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
-        if self.max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
-        if self.grammar_cache_size < 1:
-            raise ValueError(f"grammar_cache_size must be >= 1, got {self.grammar_cache_size}")
-        if self.max_ws_streams < 1:
-            raise ValueError(f"max_ws_streams must be >= 1, got {self.max_ws_streams}")
-        for name in ("memory_budget", "diffusion_memory", "kv_cache_memory"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0 bytes, got {getattr(self, name)}")
+        if self.retry_after_s < 0:
+            raise ValueError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
         if self.api_key == "":
             self.api_key = None
-        # fail at startup, not in the lifespan, on a bad engine setting
-        self.engine_config()
-        self.diffusion_config()
-        self.runtime_policy()
 
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(model=self.model, dtype=self.dtype, kv_cache_memory=self.kv_cache_memory,
-                            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
-                            jump_forward=self.jump_forward,
-                            max_model_len=self.max_model_len, max_waiting=self.max_queue)
+    @property
+    def origins(self) -> set[str]:
+        return {o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()}
 
-    def diffusion_config(self) -> DiffusionConfig:
-        return DiffusionConfig(model=self.diffusion_model, device=self.diffusion_device, dtype=self.diffusion_dtype,
-                               resolution=self.diffusion_resolution, max_video_sessions=self.max_video_sessions,
-                               max_frame_clients=self.max_frame_clients, latency_probe=self.latency_probe,
-                               ice_loopback=self.ice_loopback, drive_batcher=False)
-
-    def runtime_policy(self) -> RuntimePolicy:
-        return RuntimePolicy(frame_deadline_ms=self.frame_deadline_ms, video_share=self.video_share,
-                             video_llm_token_budget=self.video_llm_tokens)
+    # the rooms, in the order the CLI lists their flags
+    SECTIONS = {"LLM engine": "engine", "LLM service": "llm", "diffusion": "diffusion",
+                "shared device runtime": "runtime", "memory plan": "memory", "agents": "agents",
+                "code interpreter": "sandbox", "retrieval": "retrieval"}

@@ -65,6 +65,7 @@ class StreamBatcher:
         self._step_lock = threading.Lock()  # one step at a time
         self._wakeup = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._notify = None  # set when an outside owner of the device steps the batcher
         self._stopping = False
 
     # -- streams ---------------------------------------------------------------------------
@@ -133,7 +134,19 @@ class StreamBatcher:
             self._wakeup.notify()
         if replaced is not None:
             _drop(replaced, "replaced by a newer frame")
+        if self._notify is not None:
+            self._notify()
         return future
+
+    def set_notify(self, notify) -> None:
+        """Hand stepping to an outside owner of the device: `notify()` is called whenever a frame
+        arrives and the owner calls `step()` (the shared runtime); no private thread then."""
+        if self._thread is not None:
+            raise RuntimeError("the batcher's own thread is already running")
+        self._notify = notify
+
+    def has_work(self) -> bool:
+        return self.num_pending() > 0
 
     def num_pending(self) -> int:
         with self._lock:
@@ -232,8 +245,8 @@ class StreamBatcher:
         thread): a live thread that ran parallel torch ops keeps an OpenMP pool, and with more
         libgomp threads than CPUs every small op here pays a wake-up (~2x slower steps on 2 cores).
         """
-        if self._thread is not None:
-            raise RuntimeError("batcher already started")
+        if self._thread is not None or self._notify is not None:
+            raise RuntimeError("batcher already started, or driven by an outside owner")
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="streamdiff-batcher", daemon=True)
         self._thread.start()

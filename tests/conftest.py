@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the agent store of every app a test builds lives in a temporary folder, never the user's home
+os.environ["LIVECAST_DATA_DIR"] = tempfile.mkdtemp(prefix="livecast-test-")
 
 import pytest
 import torch

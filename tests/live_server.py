@@ -36,3 +36,16 @@ class LiveServer:
 
     def http(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+
+def light_agents() -> dict:
+    """ServerSettings fields for tests that do not exercise the agent tools: a fresh store, no
+    code-interpreter containers, no embedding model to load."""
+    import tempfile
+
+    from services.agents.config import AgentsConfig
+    from services.agents.retrieval.service import RetrievalConfig
+    from services.agents.sandbox.service import SandboxConfig
+
+    return {"agents": AgentsConfig(data_dir=tempfile.mkdtemp(prefix="livecast-agents-")),
+            "sandbox": SandboxConfig(enabled=False), "retrieval": RetrievalConfig(embedding_model="none")}

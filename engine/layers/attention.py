@@ -144,5 +144,6 @@ def _triton_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, 
                                             meta.decode_context_lens, scale))
     if meta.prefill_chunks:
         parts.append(paged_prefill(q[n:], k_cache, v_cache, meta.prefill_block_tables,
-                                   meta.prefill_cu_seqlens_q, meta.prefill_seq_lens, scale))
+                                   meta.prefill_cu_seqlens_q, meta.prefill_seq_lens, scale,
+                                   max_seqlen_q=max(q_len for _, q_len, _ in meta.prefill_chunks)))
     return parts[0] if len(parts) == 1 else torch.cat(parts)

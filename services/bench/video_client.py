@@ -1,5 +1,5 @@
 """An aiortc client that measures a live stylization session: it sends a synthetic camera whose
-frames carry ids in pixel blocks (services.probe) and matches the ids the server stamps back."""
+frames carry ids in pixel blocks (services.media.probe) and matches the ids the server stamps back."""
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +12,9 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from services.ice import use_loopback_only
-from services.jitterbuffer import reassemble_on_marker
-from services.probe import read_id, stamp_id
+from services.media.ice import use_loopback_only
+from services.media.jitterbuffer import reassemble_on_marker
+from services.media.probe import read_id, stamp_id
 
 VIDEO_CLOCK = 90_000
 

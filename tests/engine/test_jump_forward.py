@@ -7,7 +7,7 @@ import json
 import pytest
 
 from engine import EngineConfig, LLMEngine, SamplingParams
-from services.structured import GrammarCache
+from services.llm.structured import GrammarCache
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["verdict", "size", "ok"],
           "properties": {"verdict": {"enum": ["accepted", "rejected"]}, "size": {"enum": ["small", "large"]},

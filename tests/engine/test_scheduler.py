@@ -15,12 +15,15 @@ def group(i, prompt_len=4):
 def run_step(scheduler):
     """Schedule, then act like the engine: advance computed tokens and append one sampled token."""
     out = scheduler.schedule()
-    for item in out.scheduled:
-        samples = item.samples
-        item.seq.num_computed_tokens += item.num_new_tokens
-        scheduler.block_manager.mark_computed(item.seq)
-        if samples:
-            item.seq.token_ids.append(7)
+    seqs = {s.seq_id: s for queue in (scheduler.running, scheduler.waiting) for g in queue for s in g.seqs}
+    for chunk in out.scheduled:
+        seq = seqs[chunk.seq_id]
+        assert chunk.token_ids == seq.token_ids[chunk.start_pos:chunk.start_pos + chunk.num_new_tokens]
+        assert chunk.block_table == scheduler.block_manager.block_tables[seq.seq_id]
+        seq.num_computed_tokens += chunk.num_new_tokens
+        scheduler.block_manager.mark_computed(seq)
+        if chunk.samples:
+            seq.token_ids.append(7)
     return out
 
 
@@ -31,6 +34,6 @@ def test_budget_admits_in_arrival_order_and_chunks_prefill():
     for g in groups:
         scheduler.add(g)
     out = run_step(scheduler)
-    assert [(s.group.request_id, s.num_new_tokens) for s in out.scheduled] == [("r0", 6), ("r1", 4)]
+    assert [(s.request_id, s.num_new_tokens) for s in out.scheduled] == [("r0", 6), ("r1", 4)]
     out = run_step(scheduler)  # r0 decodes, r1 finishes its prompt, r2 gets what is left
-    assert [(s.group.request_id, s.num_new_tokens) for s in out.scheduled] == [("r0", 1), ("r1", 2), ("r2", 6)]
+    assert [(s.request_id, s.num_new_tokens) for s in out.scheduled] == [("r0", 1), ("r1", 2), ("r2", 6)]

@@ -4,17 +4,20 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from services.app import create_app
+from engine import EngineConfig
+from services.llm.config import LLMConfig
+from services.media.config import DiffusionConfig
 from services.settings import ServerSettings
+from tests.live_server import light_agents
 
 
 def build_app(diffusion: dict | None = None, llm_path=None, **overrides) -> FastAPI:
-    """`diffusion`: None turns the side off; else ServerSettings' diffusion fields, without the
-    `diffusion_` prefix where they have one (resolution, max_video_sessions, latency_probe, ...)."""
-    fields = {}
-    overrides.setdefault("ice_loopback", True)  # browser, client and server share this machine
-    for name, value in (diffusion or {}).items():
-        fields[name if name in ServerSettings.__dataclass_fields__ else f"diffusion_{name}"] = value
+    """`diffusion`: None turns the media room off; else DiffusionConfig fields (resolution,
+    max_video_sessions, latency_probe, ...). `overrides`: ServerSettings' own fields."""
+    # browser, client and server share this machine
+    media = DiffusionConfig(**{"ice_loopback": True, **(diffusion or {})})
+    engine = EngineConfig(model=str(llm_path) if llm_path else None, dtype="float32", kv_cache_memory=64 << 20)
     settings = ServerSettings(enable_llm=llm_path is not None, enable_diffusion=diffusion is not None,
-                              model=str(llm_path) if llm_path else None, served_model_name="tiny",
-                              dtype="float32", kv_cache_memory=64 << 20, **fields, **overrides)
+                              engine=engine, llm=LLMConfig(served_model_name="tiny"), diffusion=media,
+                              **{**light_agents(), **overrides})
     return create_app(settings)

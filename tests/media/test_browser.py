@@ -56,22 +56,22 @@ def test_stylize_renders_stylized_video_and_takes_prompt_changes(media_server, p
     page.wait_for_function("document.querySelector('#pill-diffusion').textContent.includes('demo')")
     started = time.monotonic()
     page.click("#start")
-    page.wait_for_function("window.stylize.framesRendered >= 30", timeout=20_000)
+    page.wait_for_function("window.livecastTest.stylize.framesRendered >= 30", timeout=20_000)
     assert time.monotonic() - started < 20
     assert page.evaluate(COMPARE_VIDEOS) > 12  # the stylized picture is not the camera's
 
-    session_id = page.evaluate("window.stylize.sessionId")
+    session_id = page.evaluate("window.livecastTest.stylize.sessionId")
     stream_id = service.video.sessions[session_id].stream_id
     page.fill("#prompt", "a prompt typed in the page")
-    page.wait_for_function("window.stylize.settings.prompt === 'a prompt typed in the page'", timeout=10_000)
-    rendered = page.evaluate("window.stylize.framesRendered")
-    page.wait_for_function(f"window.stylize.framesRendered >= {rendered + 5}", timeout=10_000)
+    page.wait_for_function("window.livecastTest.stylize.settings.prompt === 'a prompt typed in the page'", timeout=10_000)
+    rendered = page.evaluate("window.livecastTest.stylize.framesRendered")
+    page.wait_for_function(f"window.livecastTest.stylize.framesRendered >= {rendered + 5}", timeout=10_000)
     assert service.batcher._streams[stream_id].state.params.prompt == "a prompt typed in the page"
     page.locator("#strength").fill("1")
-    page.wait_for_function("window.stylize.settings.strength === 1", timeout=10_000)
+    page.wait_for_function("window.livecastTest.stylize.settings.strength === 1", timeout=10_000)
 
     # stats from the control channel reach the page
-    page.wait_for_function("window.stylize.stats && window.stylize.stats.frames_out > 0", timeout=10_000)
+    page.wait_for_function("window.livecastTest.stylize.stats && window.livecastTest.stylize.stats.frames_out > 0", timeout=10_000)
     assert float(page.text_content("#stat-fps")) > 0
     assert "ms" in page.text_content("#stat-latency")
     page.click("#stop")
@@ -81,7 +81,7 @@ def test_stylize_renders_stylized_video_and_takes_prompt_changes(media_server, p
 
 def test_imagine_follows_the_prompt_and_saves_a_frame(media_server, page):
     page.goto(f"{media_server.url}/imagine.html")
-    page.wait_for_function("window.imagine.frames >= 3", timeout=20_000)
+    page.wait_for_function("window.livecastTest.imagine.frames >= 3", timeout=20_000)
     stddev = page.evaluate("""() => {
       const canvas = document.querySelector('#view');
       const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
@@ -91,10 +91,10 @@ def test_imagine_follows_the_prompt_and_saves_a_frame(media_server, page):
     }""")
     assert stddev > 5  # a picture, not a blank canvas
     page.fill("#prompt", "stormy sea")
-    page.wait_for_function("window.imagine.settings && window.imagine.settings.prompt === 'stormy sea'",
+    page.wait_for_function("window.livecastTest.imagine.settings && window.livecastTest.imagine.settings.prompt === 'stormy sea'",
                            timeout=10_000)
-    frames = page.evaluate("window.imagine.frames")
-    page.wait_for_function(f"window.imagine.frames >= {frames + 2}", timeout=10_000)
+    frames = page.evaluate("window.livecastTest.imagine.frames")
+    page.wait_for_function(f"window.livecastTest.imagine.frames >= {frames + 2}", timeout=10_000)
     with page.expect_download() as download_info:
         page.click("#save")
     download = download_info.value

@@ -7,8 +7,10 @@ import asyncio
 import httpx
 from aiortc import RTCPeerConnection
 
-import services.video
-from services.diffusion import DiffusionConfig, DiffusionService
+import services.media.webrtc
+from services.media.config import DiffusionConfig
+from services.media.service import DiffusionService
+from services.runtime.loop import DeviceRuntime
 from tests.media.app import build_app
 from tests.media.conftest import MediaServer
 from tests.media.rtc_client import MovingPattern, RTCClient
@@ -16,7 +18,7 @@ from tests.media.test_webrtc_api import wait_drained
 
 
 async def test_offer_that_never_connects_is_closed(media_server, monkeypatch):
-    monkeypatch.setattr(services.video, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(services.media.webrtc, "CONNECT_TIMEOUT_S", 1.0)
     pc = RTCPeerConnection()
     pc.addTrack(MovingPattern())
     await pc.setLocalDescription(await pc.createOffer())
@@ -70,27 +72,30 @@ def test_health_and_metrics_report_the_diffusion_side(media_server, http):
         assert name in text, name
 
 
-async def test_a_runtime_can_drive_the_batcher():
-    """drive_batcher=False: no private thread; frames wait until the owner calls step()."""
-    config = DiffusionConfig(resolution=64, drive_batcher=False)
+async def test_the_runtime_drives_the_batcher():
+    """No private thread: a frame waits until the device runtime, woken by the submit, steps it."""
+    config = DiffusionConfig(resolution=64)
     service = DiffusionService(await asyncio.to_thread(config.load_pipeline), config)
     service.start()
+    woken = []
+    service.batcher.set_notify(lambda: woken.append(1))
     try:
         assert service.batcher._thread is None and service.health()["healthy"]
         stream_id = service.open_stream(prompt="driven")
         frame = asyncio.ensure_future(service.process(stream_id, None, "ws"))
         await asyncio.sleep(0.3)
-        assert not frame.done() and service.batcher.num_pending() == 1
-        assert await asyncio.to_thread(service.batcher.step) == 1
+        assert not frame.done() and service.batcher.has_work() and woken == [1]
+        runtime = DeviceRuntime(None, service.batcher)
+        assert await asyncio.to_thread(runtime.step) and runtime.stats.diffusion_frames == 1
         image = await asyncio.wait_for(frame, 10)
-        assert image.size == (64, 64)
+        assert image.size == (64, 64) and not service.batcher.has_work()
     finally:
         await service.stop()
 
 
 def test_api_key_guards_the_api_but_not_the_pages():
     from fastapi.testclient import TestClient
-    from starlette.websockets import WebSocketDisconnect
+    from starlette.testclient import WebSocketDenialResponse
 
     app = build_app(diffusion=dict(resolution=64), api_key="sk-media")
     with TestClient(app) as client:
@@ -104,8 +109,8 @@ def test_api_key_guards_the_api_but_not_the_pages():
             with client.websocket_connect("/v1/ws/frames") as ws:
                 ws.receive_json()
             raise AssertionError("the socket opened without a key")
-        except WebSocketDisconnect as exc:
-            assert exc.code == 1008
+        except WebSocketDenialResponse as denial:  # the same 401 as /v1/ws/generate gives
+            assert denial.status_code == 401 and denial.json()["error"]["code"] == "invalid_api_key"
         with client.websocket_connect("/v1/ws/frames?api_key=sk-media") as ws:
             assert ws.receive_json()["type"] == "hello"
         # the pages never shadow the API: unknown paths 404, wrong methods 405, both OpenAI-shaped
@@ -118,16 +123,14 @@ def test_serve_flags_reach_the_diffusion_config():
     import pytest
 
     from services.serve import parse_settings
-    from services.settings import ServerSettings
 
     settings, _ = parse_settings(["--diffusion-model", "sd-turbo-shape", "--max-video-sessions", "2",
                                   "--latency-probe", "--diffusion-resolution", "192", "--diffusion-dtype", "bfloat16"])
-    config = settings.diffusion_config()
+    config = settings.diffusion
     assert (config.model, config.max_video_sessions, config.latency_probe, config.resolution, config.dtype) == \
         ("sd-turbo-shape", 2, True, 192, "bfloat16")
-    assert parse_settings([])[0].diffusion_config() == DiffusionConfig(drive_batcher=False)  # the runtime steps it
+    assert parse_settings([])[0].diffusion == DiffusionConfig()
     assert not parse_settings(["--no-diffusion"])[0].enable_diffusion
-    for bad in ({"max_video_sessions": 0}, {"diffusion_resolution": 4}, {"max_frame_clients": 0},
-                {"diffusion_dtype": "int4"}):
+    for bad in ({"max_video_sessions": 0}, {"resolution": 4}, {"max_frame_clients": 0}, {"dtype": "int4"}):
         with pytest.raises(ValueError):
-            ServerSettings(**bad)
+            DiffusionConfig(**bad)

@@ -1,4 +1,4 @@
-"""Model loading runs on a thread that exits (see services.device.on_own_thread)."""
+"""Model loading runs on a thread that exits (see services.runtime.lifespan.on_own_thread)."""
 from __future__ import annotations
 
 import threading
@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from services.device import on_own_thread
+from services.runtime.threads import on_own_thread
 
 
 async def test_on_own_thread_returns_raises_and_leaves_no_thread():

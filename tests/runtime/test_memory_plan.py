@@ -1,12 +1,13 @@
 """The CPU memory plan: one budget for both engines; the KV cache gets what is left, capped."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from services.device import plan_memory
-from services.diffusion import DiffusionService
-from services.runtime import plan_kv_cache_bytes
-from services.settings import ServerSettings
+from engine import EngineConfig
+from services.media.service import DiffusionService
+from services.runtime.memory import MemoryConfig, plan_kv_cache_bytes, plan_memory
 from streamdiff import StreamPipeline
 
 GiB = 1 << 30
@@ -22,20 +23,22 @@ def test_the_kv_cache_gets_what_is_left_up_to_the_cap():
 def test_plan_memory_counts_diffusion_and_llm_weights(tiny_llama_path):
     diffusion = DiffusionService(StreamPipeline.from_pretrained("demo", resolution=64))
     try:
-        base = dict(model=str(tiny_llama_path), dtype="float32", memory_budget=GiB // 2)
-        estimated = plan_memory(ServerSettings(**base), diffusion).kv_cache_memory
+        engine = EngineConfig(model=str(tiny_llama_path), dtype="float32")
+        budget = MemoryConfig(memory_budget=GiB // 2)
+        estimated = plan_memory(engine, budget, diffusion).kv_cache_memory
         weights = sum(p.numel() * p.element_size() for m in (diffusion.pipe.unet, diffusion.pipe.vae,
                                                              diffusion.pipe.text_encoder) for p in m.parameters())
-        llm_only = plan_memory(ServerSettings(**base), None).kv_cache_memory
+        llm_only = plan_memory(engine, budget, None).kv_cache_memory
         assert llm_only - estimated == int(weights * 1.5)  # weights plus activations estimated
-        declared = plan_memory(ServerSettings(**base, diffusion_memory=100 << 20), diffusion).kv_cache_memory
+        declared = plan_memory(engine, MemoryConfig(GiB // 2, diffusion_memory=100 << 20), diffusion).kv_cache_memory
         assert llm_only - declared == 100 << 20
         # an explicit KV size or no budget leaves the settings alone
-        assert plan_memory(ServerSettings(**base, kv_cache_memory=GiB), diffusion).kv_cache_memory == GiB
-        assert plan_memory(ServerSettings(model=str(tiny_llama_path)), diffusion).kv_cache_memory is None
+        fixed = dataclasses.replace(engine, kv_cache_memory=GiB)
+        assert plan_memory(fixed, budget, diffusion).kv_cache_memory == GiB
+        assert plan_memory(engine, MemoryConfig(), diffusion).kv_cache_memory is None
         with pytest.raises(ValueError, match="leaves nothing"):
-            plan_memory(ServerSettings(**{**base, "memory_budget": 1 << 20}), diffusion)
+            plan_memory(engine, MemoryConfig(memory_budget=1 << 20), diffusion)
         with pytest.raises(ValueError, match="diffusion_memory must be > 0"):
-            ServerSettings(**base, diffusion_memory=0)
+            MemoryConfig(GiB, diffusion_memory=0)
     finally:
         diffusion.metrics.close()

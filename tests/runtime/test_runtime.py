@@ -10,7 +10,8 @@ import PIL.Image
 import pytest
 
 from engine import AsyncLLMEngine, EngineConfig, SamplingParams
-from services.runtime import DeviceRuntime, RuntimePolicy
+from services.runtime.loop import DeviceRuntime
+from services.runtime.policy import Clocks, RuntimePolicy, charge, choose, token_budget
 from streamdiff import StreamBatcher, StreamPipeline
 
 
@@ -91,46 +92,59 @@ async def test_chat_and_video_together_both_complete(tiny_llama_path, pipe):
         await runtime.stop()
 
 
-def test_policy_shares_the_device_and_respects_deadlines(tiny_llama_path, pipe):
+def test_policy_is_a_pure_function_of_plain_inputs():
+    policy = RuntimePolicy(frame_deadline_ms=50, video_share=0.25, video_llm_token_budget=32)
+    idle = dict(llm_wants=False, frames_waiting=False, oldest_frame_age_s=0.0, llm_step_s=0.0)
+    assert choose(policy, Clocks(), **idle) == (None, Clocks())
+    # one side alone runs, and the idle side's clock comes level so it banks no credit
+    assert choose(policy, Clocks(diffusion=1.0, llm=3.0), **{**idle, "frames_waiting": True}) == \
+        ("diffusion", Clocks(diffusion=1.0, llm=3.0))
+    assert choose(policy, Clocks(diffusion=5.0, llm=1.0), **{**idle, "llm_wants": True}) == \
+        ("llm", Clocks(diffusion=5.0, llm=1.0))
+    assert choose(policy, Clocks(diffusion=1.0, llm=5.0), **{**idle, "llm_wants": True})[1] == Clocks(5.0, 5.0)
+    both = dict(llm_wants=True, frames_waiting=True, llm_step_s=0.01)
+    # a fresh frame can wait one short LLM step; a due one goes by the clocks
+    assert choose(policy, Clocks(0.0, 1.0), oldest_frame_age_s=0.0, **both)[0] == "llm"
+    assert choose(policy, Clocks(0.0, 1.0), oldest_frame_age_s=0.045, **both)[0] == "diffusion"
+    assert choose(policy, Clocks(1.0, 0.0), oldest_frame_age_s=0.045, **both)[0] == "llm"
+    # busy time advances a clock by time / weight
+    assert charge(policy, Clocks(), "diffusion", 0.25) == Clocks(diffusion=1.0, llm=0.0)
+    assert charge(policy, Clocks(), "llm", 0.75) == Clocks(diffusion=0.0, llm=1.0)
+    # while video is live prefill chunks shrink, but every running sequence still decodes
+    assert token_budget(policy, 1024, video_live=False, num_running_seqs=3) == 1024
+    assert token_budget(policy, 1024, video_live=True, num_running_seqs=3) == 32
+    assert token_budget(policy, 1024, video_live=True, num_running_seqs=40) == 40
+    with pytest.raises(ValueError, match="video_share"):
+        RuntimePolicy(video_share=1.0)
+
+
+def test_both_busy_the_device_is_shared_by_weight(tiny_llama_path, pipe):
     llm = make_llm(tiny_llama_path)
     batcher = StreamBatcher(pipe, max_batch_size=4)
-    runtime = DeviceRuntime(llm, batcher, RuntimePolicy(frame_deadline_ms=50, video_share=0.25,
+    runtime = DeviceRuntime(llm, batcher, RuntimePolicy(frame_deadline_ms=1e-3, video_share=0.25,
                                                         video_llm_token_budget=32))
-    assert runtime.choose() is None
+    assert not runtime.step()  # nothing wants the device
     batcher.add_stream("cam", prompt="x")
-    runtime._apply_token_budget()
-    assert llm.engine.scheduler.max_num_batched_tokens == 32  # nothing runs yet: the video budget
     batcher.submit("cam", image(0))
-    assert runtime.choose() == "diffusion"  # only video wants the device
-    assert runtime.run_once() and runtime.stats.diffusion_frames == 1
+    assert runtime.step() and runtime.stats.diffusion_frames == 1
+    # the budget is set through the engine while video is live, and restored after
+    assert llm.engine.scheduler.max_num_batched_tokens == 32
     llm._commands.append(("add", llm.engine.make_request("r", [1, 2, 3], SamplingParams(max_tokens=400,
                                                                                         ignore_eos=True))))
-    assert runtime.choose() == "llm"  # no frame waits
-    runtime._llm_step.value = 0.01
-    batcher.submit("cam", image(1))
-    assert runtime.choose() == "llm"  # a fresh frame can wait one short LLM step
-    time.sleep(0.05)
-    # due now, but the LLM is behind: it woke level with video's clock before the first batch
-    assert runtime.choose() == "llm"
-    runtime._clock["llm"] = runtime._clock["diffusion"] + 1e-3
-    assert runtime.choose() == "diffusion"  # once the LLM is ahead, the due frame goes first
-    # both sides busy, frames always due: the LLM gets ~3/4 of the device time
-    runtime.policy.frame_deadline_ms = 1e-3
-    before = runtime.stats.diffusion_busy_s, runtime.stats.llm_busy_s
+    # frames always due: the LLM gets ~3/4 of the device time
     for i in range(200):
         batcher.submit("cam", image(i))
-        runtime.run_once()
-    video, llm_busy = runtime.stats.diffusion_busy_s - before[0], runtime.stats.llm_busy_s - before[1]
+        runtime.step()
+    video, llm_busy = runtime.stats.diffusion_busy_s, runtime.stats.llm_busy_s
     assert 0.18 < video / (video + llm_busy) < 0.32, runtime.snapshot()
     llm.abort_all()
-    while runtime.run_once():
+    while runtime.step():
         pass
     assert not llm.has_work() and llm.engine.block_manager.device.num_used == 0
     batcher.remove_stream("cam")
-    runtime._apply_token_budget()
+    llm._commands.append(("add", llm.engine.make_request("s", [1, 2, 3], SamplingParams(max_tokens=1))))
+    runtime.step()
     assert llm.engine.scheduler.max_num_batched_tokens == llm.engine.config.max_num_batched_tokens
-    with pytest.raises(ValueError, match="video_share"):
-        RuntimePolicy(video_share=1.0)
 
 
 async def test_stop_under_load_does_not_hang(tiny_llama_path, pipe):

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 
 import openai
 import pytest
 
 from services.app import create_app
+from engine import EngineConfig
+from services.agents.config import AgentsConfig
+from services.llm.config import LLMConfig
 from services.settings import ServerSettings
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, light_agents
 
 
 class RunningServer(LiveServer):
@@ -46,10 +50,12 @@ def running_server(settings: ServerSettings):
         server.stop()
 
 
-def tiny_settings(path, **overrides) -> ServerSettings:
+def tiny_settings(path, engine: dict | None = None, **overrides) -> ServerSettings:
+    """The tiny model served as "tiny"; `engine`: EngineConfig fields; the rest: ServerSettings'."""
     overrides.setdefault("enable_diffusion", False)  # LLM tests need no diffusion pipeline
-    return ServerSettings(model=str(path), served_model_name="tiny", dtype="float32", kv_cache_memory=64 << 20,
-                          **overrides)
+    overrides = {**light_agents(), **overrides}
+    engine = EngineConfig(model=str(path), dtype="float32", kv_cache_memory=64 << 20, **(engine or {}))
+    return ServerSettings(engine=engine, llm=LLMConfig(served_model_name="tiny"), **overrides)
 
 
 @pytest.fixture(scope="module")

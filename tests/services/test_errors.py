@@ -129,7 +129,7 @@ async def test_websocket_auth(secured):
 # -- overload ------------------------------------------------------------------------------------
 async def test_full_queue_is_503_with_retry_after(tiny_llama_path):
     # one running slot and one waiting slot: the third concurrent request must be refused
-    settings = tiny_settings(tiny_llama_path, max_num_seqs=1, max_queue=1)
+    settings = tiny_settings(tiny_llama_path, engine=dict(max_num_seqs=1, max_waiting=1))
     with running_server(settings) as server:
         async with server.async_client() as client:
             long = dict(model="tiny", messages=MESSAGES, max_tokens=900, stream=True, extra_body={"ignore_eos": True})

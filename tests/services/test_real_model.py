@@ -6,6 +6,7 @@ import json
 import jsonschema
 import pytest
 
+from engine import EngineConfig
 from services.settings import ServerSettings
 from tests.services.conftest import running_server
 
@@ -18,7 +19,7 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
 
 @pytest.mark.slow
 def test_smollm2_chat_tools_and_json():
-    with running_server(ServerSettings(kv_cache_memory=256 << 20)) as server, server.client() as client:
+    with running_server(ServerSettings(engine=EngineConfig(kv_cache_memory=256 << 20))) as server, server.client() as client:
         model = client.models.list().data[0].id
         r = client.chat.completions.create(model=model, temperature=0, max_tokens=20, messages=[
             {"role": "user", "content": "What is the capital of France?"}])

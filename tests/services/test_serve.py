@@ -13,10 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.app import create_app
-from services.deps import get_llm
+from services.llm.deps import get_llm
 from services.errors import APIError
-from services.routers import models
+from services.llm.routes import models
 from services.serve import parse_settings
+from engine import EngineConfig
+from services.llm.config import LLMConfig
+from services.runtime.memory import MemoryConfig
+from services.runtime.policy import RuntimePolicy
 from services.settings import ServerSettings
 
 
@@ -26,15 +30,19 @@ def test_flags_become_settings():
         ("127.0.0.1", 8000, None, True, True)
     settings, _ = parse_settings(["--port", "9001", "--model", "/m", "--api-key", "k", "--max-queue", "7",
                                   "--no-llm", "--no-diffusion", "--kv-cache-gb", "0.5"])
-    assert (settings.port, settings.model, settings.api_key, settings.max_queue) == (9001, "/m", "k", 7)
+    assert (settings.port, settings.engine.model, settings.api_key, settings.engine.max_waiting) == (9001, "/m", "k", 7)
     assert not settings.enable_llm and not settings.enable_diffusion
-    assert settings.kv_cache_memory == 1 << 29 and settings.engine_config().max_waiting == 7
+    assert settings.engine.kv_cache_memory == 1 << 29
+    # every default is its config's own: the flags without values build the same configs
+    assert (settings.llm, settings.runtime, settings.memory) == (LLMConfig(), RuntimePolicy(), MemoryConfig())
+    assert parse_settings([])[0].engine == EngineConfig()
 
 
-@pytest.mark.parametrize("bad", [{"port": 70000}, {"max_queue": 0}, {"dtype": "int3"}])
+@pytest.mark.parametrize("bad", [["--port", "70000"], ["--max-queue", "0"], ["--dtype", "int3"],
+                                 ["--video-share", "1.5"], ["--max-ws-streams", "0"], ["--memory-budget-gb", "-1"]])
 def test_bad_settings_fail_fast(bad):
     with pytest.raises(ValueError):
-        ServerSettings(**bad)
+        parse_settings(bad)
 
 
 def test_app_without_llm_serves_health_only():

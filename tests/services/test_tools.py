@@ -8,8 +8,8 @@ import jsonschema
 import openai
 import pytest
 
-from services.chat_template import render_chat
-from services.tools import ToolCallParser
+from services.llm.chat_template import render_chat
+from services.llm.tools import ToolCallParser
 
 WEATHER = {"type": "object",
            "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]},

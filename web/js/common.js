@@ -87,3 +87,10 @@ export function debounce(fn, ms) {
   let timer;
   return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
 }
+
+// A page's state, also readable by the browser tests as `window.livecastTest.<page>`: the one
+// object on `window` that tests read; pages never read it themselves.
+export function testHook(page, state) {
+  (window.livecastTest ??= {})[page] = state;
+  return state;
+}

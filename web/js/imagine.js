@@ -1,13 +1,13 @@
 // Imagine: /v1/ws/frames in txt2img mode. Pull-based: ask for a frame, draw it, ask again, so the
 // server never runs ahead of this page; prompt edits go out as config messages.
-import { $, debounce, renderHeader, setBanner, clearBanner, showHealth, wsUrl } from "./common.js";
+import { $, debounce, renderHeader, setBanner, clearBanner, showHealth, testHook, wsUrl } from "./common.js";
 
 renderHeader("imagine.html");
 const banner = $("#banner");
 const ui = { prompt: $("#prompt"), seed: $("#seed"), save: $("#save"), view: $("#view") };
 const context = ui.view.getContext("2d");
 // Read by the browser tests.
-const state = window.imagine = { frames: 0, lastMeta: null, settings: null };
+const state = testHook("imagine", { frames: 0, lastMeta: null, settings: null });
 let socket = null;
 let pendingMeta = null;
 let frameTimes = [];

@@ -1,5 +1,5 @@
 // Stylize: webcam → WebRTC → stylized video, with live settings and stats over the control channel.
-import { $, clearBanner, debounce, renderHeader, setBanner, showHealth } from "./common.js";
+import { $, clearBanner, debounce, renderHeader, setBanner, showHealth, testHook } from "./common.js";
 import { connect } from "./rtc.js";
 
 renderHeader("stylize.html");
@@ -9,7 +9,7 @@ const ui = {
   start: $("#start"), stop: $("#stop"), local: $("#local"), remote: $("#remote"), status: $("#status"),
 };
 // Read by the browser tests; handy in the console too.
-const state = window.stylize = { framesRendered: 0, stats: null, settings: null, sessionId: null, errors: [] };
+const state = testHook("stylize", { framesRendered: 0, stats: null, settings: null, sessionId: null, errors: [] });
 let session = null;
 let camera = null;
 let renderLoop = 0;  // a restart begins a new counting loop; the old one stops at its next tick

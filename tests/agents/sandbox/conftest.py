@@ -1,0 +1,80 @@
+"""Real sandboxes for the tests: containers started with every layer this kernel has.
+
+The tests prove containment with the layers that exist here; a kernel missing one skips only
+the tests that need it (and the probe test says which). After each module no process of any
+container uid may remain.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from services.agents.sandbox.container import Container, pick_uid
+from services.agents.sandbox.probe import probe
+from services.agents.sandbox.service import SandboxConfig, container_spec
+
+# small limits, so each breach is quick to reach
+TEST_CONFIG = dict(cpu_s=2, cpu_s_total=60, memory_mb=1024, max_processes=32, max_file_mb=64, max_open_files=64,
+                   disk_mb=256, output_limit_bytes=64 * 1024, timeout_s=20.0, spares=0)
+
+
+@pytest.fixture(scope="session")
+def support():
+    return probe()
+
+
+@pytest.fixture(scope="session")
+def spec(support):
+    return container_spec(SandboxConfig(**TEST_CONFIG, unsafe=True), support)
+
+
+@pytest.fixture(scope="session")
+def sandbox_root():
+    root = tempfile.mkdtemp(prefix="livecast-test-containers-")
+    os.chmod(root, 0o711)
+    yield Path(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_container(spec, sandbox_root):
+    made: list[Container] = []
+
+    def make() -> Container:
+        container = Container(f"cntr_test{len(made)}_{os.urandom(4).hex()}", sandbox_root / os.urandom(8).hex(),
+                              spec, pick_uid(SandboxConfig().uid_base))
+        made.append(container)
+        container.start()
+        return container
+
+    yield make
+    for container in made:
+        container.close()
+
+
+def container_uid_pids() -> list[int]:
+    """Processes running as any uid a root server hands to containers."""
+    low = SandboxConfig().uid_base
+    high = low + (1 << 24)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    uid_line = next(line for line in f if line.startswith("Uid:"))
+            except (OSError, StopIteration):
+                continue
+            if low <= int(uid_line.split()[1]) < high:
+                found.append(int(entry))
+    return found
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_stray_processes():
+    yield
+    if os.geteuid() == 0:
+        assert container_uid_pids() == [], "container processes outlived their tests"

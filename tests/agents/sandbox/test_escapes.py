@@ -1,0 +1,261 @@
+"""Escape attempts from model-written code, each contained, each naming what stopped it.
+
+Where a test must prove a particular layer (rather than that *something* stopped the attempt)
+it targets something the other layers would allow: a world-readable file for Landlock (plain
+permissions would let any uid read it), ptrace(TRACEME) and unshare(NEWUSER) for seccomp (any
+unprivileged process may call them), UDP for the network namespace (Landlock only rules TCP).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from services.agents.sandbox import limits
+
+
+def _need(support, layer: str) -> None:
+    if layer not in support.layers:
+        pytest.skip(f"this kernel lacks {layer} (see test_probe)")
+
+
+@pytest.fixture(scope="module")
+def shared(spec, sandbox_root):
+    """One container for the attempts that leave it alive (a fresh start costs ~0.3 s)."""
+    from services.agents.sandbox.container import Container, pick_uid
+    from services.agents.sandbox.service import SandboxConfig
+    container = Container("cntr_shared", sandbox_root / "shared", spec, pick_uid(SandboxConfig().uid_base))
+    container.start()
+    yield container
+    container.close()
+
+
+def run(container, code: str, timeout_s: float = 20.0):
+    return container.run(textwrap.dedent(code), timeout_s)
+
+
+@pytest.fixture
+def world_readable_secret():
+    """A file any uid could read by its permissions: only Landlock keeps it from the sandbox."""
+    data_dir = Path(tempfile.mkdtemp(prefix="livecast-server-data-"))
+    data_dir.chmod(0o755)
+    secret = data_dir / "secret.txt"
+    secret.write_text("SERVER-SECRET-42")
+    secret.chmod(0o644)
+    yield secret
+    secret.unlink()
+    data_dir.rmdir()
+
+
+def test_server_data_dir_is_unreadable_by_landlock(shared, support, world_readable_secret):
+    _need(support, "landlock")
+    result = run(shared, f"""
+        import os
+        print(os.access({str(world_readable_secret)!r}, os.R_OK))
+        open({str(world_readable_secret)!r}).read()""")
+    assert "SERVER-SECRET-42" not in result.stdout + result.stderr
+    assert "PermissionError: [Errno 13]" in result.stderr, result.stderr  # Landlock: EACCES
+    # the listing of its folder is denied too, not just the file
+    listing = run(shared, f"import os; os.listdir({str(world_readable_secret.parent)!r})")
+    assert "PermissionError" in listing.stderr
+
+
+def test_home_directory_is_hidden(shared, support):
+    _need(support, "namespaces")
+    home = Path.home()
+    with tempfile.NamedTemporaryFile("w", dir=home, prefix=".livecast-test-", suffix=".txt") as secret:
+        secret.write("HOME-SECRET-7")
+        secret.flush()
+        os.chmod(secret.name, 0o644)
+        result = run(shared, f"open({secret.name!r}).read()")
+    assert "HOME-SECRET-7" not in result.stdout
+    # /root is a 0700 directory: under root a tmpfs covers it (mount namespace), so the file is not there
+    assert "FileNotFoundError" in result.stderr or "PermissionError" in result.stderr, result.stderr
+
+
+def test_proc_and_the_parents_environment(shared, support):
+    _need(support, "namespaces")
+    os.environ["LIVECAST_TEST_API_KEY"] = "sk-not-for-the-sandbox"
+    try:
+        result = run(shared, f"""
+            import os
+            print(os.getpid(), os.getppid(), sorted(k for k in os.environ if 'KEY' in k or 'SECRET' in k))
+            for path in ('/proc/1/environ', '/proc/{os.getpid()}/environ', '/proc/self/environ'):
+                try:
+                    print(path, open(path, 'rb').read()[:200])
+                except OSError as exc:
+                    print(path, type(exc).__name__, exc.errno)""")
+    finally:
+        del os.environ["LIVECAST_TEST_API_KEY"]
+    assert "sk-not-for-the-sandbox" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "1 0 []"  # PID namespace: the interpreter is PID 1, no parent visible; empty environment
+    for line in lines[1:]:
+        assert "PermissionError 13" in line or "FileNotFoundError" in line, line  # Landlock keeps /proc out
+
+
+def test_writing_outside_the_working_directory(shared, support):
+    _need(support, "landlock")
+    target_dir = Path(tempfile.mkdtemp(prefix="livecast-open-dir-"))
+    target_dir.chmod(0o777)  # anyone may write here by permissions
+    try:
+        result = run(shared, f"""
+            import os
+            for path in ({str(target_dir / 'x')!r}, '/tmp/livecast-escape', '/mnt/escape', '../escape'):
+                try:
+                    open(path, 'w').write('escaped')
+                    print(path, 'WRITTEN')
+                except OSError as exc:
+                    print(path, type(exc).__name__, exc.errno)
+            open('inside.txt', 'w').write('fine')""")
+        assert "WRITTEN" not in result.stdout, result.stdout
+        assert result.stdout.count("PermissionError 13") >= 2  # Landlock; /mnt is a read-only-to-us tmpfs
+        assert not (target_dir / "x").exists() and not Path("/tmp/livecast-escape").exists()
+        assert [f.path for f in result.files] == ["/mnt/data/inside.txt"]
+    finally:
+        for leftover in target_dir.iterdir():
+            leftover.unlink()
+        target_dir.rmdir()
+
+
+def test_network_is_unreachable(shared, support):
+    _need(support, "namespaces")
+    tcp = socket.create_server(("127.0.0.1", 0))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    tcp.settimeout(0.2)
+    udp.settimeout(0.2)
+    try:
+        result = run(shared, f"""
+            import socket
+            try:
+                socket.create_connection(('127.0.0.1', {tcp.getsockname()[1]}), timeout=2)
+                print('tcp CONNECTED')
+            except OSError as exc:
+                print('tcp', type(exc).__name__, exc.errno)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.sendto(b'hello', ('127.0.0.1', {udp.getsockname()[1]}))
+                print('udp SENT')
+            except OSError as exc:
+                print('udp', type(exc).__name__, exc.errno)
+            for host in ('example.com', 'localhost'):
+                try:
+                    print(host, socket.getaddrinfo(host, 80))
+                except socket.gaierror as exc:
+                    print(host, 'gaierror')""")
+        with pytest.raises(TimeoutError):
+            tcp.accept()
+        with pytest.raises(TimeoutError):
+            udp.recvfrom(16)
+    finally:
+        tcp.close()
+        udp.close()
+    out = result.stdout.splitlines()
+    # TCP: Landlock's network rules (ABI >= 4) deny connect with EACCES before routing (else ENETUNREACH)
+    assert out[0] in ("tcp PermissionError 13", "tcp OSError 101"), out
+    assert out[1] == "udp OSError 101", out  # network namespace: its loopback is down, ENETUNREACH
+    assert out[2:] == ["example.com gaierror", "localhost gaierror"], out  # no resolver, no /etc/hosts
+
+
+def test_fork_bomb_hits_the_process_limit(make_container):
+    container = make_container()
+    result = run(container, """
+        import os, time
+        while True:
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)""")
+    assert result.limit == limits.NPROC, result.stderr  # RLIMIT_NPROC: fork fails with EAGAIN
+    assert "BlockingIOError" in result.stderr
+    assert 30 <= len(container.pids()) <= 40  # 32 processes of the uid, plus the outer bootstrap
+    assert run(container, "1 + 1").stdout == "2\n"  # the interpreter survives
+
+
+def test_allocating_8_gib_hits_the_memory_limit(shared):
+    result = run(shared, "big = bytearray(8 << 30)")
+    assert result.limit == limits.MEMORY and "MemoryError" in result.stderr  # RLIMIT_AS
+    assert run(shared, "'still here'").stdout == "'still here'\n"
+
+
+def test_busy_loop_hits_the_cpu_limit_and_keeps_state(make_container):
+    container = make_container()
+    run(container, "kept = 'state'")
+    result = run(container, "while True: pass")
+    assert result.limit == limits.CPU and not result.timed_out  # RLIMIT_CPU soft: SIGXCPU → exception
+    assert "CpuLimitExceeded" in result.stderr
+    assert run(container, "kept").stdout == "'state'\n"
+
+
+def test_sleeping_past_the_wall_clock_kills_the_whole_tree(make_container):
+    container = make_container()
+    result = run(container, """
+        import os, time
+        if os.fork() == 0:
+            time.sleep(60)
+        time.sleep(60)""", timeout_s=1.0)
+    tree = container.pids()
+    assert result.timed_out and result.limit == limits.TIMEOUT
+    assert tree == [] and container.process is None  # killed and reaped, the forked child too
+    assert run(container, "'restarted'").stdout == "'restarted'\n"  # next call: a fresh interpreter
+
+
+def test_printing_100_mb_is_truncated(shared):
+    result = run(shared, """
+        import sys, os
+        for _ in range(100):
+            sys.stdout.write('x' * (1 << 20))
+        _ = os.write(2, b'e' * (1 << 20))""")
+    assert result.limit == limits.OUTPUT and result.exit_code == 0
+    assert result.stdout.startswith("x" * 1000) and len(result.stdout) < 64 * 1024 + 200
+    assert f"{100 * (1 << 20) - 64 * 1024} more bytes" in result.stdout
+    assert len(result.stderr) < 64 * 1024 + 200
+
+
+def test_writing_a_2_gib_file_hits_the_file_size_limit(shared):
+    result = run(shared, """
+        with open('big.bin', 'wb') as f:
+            for _ in range(2048):
+                f.write(bytes(1 << 20))""")
+    assert result.limit == limits.FSIZE and "File too large" in result.stderr  # RLIMIT_FSIZE: EFBIG
+    sizes = {f.relpath: f.bytes for f in result.files}
+    assert sizes["big.bin"] <= 64 << 20
+    run(shared, "import os; os.remove('big.bin')")
+
+
+def test_signalling_the_parent(shared, support):
+    _need(support, "namespaces")
+    result = run(shared, f"""
+        import os, signal
+        for pid in ({os.getpid()}, {os.getppid()}):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                print(pid, 'SIGNALLED')
+            except OSError as exc:
+                print(pid, type(exc).__name__)""")
+    assert "SIGNALLED" not in result.stdout
+    assert result.stdout.count("ProcessLookupError") == 2  # PID namespace: no such process in here
+
+
+def test_ptrace_and_mount_are_denied_by_seccomp(shared, support):
+    _need(support, "seccomp")
+    result = run(shared, """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def call(name, *args):
+            ret = getattr(libc, name)(*args)
+            print(name, ret, os.strerror(ctypes.get_errno()) if ret == -1 else '')
+        call('ptrace', 0, 0, None, None)                          # PTRACE_TRACEME: allowed to anyone
+        call('unshare', 0x10000000)                               # CLONE_NEWUSER: allowed unprivileged
+        call('mount', b'none', b'/mnt/data', b'tmpfs', 0, None)
+        call('umount2', b'/mnt/data', 0)
+        call('syscall', 321, 0, None, 0)                          # bpf
+        call('syscall', 298, None, 0, -1, -1, 0)                  # perf_event_open""")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6
+    for line in lines:
+        assert line.endswith("-1 Operation not permitted"), line  # seccomp: EPERM

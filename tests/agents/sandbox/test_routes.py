@@ -1,0 +1,111 @@
+"""The Containers API over real HTTP (uvicorn on 127.0.0.1) with the official `openai` client."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+
+from services.agents.sandbox import routes
+from services.agents.sandbox.service import SandboxConfig, containers_service
+from services.deps import require_api_key
+from services.errors import install_error_handlers
+from tests.agents.sandbox.conftest import TEST_CONFIG
+from tests.live_server import LiveServer
+
+
+def _app(enabled: bool) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not enabled:
+            yield
+            return
+        async with containers_service(SandboxConfig(**{**TEST_CONFIG, "max_containers": 4}, unsafe=True)) as pool:
+            app.state.containers = pool
+            yield
+            app.state.containers = None
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.containers = None
+    install_error_handlers(app)
+    app.include_router(routes.router)
+    app.dependency_overrides[require_api_key] = lambda: None
+    return app
+
+
+@pytest.fixture(scope="module")
+def server():
+    live = LiveServer(_app(enabled=True)).start()
+    yield live
+    live.stop()
+
+
+def test_containers_and_files_through_the_openai_client(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    created = client.containers.create(name="analysis", expires_after={"anchor": "last_active_at", "minutes": 5})
+    assert created.id.startswith("cntr_") and created.name == "analysis" and created.status == "running"
+    assert client.containers.retrieve(created.id).id == created.id
+    assert created.id in [c.id for c in client.containers.list()]
+
+    uploaded = client.containers.files.create(created.id, file=("data.csv", b"x,y\n1,2\n"))
+    assert uploaded.path == "/mnt/data/data.csv" and uploaded.bytes == 8 and uploaded.source == "user"
+    assert [f.id for f in client.containers.files.list(created.id)] == [uploaded.id]
+    assert client.containers.files.retrieve(uploaded.id, container_id=created.id).path == uploaded.path
+    content = client.containers.files.content.retrieve(uploaded.id, container_id=created.id)
+    assert content.read() == b"x,y\n1,2\n"
+    client.containers.files.delete(uploaded.id, container_id=created.id)
+    assert list(client.containers.files.list(created.id)) == []
+
+    deleted = client.containers.delete(created.id)
+    assert deleted is None or getattr(deleted, "deleted", True)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.containers.retrieve(created.id)
+    assert info.value.body["code"] == "not_found"  # OpenAI's error shape
+
+
+def test_bad_requests_name_their_parameter(server):
+    with httpx.Client(base_url=server.url) as http:
+        bad = http.post("/v1/containers", json={"name": "x", "file_ids": ["file-1"]})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "file_ids"
+        bad = http.post("/v1/containers", json={"expires_after": {"anchor": "last_active_at", "minutes": 0}})
+        assert bad.status_code == 400 and "minutes" in bad.json()["error"]["param"]
+        missing = http.get("/v1/containers/cntr_nope/files")
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_disabled_interpreter_answers_503():
+    live = LiveServer(_app(enabled=False)).start()
+    try:
+        with httpx.Client(base_url=live.url) as http:
+            response = http.get("/v1/containers")
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "code_interpreter_disabled"
+    finally:
+        live.stop()
+
+
+def _cli(args: list[str], code: str) -> tuple[int, dict]:
+    done = subprocess.run([sys.executable, "-m", "services.agents.sandbox.cli", *args], input=code,
+                          capture_output=True, text=True, timeout=60)
+    return done.returncode, json.loads(done.stdout) if done.stdout else {"stderr": done.stderr}
+
+
+def test_cli_run_prints_one_json_object():
+    rc, out = _cli(["run", "-"], "import numpy\nopen('a.txt', 'w').write('hi')\nprint('done')\n")
+    assert rc == 0 and out["stdout"] == "done\n" and out["exit_code"] == 0 and out["limit"] is None
+    assert out["files"] == ["/mnt/data/a.txt"] and out["timed_out"] is False
+    rc, out = _cli(["run", "-", "--timeout", "1"], "import time\ntime.sleep(30)\n")
+    assert rc == 0 and out["timed_out"] is True and out["limit"] == "timeout"  # the snippet failed, the sandbox did not
+    rc, out = _cli(["run", "-", "--memory-mb", "256"], "x = bytearray(512 << 20)\n")
+    assert rc == 0 and out["limit"] == "memory" and out["exit_code"] == 1
+
+
+def test_probe_reports_every_layer(support):
+    """This CI kernel (6.x, root in a VM) has all three layers; a kernel without one must say so."""
+    assert support.missing == (), support.describe()
+    assert support.landlock_abi >= 1 and "ABI" in support.describe()
