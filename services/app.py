@@ -25,7 +25,7 @@ from services.agents.retrieval.service import retrieval_service
 from services.agents.routes import ROUTERS as AGENTS_ROUTERS
 from services.agents.sandbox.routes import router as sandbox_router
 from services.agents.sandbox.service import containers_service
-from services.errors import APIError, install_error_handlers
+from services.errors import APIError, install_error_handlers, openapi_with_errors
 from services.logs import redact_secrets
 from services.llm.routes import chat, completions, generate, models, tokenize, ws
 from services.llm.service import llm_service
@@ -82,6 +82,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.llm = app.state.diffusion = app.state.runtime = None
     app.state.agents = app.state.containers = app.state.retrieval = None
     install_error_handlers(app)
+    app.openapi = openapi_with_errors(app)
     redact_secrets("uvicorn.access", "uvicorn.error")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)

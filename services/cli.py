@@ -1,4 +1,4 @@
-"""The `livecast` command: serve, generate, chat, sandbox and the benchmarks."""
+"""The `livecast` command: serve, generate, chat, sandbox, cot and the benchmarks."""
 from __future__ import annotations
 
 import argparse
@@ -14,12 +14,15 @@ BENCHMARKS = {
     "cohost": "services.bench.cohost",
     "kernels": "services.bench.kernels",
     "retrieval": "services.bench.retrieval",
+    "cot": "services.bench.cot",
+    "quant": "services.bench.quant",
 }
 
 # Subcommands that own their argument parsing: `livecast NAME …` → module.main(argv).
 COMMANDS = {
     "serve": "services.serve",
     "sandbox": "services.agents.sandbox.cli",
+    "cot": "services.llm.cot.cli",
     "generate": "engine.cli",
     "chat": "engine.cli",
 }

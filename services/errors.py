@@ -18,7 +18,7 @@ logger = logging.getLogger("livecast.server")
 # first words of engine / SamplingParams ValueErrors that name a request parameter
 _PARAMS = {"n", "best_of", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
            "repetition_penalty", "max_tokens", "min_tokens", "logprobs", "prompt_logprobs", "stop", "seed",
-           "prompt"}
+           "prompt", "stop_token_ids", "logit_bias", "beam_width"}
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 503: "server_error"}
 
@@ -84,3 +84,39 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+
+
+def openapi_with_errors(app: FastAPI):
+    """The app's OpenAPI document as the server behaves: a bad body is a 400 in OpenAI's error shape
+    (never FastAPI's 422), and any route may answer 401/404/405/413/503 the same way."""
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = FastAPI.openapi(app)
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                if operation.get("requestBody") or operation.get("parameters"):
+                    responses.setdefault("400", {"description": "Invalid request", **error})
+                if operation.get("requestBody"):
+                    responses.setdefault("413", {"description": "Body over --max-body-mb", **error})
+                if path not in ("/health", "/metrics"):
+                    responses.setdefault("401", {"description": "Missing or wrong API key", **error})
+                    responses.setdefault("404", {"description": "Unknown model or object", **error})
+                    responses.setdefault("503", {"description": "Overloaded or not running; see Retry-After",
+                                                 **error})
+        schema["components"]["schemas"].pop("HTTPValidationError", None)
+        schema["components"]["schemas"].pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    return openapi

@@ -23,6 +23,7 @@ async def health(request: Request):
     return JSONResponse({"status": "ok" if healthy else "error", **body}, status_code=200 if healthy else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text exposition", "content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(request: Request):
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -48,10 +48,10 @@ class StreamParams:
         for name in ("prompt", "negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
-        for name in ("guidance_scale", "delta"):
+        for name, high in (("guidance_scale", 50.0), ("delta", 10.0)):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= high:
+                raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
         if self.cfg_type not in CFG_TYPES:
             raise ValueError(f"cfg_type must be one of {CFG_TYPES}, got {self.cfg_type!r}")
         if self.schedule not in SCHEDULES:

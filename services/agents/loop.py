@@ -83,7 +83,7 @@ class RunLoop:
                 builtin = self.req.toolset.builtins.get(call["name"])
                 if builtin is None:
                     continue
-                item = builtin.start_item(new_id("ci"), call["arguments"])
+                item = builtin.start_item(new_id(builtin.id_prefix), call["arguments"])
                 yield LoopEvent("tool.start", item, progress=builtin.progress(item))
                 item = await builtin.call(item)
                 tool_calls_made += 1
@@ -183,6 +183,9 @@ class RunLoop:
                 if finished:
                     self.finish = "length" if o.finish_reason == "length" else "stop"
         for item in opened:
+            if item["type"] == "message":  # e.g. file_search's citations of the files it put in the context
+                part = item["content"][0]
+                part["annotations"] = [a for b in builtins.values() for a in b.annotations(part["text"])]
             yield self._close(item, "text.done" if item["type"] == "message" else "call.done")
 
     def _close(self, item: dict, kind: str) -> LoopEvent:

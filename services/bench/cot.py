@@ -18,11 +18,11 @@ import logging
 import sys
 import time
 
-from services.agents.cot.answers import answers_match, normalize_gold
-from services.agents.cot.dataset import SHIPPED_FEWSHOT, Problem, load_questions
-from services.agents.cot.demos import Demo, load_demo_set
-from services.agents.cot.runner import EngineDriver, run_cot
-from services.agents.cot.spec import MAX_CHAINS, CotSpec
+from services.llm.cot.answers import answers_match, normalize_gold
+from services.llm.cot.dataset import SHIPPED_FEWSHOT, Problem, load_questions
+from services.llm.cot.demos import Demo, load_demo_set
+from services.llm.cot.runner import EngineDriver, run_cot
+from services.llm.cot.spec import MAX_CHAINS, CotSpec
 from services.bench.report import report
 
 MODES = ("none", "zero_shot", "few_shot", "auto", "self_consistency")
@@ -92,7 +92,7 @@ async def run_mode(driver: EngineDriver, mode: str, problems: list[Problem], dem
 def auto_demos(llm, problems: list[Problem], args) -> tuple[list[Demo], float]:
     if args.auto_demos:
         return load_demo_set(args.auto_demos).demos, 0.0
-    from services.agents.cot.autocot import AutoCotConfig, build_demos, engine_generate_many, minilm_embed
+    from services.llm.cot.autocot import AutoCotConfig, build_demos, engine_generate_many, minilm_embed
 
     start = time.perf_counter()
     config = AutoCotConfig(num_clusters=min(args.clusters, len(problems)), seed=args.seed, max_tokens=args.max_tokens)
@@ -110,8 +110,8 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from engine.llm import LLM
-    from services.agents.cot.cli import default_dtype
-    from services.agents.cot.selfconsistency import measure_kv_sharing
+    from services.llm.cot.cli import default_dtype
+    from services.llm.cot.selfconsistency import measure_kv_sharing
 
     llm = LLM(model=args.model, dtype=args.dtype or default_dtype())
     engine, rows, per_mode, records, extra = llm.engine, [], {}, [], {}
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
         records.extend(mode_records)
     if "self_consistency" in modes and args.n > 1:
         from engine.sampling_params import SamplingParams
-        from services.agents.cot.prompts import build_prompt
+        from services.llm.cot.prompts import build_prompt
 
         prompt = build_prompt(CotSpec("self_consistency", n=args.n), problems[0].question, [])
         _, kv = measure_kv_sharing(engine, prompt, SamplingParams(n=args.n, temperature=args.temperature,

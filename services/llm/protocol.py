@@ -5,13 +5,17 @@ message for the same mistake. Unknown fields are ignored, as OpenAI-compatible s
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from engine import SamplingParams
 from services.edge import EdgeModel
 from services.errors import APIError
+
+
+Text = Annotated[str, Field(min_length=1)]  # the schema says what the engine needs: no empty prompts
+TokenIds = Annotated[list[int], Field(min_length=1)]
 
 
 class SamplingFields(EdgeModel):
@@ -127,12 +131,13 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot_route.py
 
 
 # -- completions -------------------------------------------------------------------------------
 class CompletionRequest(SamplingFields):
     model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     max_tokens: int | None = 16
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -140,6 +145,7 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = None
     best_of: int | None = None
     response_format: ResponseFormat | None = None
+    cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot_route.py
 
 
 # -- TGI -----------------------------------------------------------------------------------------

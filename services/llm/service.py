@@ -17,6 +17,7 @@ from engine import AsyncLLMEngine, EngineConfig, QueueFullError, RequestOutput, 
 from services.errors import APIError, overloaded
 from services.llm.chat_template import render_chat
 from services.llm.config import LLMConfig
+from services.llm.cot import DemoSet, load_named_sets
 from services.llm.logprobs import TokenTexts
 from services.llm.metrics import EngineCollector, LLMMetrics
 from services.llm.structured import GrammarCache
@@ -26,7 +27,8 @@ logger = logging.getLogger("livecast.server")
 
 
 class LLMService:
-    def __init__(self, engine: AsyncLLMEngine, config: LLMConfig, metrics: LLMMetrics, retry_after_s: int = 1) -> None:
+    def __init__(self, engine: AsyncLLMEngine, config: LLMConfig, metrics: LLMMetrics, retry_after_s: int = 1,
+                 cot_demos: dict[str, DemoSet] | None = None) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.token_texts = TokenTexts(self.tokenizer)
@@ -42,6 +44,7 @@ class LLMService:
         self.metrics = metrics
         self.grammars = GrammarCache(self.tokenizer, self.vocab_size, sorted(core.eos_token_ids),
                                      config.grammar_cache_size)
+        self.cot_demos = cot_demos or {}  # the `cot` field's named demo sets (--cot-demos), by name
 
     # -- prompts -------------------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
@@ -135,12 +138,18 @@ async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> 
 async def llm_service(engine_config: EngineConfig, config: LLMConfig, registry: CollectorRegistry,
                       retry_after_s: int = 1) -> AsyncIterator[LLMService]:
     """Build the engine (on a thread that exits: loading weights is seconds of CPU), serve, shut down."""
+    try:  # before the engine: a bad demo file should stop startup at once, not after loading weights
+        cot_demos = load_named_sets(config.cot_demo_specs())
+    except ValueError as exc:
+        raise ValueError(f"cannot load --cot-demos: {exc}") from None
     engine = await on_own_thread(AsyncLLMEngine.from_config, engine_config)  # see on_own_thread
     metrics = LLMMetrics(registry)
-    service = LLMService(engine, config, metrics, retry_after_s)
+    service = LLMService(engine, config, metrics, retry_after_s, cot_demos)
     collector = EngineCollector(engine.stats)
     registry.register(collector)
     logger.info("serving %s (max_model_len %d)", service.model_name, service.max_model_len)
+    if cot_demos:
+        logger.info("cot demo sets: %s", ", ".join(f"{n} ({len(s.demos)} demos)" for n, s in cot_demos.items()))
     try:
         yield service
     finally:

@@ -196,7 +196,13 @@ class VideoSessions:
         OfferError, or ValueError / ServiceBusy from opening the batcher stream."""
         if len(self.sessions) >= self.max_sessions:
             raise SessionLimit(f"all {self.max_sessions} video sessions are in use; retry later")
-        stream_id = None if passthrough else self.service.open_stream(**settings)
+        stream_id = None if passthrough else self.service.open_stream(**settings)  # settings errors first
+        try:
+            check_offer(sdp)
+        except OfferError:
+            if stream_id is not None:
+                self.service.close_stream(stream_id)
+            raise
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN
         session = VideoSession(self, pc, stream_id)
         self.sessions[session.id] = session
@@ -232,6 +238,19 @@ class VideoSessions:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
         await asyncio.gather(*(pc.close() for pc in list(self.peers)), return_exceptions=True)
         self.peers.clear()
+
+
+def check_offer(sdp: str) -> None:
+    """Refuse, before any session slot is taken, offers aiortc would choke on later: no DTLS
+    fingerprint (the handshake would assert), or more than one video track to stylize."""
+    lines = sdp.splitlines()
+    if not any(line.startswith("a=fingerprint:") for line in lines):
+        raise OfferError("the offer has no DTLS fingerprint (a=fingerprint:); WebRTC media must be encrypted")
+    videos = sum(line.startswith("m=video") for line in lines)
+    if videos == 0:
+        raise OfferError("the offer has no video track to stylize")
+    if videos > 1:
+        raise OfferError(f"the offer must carry one video track to stylize, got {videos}")
 
 
 def _to_rgb(frame: VideoFrame, max_size: tuple[int, int], read_probe: bool) -> tuple[np.ndarray, int | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 import time
 
 import numpy as np
@@ -159,35 +160,32 @@ async def test_client_limit(media_server):
     assert media_server.diffusion.frame_clients == 0 and not media_server.diffusion.batcher.stream_ids()
 
 
-async def test_a_busy_device_lowers_the_frame_rate_not_the_freshness(media_server, monkeypatch):
-    """Every batch starts after 250 ms of other device work: the frame it takes is the newest
-    sent, so each result is much younger than that wait (server arrival -> result ready)."""
+async def test_a_busy_device_takes_the_newest_frame(media_server, monkeypatch):
+    """While the device is busy (the batch is held at a gate), eight frames arrive; the batch that
+    then runs takes the newest, and the seven it replaced are counted as dropped. Structural, not
+    timed: it holds on a loaded machine too."""
     batcher = media_server.diffusion.batcher
-    take_batch = batcher._take_batch
+    gate, take_batch = threading.Event(), batcher._take_batch
 
     def busy_then_take():
-        time.sleep(0.25)
+        gate.wait(30)
         return take_batch()
 
     monkeypatch.setattr(batcher, "_take_batch", busy_then_take)
-    async with websockets.connect(_url(media_server)) as ws:
-        await _next_json(ws, "hello")
-        frames = [_jpeg(i) for i in range(8)]
-
-        async def camera():
-            for i in range(90):  # 3 s at 30 fps
-                await ws.send(frames[i % 8])
-                await asyncio.sleep(1 / 30)
-
-        sender = asyncio.create_task(camera())
-        results = []
-        while not sender.done() or not results:
-            try:
-                results.append((await _result(ws, timeout=2.0))[0])
-            except asyncio.TimeoutError:
-                break
-        await sender
-    assert 4 <= len(results) <= 3 / 0.25 + 2, len(results)
-    latencies = sorted(m["latency_ms"] for m in results[1:])
-    assert latencies[len(latencies) // 2] < 200, latencies  # a frame taken before the wait: > 250 ms
-    assert all(b["seq"] - a["seq"] >= 3 for a, b in zip(results[1:], results[2:]))  # newest wins
+    try:
+        async with websockets.connect(_url(media_server)) as ws:
+            await _next_json(ws, "hello")
+            (stream_id,) = media_server.diffusion.batcher.stream_ids()
+            for i in range(8):
+                await ws.send(_jpeg(i))
+            deadline = time.monotonic() + 30
+            while batcher.stats(stream_id)["frames_in"] < 8:  # every frame decoded and submitted
+                assert time.monotonic() < deadline, batcher.stats(stream_id)
+                await asyncio.sleep(0.02)
+            gate.set()
+            meta, _ = await _result(ws, timeout=30)
+            assert meta["seq"] == 8  # the newest frame, not the first one that woke the device
+            stats = await _next_json(ws, "stats")
+            assert stats["dropped"] == 7 and stats["frames_in"] == 8, stats
+    finally:
+        gate.set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 
-from services.agents.assistants.objects import finish, message_object, step_object, tool_call_entry
+from services.agents.assistants.objects import finish, message_object, step_object, text_annotations, tool_call_entry
 from services.agents.loop import LoopEvent, RunLoop
 
 Event = tuple[str, dict]  # (SSE event name, data)
@@ -51,8 +51,14 @@ class RunExecution:
             events.append(("thread.message.delta", {"id": self.message["id"], "object": "thread.message.delta", "delta": {
                 "content": [{"index": 0, "type": "text", "text": {"value": ev.delta, "annotations": []}}]}}))
         elif ev.kind == "text.done":
-            text = item["content"][0]["text"]
-            self.message["content"] = [{"type": "text", "text": {"value": text, "annotations": []}}]
+            streamed = item["content"][0]["text"]
+            text, annotations = text_annotations(streamed, item["content"][0]["annotations"])
+            if annotations:  # the markers reach a streaming client too
+                events.append(("thread.message.delta", {"id": self.message["id"], "object": "thread.message.delta",
+                                                        "delta": {"content": [{"index": 0, "type": "text", "text": {
+                                                            "value": text[len(streamed):],
+                                                            "annotations": annotations}}]}}))
+            self.message["content"] = [{"type": "text", "text": {"value": text, "annotations": annotations}}]
             finish(self.message, "completed" if item["status"] == "completed" else "incomplete")
             if self.message["status"] == "incomplete":
                 self.message["incomplete_details"] = {"reason": "max_tokens"}

@@ -5,6 +5,7 @@ import time
 
 from services.agents.responses.items import message_item
 from services.agents.store import new_id
+from services.agents.tools import file_search
 from services.errors import APIError
 
 
@@ -59,6 +60,8 @@ def step_items(step: dict) -> list[dict]:
             ci = call["code_interpreter"]
             calls.append({"id": call["id"], "type": "code_interpreter_call", "code": ci["input"],
                           "outputs": ci["outputs"], "status": "completed"})
+        elif call["type"] == "file_search":
+            calls.append(file_search.item_from_step(call))
     return calls + outputs
 
 
@@ -67,6 +70,8 @@ def tool_call_entry(item: dict) -> dict:
     if item["type"] == "function_call":
         return {"id": item["call_id"], "type": "function",
                 "function": {"name": item["name"], "arguments": item["arguments"], "output": None}}
+    if item["type"] == "file_search_call":
+        return file_search.step_call(item)
     return {"id": item["id"], "type": "code_interpreter",
             "code_interpreter": {"input": item["code"], "outputs": item.get("outputs") or []}}
 
@@ -79,3 +84,15 @@ def finish(obj: dict, status: str, **fields) -> dict:
     if stamp in obj:
         obj[stamp] = int(time.time())
     return obj
+
+
+def text_annotations(text: str, annotations: list[dict]) -> tuple[str, list[dict]]:
+    """A run's answer with Assistants-style citations: the Responses `file_citation`s (at `index`)
+    become `【n†filename】` markers appended to the text, each annotation spanning its marker."""
+    out = []
+    for n, a in enumerate(a for a in annotations if a["type"] == "file_citation"):
+        marker = f"【{n}†{a['filename']}】"
+        out.append({"type": "file_citation", "text": marker, "start_index": len(text),
+                    "end_index": len(text) + len(marker), "file_citation": {"file_id": a["file_id"]}})
+        text += marker
+    return text, out

@@ -18,6 +18,7 @@ from services.agents.assistants.protocol import RunCreate, SubmitToolOutputs
 from services.agents.loop import LoopRequest, RunLoop
 from services.agents.store import new_id
 from services.agents.tools import build_toolset
+from services.agents.tools.file_search import with_resources
 from services.errors import APIError
 from services.llm.protocol import SamplingFields
 
@@ -31,13 +32,14 @@ class Runs:
     # -- create / resume --------------------------------------------------------------------------
     async def create(self, thread_id: str, body: RunCreate) -> dict | AsyncIterator[Event]:
         store = self.store
-        store.threads.require(thread_id, param="thread_id")
+        thread = store.threads.require(thread_id, param="thread_id")
         assistant = store.assistants.require(body.assistant_id, param="assistant_id")
         self.llm.check_model(body.model)
         if any(r["status"] in ACTIVE for r in (self.get(thread_id, r["id"]) for r in self._runs(thread_id))):
             raise APIError(400, f"Thread {thread_id} already has an active run.", param="thread_id")
         tools = body.tools if body.tools is not None else assistant["tools"]
-        build_toolset(tools, self.agents.state).choice(body.tool_choice)  # 400s now, not a failed run later
+        resolved = with_resources(tools, assistant.get("tool_resources"), thread.get("tool_resources"))
+        build_toolset(resolved, self.agents.state).choice(body.tool_choice)  # 400s now, not a failed run later
         instructions = body.instructions if body.instructions is not None else assistant["instructions"]
         if body.additional_instructions:
             instructions = "\n\n".join(filter(None, [instructions, body.additional_instructions]))
@@ -150,8 +152,11 @@ class Runs:
         max_tokens = run["max_completion_tokens"]
         if max_tokens is not None and run["usage"]:
             max_tokens = max(1, max_tokens - run["usage"]["completion_tokens"])
+        assistant = self.store.assistants.require(run["assistant_id"], param="assistant_id")
+        tools = with_resources(run["tools"], assistant.get("tool_resources"),
+                               self.store.threads.require(thread_id).get("tool_resources"))
         return RunLoop(self.llm, LoopRequest(
-            items=items, toolset=build_toolset(run["tools"], self.agents.state), tool_choice=tool_choice,
+            items=items, toolset=build_toolset(tools, self.agents.state), tool_choice=tool_choice,
             make_params=sampling.sampling_params, instructions=run["instructions"],
             parallel_tool_calls=run["parallel_tool_calls"], text_format=text_format, max_output_tokens=max_tokens,
             truncation="auto"), run["id"])

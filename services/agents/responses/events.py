@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 
 from services.agents.loop import LoopEvent
+from services.agents.tools.file_search import shown
 
 
 class ResponseEvents:
-    def __init__(self, response: dict) -> None:
-        self.response = response
+    def __init__(self, response: dict, include: list[str] | None = None) -> None:
+        self.response, self.include = response, include or []
         self.sequence_number = 0
         self._index: dict[str, int] = {}  # item id -> output_index
 
@@ -41,7 +42,9 @@ class ResponseEvents:
             return [self.event("response.output_text.delta", **at, content_index=0, delta=ev.delta, logprobs=[])]
         if ev.kind == "text.done":
             part = copy.deepcopy(item["content"][0])
-            return [self.event("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[]),
+            return [*(self.event("response.output_text.annotation.added", **at, content_index=0, annotation_index=i,
+                                 annotation=a) for i, a in enumerate(part["annotations"])),
+                    self.event("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[]),
                     self.event("response.content_part.done", **at, content_index=0, part=part),
                     self._item_done(item)]
         if ev.kind == "call.start":
@@ -61,5 +64,6 @@ class ResponseEvents:
         return [self.event(f"{kind}.completed", **at), self._item_done(item)]  # tool.done
 
     def _item_done(self, item: dict) -> dict:
+        item = shown(item, self.include)  # what the client asked to see is also what is stored
         self.response["output"].append(copy.deepcopy(item))
         return self.event("response.output_item.done", output_index=self._index[item["id"]], item=copy.deepcopy(item))

@@ -2,14 +2,16 @@
 
 Input is a string or a list of items: `message` (role user/system/developer/assistant, content a
 string or `input_text`/`output_text`/`input_image` parts), `function_call`, `function_call_output`
-and the built-in tools' call items a client passes back. Every item stored gets a fresh `id`
-(a client passing back earlier output items resends their ids, which must not collide).
+and the built-in tools' call items a client passes back (`code_interpreter_call`, `file_search_call`).
+Every item stored gets a fresh `id` (a client passing back earlier output items resends their ids,
+which must not collide).
 """
 from __future__ import annotations
 
 import json
 
 from services.agents.store import new_id
+from services.agents.tools.file_search import render as render_search
 from services.errors import APIError
 
 ROLES = ("user", "system", "developer", "assistant")
@@ -52,8 +54,15 @@ def _item(item, param: str) -> dict:
     if kind == "code_interpreter_call":
         _require_str(item, ("code",), param)
         return {**item, "id": new_id("ci")}
+    if kind == "file_search_call":
+        queries = item.get("queries")
+        if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+            raise APIError(400, f"{param}.queries is required (a list of strings) for a file_search_call item",
+                           param=f"{param}.queries")
+        return {"id": new_id("fs"), "type": kind, "queries": queries, "status": item.get("status") or "completed",
+                "results": item.get("results")}
     raise APIError(400, f"{param}.type: unsupported item type {kind!r}; expected message, function_call, "
-                        f"function_call_output or code_interpreter_call", param=f"{param}.type",
+                        f"function_call_output, code_interpreter_call or file_search_call", param=f"{param}.type",
                    code="invalid_item_type")
 
 
@@ -129,6 +138,10 @@ def to_messages(items: list[dict]) -> list[dict]:
         elif kind == "code_interpreter_call":
             call = {"id": item["id"], "type": "function",
                     "function": {"name": "code_interpreter", "arguments": json.dumps({"code": item["code"]})}}
+        elif kind == "file_search_call":
+            query = (item.get("queries") or [""])[0]
+            call = {"id": item["id"], "type": "function",
+                    "function": {"name": "file_search", "arguments": json.dumps({"query": query})}}
         else:  # function_call_output
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
             continue
@@ -140,4 +153,6 @@ def to_messages(items: list[dict]) -> list[dict]:
         if kind == "code_interpreter_call":
             logs = "".join(o.get("logs", "") for o in item.get("outputs") or [] if o.get("type") == "logs")
             messages.append({"role": "tool", "tool_call_id": item["id"], "content": logs})
+        elif kind == "file_search_call":
+            messages.append({"role": "tool", "tool_call_id": item["id"], "content": render_search(item)})
     return messages

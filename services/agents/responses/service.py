@@ -62,7 +62,7 @@ class Responses:
             with self.store.db.transaction():
                 self.store.responses.insert(response)
                 self.store.items.insert_many(new_items, response_id)
-        events = ResponseEvents(response)
+        events = ResponseEvents(response, body.include)
         run = self._run(loop, events, body, new_items)
         if body.background:
             self.agents.background.start(response_id, run, loop.close)

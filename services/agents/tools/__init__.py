@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from services.agents.tools.code_interpreter import CodeInterpreter
+from services.agents.tools.file_search import FileSearch
 from services.errors import APIError
 from services.llm.tools import ToolChoice, resolve_tool_choice
 
 
 class BuiltinTool(Protocol):
     type: str  # the OpenAI tool type, and the output item is `<type>_call`
+    id_prefix: str  # of its output items' ids
     function: dict  # the definition the model sees (its name is what the model calls)
 
     def start_item(self, item_id: str, arguments: str) -> dict:
@@ -29,9 +31,13 @@ class BuiltinTool(Protocol):
     async def call(self, item: dict) -> dict:
         """Run it: the finished output item (services.agents.responses.items renders its result for the model)."""
 
+    def annotations(self, text: str) -> list[dict]:
+        """`output_text` annotations for a message the model wrote after this run's calls (e.g. citations)."""
+
 
 # tool type -> factory(tool spec as the client sent it, the app's state) -> BuiltinTool
-BUILTINS: dict[str, Callable[[dict, object], BuiltinTool]] = {"code_interpreter": CodeInterpreter.from_spec}
+BUILTINS: dict[str, Callable[[dict, object], BuiltinTool]] = {"code_interpreter": CodeInterpreter.from_spec,
+                                                               "file_search": FileSearch.from_spec}
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ FUNCTION = {"name": "code_interpreter",
 
 class CodeInterpreter:
     type = "code_interpreter"
+    id_prefix = "ci"
     function = FUNCTION
 
     def __init__(self, pool, container_id: str | None) -> None:
@@ -40,6 +41,9 @@ class CodeInterpreter:
         return [("response.code_interpreter_call_code.delta", {"delta": item["code"]}),
                 ("response.code_interpreter_call_code.done", {"code": item["code"]}),
                 ("response.code_interpreter_call.interpreting", {})]
+
+    def annotations(self, text: str) -> list[dict]:
+        return []
 
     async def call(self, item: dict) -> dict:
         result = await self.pool.run(self.container_id, item["code"])

@@ -15,6 +15,7 @@ from engine import CompletionOutput, RequestOutput
 from services.deps import require_api_key
 from services.llm.deps import get_llm
 from services.errors import APIError
+from services.llm.cot_route import chat_cot
 from services.llm.service import LLMService
 from services.llm.protocol import ChatCompletionRequest
 from services.llm.streaming import sse_response, until_disconnected
@@ -26,6 +27,8 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request, body: ChatCompletionRequest, llm: LLMService = Depends(get_llm)):
     llm.check_model(body.model)
+    if body.cot is not None:
+        return await chat_cot(request, body, llm)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
     tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
     choice = resolve_tool_choice(tools, tool_choice)

@@ -15,6 +15,7 @@ from engine import CompletionOutput, RequestOutput
 from services.deps import require_api_key
 from services.llm.deps import get_llm
 from services.errors import APIError
+from services.llm.cot_route import completion_cot
 from services.llm.service import LLMService
 from services.llm.protocol import CompletionRequest
 from services.llm.streaming import merge, open_all, sse_response, until_disconnected
@@ -25,6 +26,8 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 @router.post("/v1/completions")
 async def create_completion(request: Request, body: CompletionRequest, llm: LLMService = Depends(get_llm)):
     llm.check_model(body.model)
+    if body.cot is not None:
+        return await completion_cot(request, body, llm)
     prompts = _prompts(body.prompt)
     if len(prompts) > llm.max_prompts:
         raise APIError(400, f"at most {llm.max_prompts} prompts per request, got {len(prompts)}", param="prompt")

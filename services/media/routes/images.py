@@ -57,6 +57,7 @@ async def create_image(body: ImageGenerationRequest, service: DiffusionService =
     width, height = _parse_size(body.size, service)
     settings = _settings(body.prompt, body.negative_prompt, body.guidance_scale, body.num_inference_steps,
                          width, height)
+    settings["strength"] = 1.0  # txt2img denoises from pure noise: every step runs, whatever the count
     jobs = [({**settings, "seed": seed}, None) for seed in _seeds(body.seed, body.n)]
     return await _respond(service, jobs, body.prompt, fmt, server.retry_after_s)
 

@@ -50,7 +50,7 @@ def test_function_tool_round_trip(client, prompts):
     assert [o.type for o in final.output] == ["message"]
     assert json.loads(final.output_text)["answer"] in ANSWER["properties"]["answer"]["enum"]
     assert "<tool_response>\nsunny, 24 C\n</tool_response>" in prompts[-1]
-    assert item.arguments in prompts[-1].replace(" ", "") or '"get_weather"' in prompts[-1]
+    assert '<tool_call>\n{"name": "get_weather", "arguments": ' in prompts[-1]  # the earlier call, replayed
 
 
 def test_forced_tool_calls_are_always_schema_valid(client):
@@ -198,4 +198,4 @@ def test_a_chain_longer_than_the_context_is_a_400_or_truncated(client, server, p
     ok = client.responses.create(model="tiny", input=long_text + "tail", previous_response_id=r.id,
                                  max_output_tokens=2, truncation="auto")
     assert ok.status == "incomplete" and ok.usage.input_tokens + 2 <= max_len
-    assert prompts[-1].rstrip().endswith("tail<|im_end|>\n<|im_start|>assistant") or "tail" in prompts[-1]
+    assert "tail" in prompts[-1] and prompts[-1].count("word") < 3 * (max_len // 3)  # the oldest turns went

@@ -16,8 +16,8 @@ Identical demos give identical prompt prefixes, so the engine's prefix cache hol
 """
 from __future__ import annotations
 
-from services.agents.cot.demos import Demo
-from services.agents.cot.spec import CotSpec
+from services.llm.cot.demos import Demo
+from services.llm.cot.spec import CotSpec
 
 ZERO_SHOT_TRIGGER = "Let's think step by step."
 ANSWER_TRIGGERS = {"number": "Therefore, the answer (arabic numerals) is",

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Sequence
 
 from engine.sampling_params import SamplingParams
-from services.agents.cot.answers import extract_answer, majority_vote, split_rationale_answer, vote_counts
-from services.agents.cot.demos import Demo
-from services.agents.cot.prompts import (ANSWER_MAX_TOKENS, ANSWER_STOP, RATIONALE_STOP, Prompt,
+from services.llm.cot.answers import extract_answer, majority_vote, split_rationale_answer, vote_counts
+from services.llm.cot.demos import Demo
+from services.llm.cot.prompts import (ANSWER_MAX_TOKENS, ANSWER_STOP, RATIONALE_STOP, Prompt,
                                          answer_prompt, build_prompt, needs_answer_stage)
-from services.agents.cot.spec import CotError, CotSpec
+from services.llm.cot.spec import CotError, CotSpec
 
 GenerateFn = Callable[[Prompt, SamplingParams], Awaitable[Sequence[Any]]]
 RATIONALE_MAX_TOKENS = 256

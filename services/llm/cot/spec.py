@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.agents.cot.answers import ANSWER_FORMATS
-from services.agents.cot.demos import Demo, DemoSet, parse_demos
+from services.llm.cot.answers import ANSWER_FORMATS
+from services.llm.cot.demos import Demo, DemoSet, parse_demos
 
 MODES = ("none", "zero_shot", "few_shot", "auto", "self_consistency")
 MAX_CHAINS = 64

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from services.agents.cot.answers import check_format
+from services.llm.cot.answers import check_format
 
 DEMO_FORMAT = "livecast-cot-demos/1"
 

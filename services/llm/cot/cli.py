@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from services.agents.cot.autocot import AutoCotConfig, build_demos, engine_generate_many, minilm_embed
-from services.agents.cot.dataset import load_questions
-from services.agents.cot.demos import save_demo_set
+from services.llm.cot.autocot import AutoCotConfig, build_demos, engine_generate_many, minilm_embed
+from services.llm.cot.dataset import load_questions
+from services.llm.cot.demos import save_demo_set
 
 DEFAULTS = AutoCotConfig()
 

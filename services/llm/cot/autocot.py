@@ -26,11 +26,11 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.sampling_params import SamplingParams
-from services.agents.cot.answers import check_format, extract_answer, find_numbers, split_rationale_answer
-from services.agents.cot.demos import Demo, DemoSet
-from services.agents.cot.prompts import (ANSWER_MAX_TOKENS, ANSWER_STOP, RATIONALE_STOP, ZERO_SHOT_TRIGGER,
+from services.llm.cot.answers import check_format, extract_answer, find_numbers, split_rationale_answer
+from services.llm.cot.demos import Demo, DemoSet
+from services.llm.cot.prompts import (ANSWER_MAX_TOKENS, ANSWER_STOP, RATIONALE_STOP, ZERO_SHOT_TRIGGER,
                                          answer_prompt, build_prompt)
-from services.agents.cot.spec import CotSpec
+from services.llm.cot.spec import CotSpec
 
 EmbedFn = Callable[[list[str]], Any]
 GenerateMany = Callable[[list[str], SamplingParams], list[str]]

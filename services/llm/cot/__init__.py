@@ -4,11 +4,11 @@ The request-level API: `CotSpec.from_request(body["cot"])`, `spec.resolve_demos(
 `run_cot(generate_fn, spec, question, demos, params, chat)` → `CotResult` (rationale and answer
 apart, self-consistency votes). Demo sets: `load_named_sets(["NAME=PATH", ...])`.
 """
-from services.agents.cot.answers import extract_answer, majority_vote, split_rationale_answer
-from services.agents.cot.demos import Demo, DemoSet, load_demo_set, load_named_sets
-from services.agents.cot.prompts import answer_prompt, build_prompt
-from services.agents.cot.runner import CotResult, EngineDriver, async_engine_generate_fn, run_cot
-from services.agents.cot.spec import CotError, CotSpec
+from services.llm.cot.answers import extract_answer, majority_vote, split_rationale_answer
+from services.llm.cot.demos import Demo, DemoSet, load_demo_set, load_named_sets
+from services.llm.cot.prompts import answer_prompt, build_prompt
+from services.llm.cot.runner import CotResult, EngineDriver, async_engine_generate_fn, run_cot
+from services.llm.cot.spec import CotError, CotSpec
 
 __all__ = ["CotError", "CotResult", "CotSpec", "Demo", "DemoSet", "EngineDriver", "answer_prompt",
            "async_engine_generate_fn", "build_prompt", "extract_answer", "load_demo_set", "load_named_sets",

@@ -5,13 +5,13 @@ import json
 import pytest
 
 from engine import EngineConfig, LLMEngine, SamplingParams
-from services.agents.cot.answers import majority_vote
-from services.agents.cot.dataset import SHIPPED_FEWSHOT
-from services.agents.cot.demos import load_demo_set
-from services.agents.cot.prompts import build_prompt
-from services.agents.cot.runner import EngineDriver, run_cot
-from services.agents.cot.selfconsistency import measure_kv_sharing
-from services.agents.cot.spec import CotError, CotSpec
+from services.llm.cot.answers import majority_vote
+from services.llm.cot.dataset import SHIPPED_FEWSHOT
+from services.llm.cot.demos import load_demo_set
+from services.llm.cot.prompts import build_prompt
+from services.llm.cot.runner import EngineDriver, run_cot
+from services.llm.cot.selfconsistency import measure_kv_sharing
+from services.llm.cot.spec import CotError, CotSpec
 
 QUESTION = "A baker made 24 muffins and sold 15. How many muffins are left?"
 
@@ -71,7 +71,7 @@ def test_same_demos_hit_the_prefix_cache(engine):
 
 def test_cot_build_cli_end_to_end(tiny_llama_path, tmp_path, capsys):
     pytest.importorskip("sklearn")
-    from services.agents.cot import cli
+    from services.llm.cot import cli
 
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"question": f"Sam has {i} apples and buys {i + 2} more. How many?"})
@@ -89,7 +89,7 @@ def test_cot_build_cli_end_to_end(tiny_llama_path, tmp_path, capsys):
 
 
 def test_real_embeddings_cluster_by_topic():
-    from services.agents.cot.autocot import cluster, minilm_embed
+    from services.llm.cot.autocot import cluster, minilm_embed
 
     topics = [["How many apples does Sam have after buying 3 more apples?",
                "Mia picks 12 apples and eats 2 apples. How many apples are left?",
@@ -104,7 +104,7 @@ def test_real_embeddings_cluster_by_topic():
 
 
 def test_cot_build_cli_bad_input(tmp_path, capsys):
-    from services.agents.cot import cli
+    from services.llm.cot import cli
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
