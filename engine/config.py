@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kernels.cpu import native_bf16
+
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
           "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
 
@@ -13,7 +15,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.f
 class EngineConfig:
     model: str | None = field(default=None, metadata={
         "help": "HF folder, .gguf, or cached hub id (default: SmolLM2-135M-Instruct)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16), float32, float16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the device computes it natively, else float32), float32, float16"})
     quantization: str = field(default="auto", metadata={
         "help": "weights: auto (the checkpoint's own: GGUF Q4/Q8 blocks or AWQ int4), none (dense), awq, gguf"})
     device: str = "auto"
@@ -64,7 +66,10 @@ class EngineConfig:
         return torch.device(self.device)
 
     def torch_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.dtype == "auto" else DTYPES[self.dtype]
+        """`auto`: bf16 on CUDA and on CPUs with bf16 arithmetic; float32 where bf16 is emulated."""
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        return torch.bfloat16 if self.torch_device().type == "cuda" or native_bf16() else torch.float32
 
     def use_triton(self) -> bool:
         if self.attention_backend == "torch":

@@ -57,7 +57,7 @@ async def lifespan(app: FastAPI):
             stack.callback(db.close)
             app.state.containers = await stack.enter_async_context(containers_service(settings.sandbox))
             app.state.retrieval = await stack.enter_async_context(retrieval_service(dataclasses.replace(
-                settings.retrieval, data_dir=settings.agents.data_dir, batcher_thread=False), db))
+                settings.retrieval, data_dir=settings.agents.data_dir, batcher_thread=False), db, settings.retry_after_s))
             app.state.agents = await stack.enter_async_context(
                 agents_service(settings.agents, app.state.llm, db, app.state, settings.retry_after_s))
         llm, diffusion, retrieval = app.state.llm, app.state.diffusion, app.state.retrieval

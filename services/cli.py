@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": "services.serve",
     "sandbox": "services.agents.sandbox.cli",
     "cot": "services.llm.cot.cli",
+    "quantize": "engine.quant.cli",
     "generate": "engine.cli",
     "chat": "engine.cli",
 }

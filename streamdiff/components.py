@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from kernels.cpu import native_bf16
+
 from .demo import DEMO_SEED, SPECS, build_random_components
 
 logger = logging.getLogger(__name__)
@@ -24,9 +26,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """bf16 on CPU (AMX matmuls), fp16 on CUDA, unless asked otherwise."""
+    """fp16 on CUDA; on a CPU bf16 where it has bf16 arithmetic, else float32; unless asked otherwise."""
     if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float32
     if isinstance(dtype, str):
         if dtype.lower() not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")

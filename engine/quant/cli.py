@@ -37,6 +37,9 @@ def default_group_size(config) -> int:
 
 
 def main(argv: list[str]) -> int:
+    """argv as `livecast quantize …` passes it (`["quantize", "awq", …]`), or without the first word."""
+    if argv and argv[0] == "quantize":
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -122,6 +122,7 @@ class LLMService:
         engine = self.engine.engine
         return {"model": self.model_name, "healthy": not self.engine.errored, "demo": False,
                 "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
+                "quantization": engine.quantization, "quantization_detail": engine.quantization_detail,
                 "max_model_len": self.max_model_len, "running": stats.num_running,
                 "waiting": stats.num_waiting, "kv_cache_usage": stats.kv_cache_usage}
 

@@ -15,7 +15,7 @@ class DiffusionConfig:
     device: str | None = field(default=None, metadata={
         "flag": "--diffusion-device", "help": "cuda or cpu (default: cuda if available)"})
     dtype: str = field(default="auto", metadata={
-        "flag": "--diffusion-dtype", "help": "auto (fp16 on CUDA, bf16 on CPU), float32, ..."})
+        "flag": "--diffusion-dtype", "help": "auto (fp16 on CUDA; bf16 on CPUs with bf16 arithmetic, else float32), float32, ..."})
     resolution: int | None = field(default=None, metadata={
         "flag": "--diffusion-resolution", "help": "working side in pixels, a multiple of 64 (default: the model's)"})
     max_batch_size: int = 8

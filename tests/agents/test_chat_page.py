@@ -23,8 +23,8 @@ def page(browser):  # noqa: F811
 def _send(page, text: str, count: int) -> dict:
     page.fill("#input", text)
     page.click("#send")
-    page.wait_for_function(f"window.chat.replies.length === {count}", timeout=30_000)
-    return page.evaluate(f"(() => {{ const r = window.chat.replies[{count - 1}]; "
+    page.wait_for_function(f"window.livecastTest.chat.replies.length === {count}", timeout=30_000)
+    return page.evaluate(f"(() => {{ const r = window.livecastTest.chat.replies[{count - 1}]; "
                          f"return {{text: r.text, finish: r.finishReason, id: r.responseId}}; }})()")
 
 
@@ -41,7 +41,7 @@ def test_conversation_mode_keeps_history_on_the_server_across_a_reload(server, p
                                                                      ("assistant", first["text"])]
 
     page.reload()
-    page.wait_for_function("window.chat.restored === 2", timeout=10_000)
+    page.wait_for_function("window.livecastTest.chat.restored === 2", timeout=10_000)
     assert page.eval_on_selector_all("#log .msg", "els => els.map(e => e.textContent)") == \
         ["my cat is called Tom", first["text"]]
     assert page.input_value("#mode") == "conversation"

@@ -109,18 +109,18 @@ def test_chat_streams_and_cancel_stops(llm_server, page):
     page.fill("#max-tokens", "6")
     page.fill("#input", "Say hi")
     page.press("#input", "Enter")
-    page.wait_for_function("window.chat.replies.length === 1", timeout=30_000)
-    first = page.evaluate("window.chat.replies[0]")
+    page.wait_for_function("window.livecastTest.chat.replies.length === 1", timeout=30_000)
+    first = page.evaluate("window.livecastTest.chat.replies[0]")
     assert first["finishReason"] == "length" and first["tokens"] == 6 and first["text"]
     assert "tokens/s" in page.text_content("#speed")
 
     page.fill("#max-tokens", "900")  # the tiny model holds 1024 positions
     page.fill("#input", "Now write a very long story")
     page.click("#send")
-    page.wait_for_function("window.chat.active && window.chat.active.tokens >= 3", timeout=30_000)
+    page.wait_for_function("window.livecastTest.chat.active && window.livecastTest.chat.active.tokens >= 3", timeout=30_000)
     page.click("#stop")
-    page.wait_for_function("window.chat.replies.length === 2", timeout=30_000)
-    second = page.evaluate("window.chat.replies[1]")
+    page.wait_for_function("window.livecastTest.chat.replies.length === 2", timeout=30_000)
+    second = page.evaluate("window.livecastTest.chat.replies[1]")
     assert second["finishReason"] == "abort" and 3 <= second["tokens"] < 900
     assert page.get_attribute(".msg.assistant >> nth=1", "data-finish") == "abort"
     assert page.is_enabled("#send") and not page.is_enabled("#stop")

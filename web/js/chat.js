@@ -1,6 +1,6 @@
 // Chat: /v1/ws/generate token streaming, one reply at a time, cancel with Stop. In conversation
 // mode the history is kept server-side instead (see conversation.js) and survives a reload.
-import { $, renderHeader, setBanner, clearBanner, showHealth, wsUrl } from "./common.js";
+import { $, renderHeader, setBanner, clearBanner, showHealth, testHook, wsUrl } from "./common.js";
 import { forgetConversation, loadConversation, sendTurn } from "./conversation.js";
 
 renderHeader("chat.html");
@@ -8,7 +8,7 @@ const banner = $("#banner");
 const ui = { log: $("#log"), input: $("#input"), send: $("#send"), stop: $("#stop"), speed: $("#speed") };
 const history = [];
 // Read by the browser tests: the reply in flight and the last finished one.
-const state = window.chat = { replies: [], active: null, restored: 0 };
+const state = testHook("chat", { replies: [], active: null, restored: 0 });
 const mode = $("#mode");
 mode.value = localStorage.getItem("livecast_chat_mode") || "socket";
 let socket = null;

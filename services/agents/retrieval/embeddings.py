@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.errors import APIError
+from services.errors import APIError, overloaded
 
 
 @dataclass(slots=True)
@@ -33,7 +33,9 @@ class _Pending:
 
 
 class EmbeddingBatcher:
-    def __init__(self, embedder, max_batch_inputs: int = 64, max_queued_inputs: int = 8192) -> None:
+    def __init__(self, embedder, max_batch_inputs: int = 64, max_queued_inputs: int = 8192,
+                 retry_after_s: int = 1) -> None:
+        self.retry_after_s = retry_after_s
         if max_batch_inputs < 1 or max_queued_inputs < max_batch_inputs:
             raise ValueError("need 1 <= max_batch_inputs <= max_queued_inputs")
         self.embedder = embedder
@@ -60,8 +62,8 @@ class EmbeddingBatcher:
         pending = _Pending(Future(), inputs)
         with self._lock:
             if self._queued_inputs + len(inputs) > self.max_queued_inputs:
-                raise APIError(503, f"the embedding queue is full ({self._queued_inputs} inputs waiting); "
-                               "retry shortly", code="queue_full", headers={"Retry-After": "1"})
+                raise overloaded(f"the embedding queue is full ({self._queued_inputs} inputs waiting); "
+                                 "retry shortly", self.retry_after_s, code="queue_full")
             self._queue.append(pending)
             self._queued_inputs += len(inputs)
             self._wakeup.notify()

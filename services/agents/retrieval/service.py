@@ -62,12 +62,12 @@ class SearchHit:
 
 
 class RetrievalService:
-    def __init__(self, config: RetrievalConfig, db, embedder) -> None:
+    def __init__(self, config: RetrievalConfig, db, embedder, retry_after_s: int = 1) -> None:
         self.config, self.db, self.embedder = config, db, embedder
         self.files = FileStore(db, config.data_dir, config.max_file_bytes)
         self.batcher = self.index = self.ingestor = None
         if embedder is not None:
-            self.batcher = EmbeddingBatcher(embedder, config.max_batch_inputs, config.max_queued_inputs)
+            self.batcher = EmbeddingBatcher(embedder, config.max_batch_inputs, config.max_queued_inputs, retry_after_s)
             self.index = ChunkIndex(db, embedder.dim)
             self.ingestor = Ingestor(db, self.files, self.index, self.batcher, embedder, config.ingestion_concurrency)
         self.vector_stores = VectorStores(db, self.files, self.index, self._enqueue)
@@ -160,7 +160,7 @@ def _load_embedder(config: RetrievalConfig):
 
 
 @asynccontextmanager
-async def retrieval_service(config: RetrievalConfig, db) -> AsyncIterator[RetrievalService]:
+async def retrieval_service(config: RetrievalConfig, db, retry_after_s: int = 1) -> AsyncIterator[RetrievalService]:
     """Build the service (the model loads on a worker thread), start ingestion, and stop it all after."""
     if not config.data_dir:
         raise ValueError("retrieval needs a data_dir for uploaded files")
@@ -170,7 +170,7 @@ async def retrieval_service(config: RetrievalConfig, db) -> AsyncIterator[Retrie
         # a thread that exits: an executor thread that ran torch ops would keep an OpenMP pool alive
         # and slow every later model call on the batcher's thread (see services.runtime.threads)
         embedder = await on_own_thread(_load_embedder, config)
-    service = RetrievalService(config, db, embedder)
+    service = RetrievalService(config, db, embedder, retry_after_s)
     if service.batcher is not None and config.batcher_thread:
         service.batcher.start()
     if service.ingestor is not None:

@@ -5,7 +5,7 @@ into the model's context, and the answer cites every file they came from.
 The output item is a `file_search_call` (`queries`, `status`, and `results` when the request
 includes `file_search_call.results`). A model that writes no useful call is never searched for:
 with `tool_choice` `required` or `{"type": "file_search"}` the grammar forces `{"query": "…"}`
-(1–256 characters); a blank query or an unreachable store makes a `failed` item the model is told
+(1–128 characters); a blank query or an unreachable store makes a `failed` item the model is told
 about, not a failed response. Citations: the messages written after a search carry one
 `file_citation` per file whose chunks were put in the context, best first, at the end of the text
 (`index` = its length), since these models write no citation markers of their own.
@@ -18,7 +18,7 @@ from services.agents.retrieval.filters import validate_filter
 from services.agents.retrieval.service import MAX_SEARCH_RESULTS
 from services.errors import APIError
 
-MAX_QUERY_CHARS = 256
+MAX_QUERY_CHARS = 128
 DEFAULT_MAX_NUM_RESULTS = 5  # small local models have small contexts; OpenAI's is 10-20
 MAX_CONTEXT_CHARS_PER_RESULT = 1500  # each hit as the model reads it; the item keeps the whole chunk
 INCLUDE_RESULTS = "file_search_call.results"
