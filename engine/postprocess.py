@@ -14,7 +14,6 @@ from engine.block_manager import BlockManager
 from engine.model_input import ModelInput
 from engine.output_processor import OutputProcessor
 from engine.sampler import SamplerOutput, SamplingRow, sample
-from engine.scheduler import ScheduledChunk
 from engine.sequence import Sequence, SequenceGroup
 
 

@@ -129,9 +129,9 @@ def test_aborted_requests_are_counted(client):
         ws.send_text('{"type": "generate", "id": 1, "prompt": "Hi", "max_tokens": 500, "ignore_eos": true}')
         assert ws.receive_json()["type"] == "delta"
         ws.send_text('{"type": "cancel", "id": 1}')
-        assert ws.receive_json(), "done"
-        while ws.receive_json()["type"] != "done":
-            pass
+        while (message := ws.receive_json())["type"] != "done":
+            assert message["type"] == "delta", message
+        assert message["finish_reason"] == "abort"
     assert aborted() == before + 1
 
 

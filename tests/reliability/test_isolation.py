@@ -80,3 +80,22 @@ async def test_logit_bias_steers_sampling(engine):
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True, logit_bias={42: 100.0})
     out = [o async for o in engine.generate([5, 6, 7], params, "biased")][-1]
     assert out.outputs[0].token_ids == [42] * 6
+
+
+async def test_queued_aborts_do_not_fill_the_queue(tiny_llama_path):
+    """A refused request leaves an abort command behind; it must not make the next one a 503."""
+    engine = AsyncLLMEngine.from_config(EngineConfig(model=str(tiny_llama_path), dtype="float32",
+                                                     kv_cache_memory=32 << 20, max_waiting=1), log_stats=False)
+    engine.set_notify(lambda: None)  # nothing steps the engine: commands stay queued
+    for i in range(3):
+        engine.abort(f"gone-{i}")
+    stream = engine.generate([1, 2, 3], SamplingParams(max_tokens=2), "fresh")
+    first = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.05)
+    assert engine.num_waiting() == 1  # admitted despite 3 queued aborts
+    with pytest.raises(Exception, match="too many requests"):
+        await anext(engine.generate([1, 2, 3], SamplingParams(max_tokens=2), "second"))
+    while engine.step():
+        await asyncio.sleep(0)
+    assert (await first).request_id == "fresh"
+    await stream.aclose()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 
 import openai
@@ -10,7 +9,6 @@ import pytest
 
 from services.app import create_app
 from engine import EngineConfig
-from services.agents.config import AgentsConfig
 from services.llm.config import LLMConfig
 from services.settings import ServerSettings
 from tests.live_server import LiveServer, light_agents

@@ -54,7 +54,7 @@ def test_prompt_beyond_context_is_400(http):
     ("/v1/completions", {"prompt": ""}),
     ("/v1/completions", {}),
     ("/generate", {"parameters": {}}),
-    ("/tokenize", {}),
+    ("/tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}),  # `{}` is valid: 0 tokens
 ])
 def test_other_invalid_bodies_are_400(http, path, body):
     _error(http.post(path, json=body), 400)

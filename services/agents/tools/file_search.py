@@ -24,9 +24,8 @@ MAX_CONTEXT_CHARS_PER_RESULT = 1500  # each hit as the model reads it; the item 
 INCLUDE_RESULTS = "file_search_call.results"
 FUNCTION = {"name": "file_search",
             "description": "Search the user's files for passages relevant to a query, then answer from them.",
-            "parameters": {"type": "object", "properties": {"query": {
-                "type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS,
-                "description": "what to look for, in a few words"}}, "required": ["query"],
+            "parameters": {"type": "object", "properties": {"query": {  # no description: SmolLM2 copies it
+                "type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}}, "required": ["query"],
                 "additionalProperties": False}}
 
 

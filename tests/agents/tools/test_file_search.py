@@ -49,7 +49,7 @@ def test_forced_file_search_in_a_response_cites_the_file_it_found(client, files,
     r = client.responses.create(model="tiny", input="What causes the tides?", tool_choice={"type": "file_search"},
                                 tools=[{"type": "file_search", "vector_store_ids": [both], "max_num_results": 3,
                                         "filters": OCEAN}],
-                                include=["file_search_call.results"], text=DONE, max_output_tokens=120)
+                                include=["file_search_call.results"], text=DONE, max_output_tokens=400)
     assert r.status == "completed", r.error
     assert [o.type for o in r.output] == ["file_search_call", "message"]
     call, message = r.output
@@ -68,7 +68,8 @@ def test_forced_file_search_in_a_response_cites_the_file_it_found(client, files,
 def test_streamed_file_search_events_and_results_only_when_included(client, files):
     ids, both, _ = files
     events = list(client.responses.create(
-        model="tiny", input="How does bread rise?", tool_choice="required", stream=True, max_output_tokens=120,
+        model="tiny", input="How does bread rise?", tool_choice="required", stream=True, max_output_tokens=400,
+        parallel_tool_calls=False,
         tools=[{"type": "file_search", "vector_store_ids": [both], "max_num_results": 1}], text=DONE))
     kinds = [e.type for e in events]
     start = kinds.index("response.file_search_call.in_progress")
@@ -78,7 +79,7 @@ def test_streamed_file_search_events_and_results_only_when_included(client, file
     assert kinds[start + 3] == "response.output_item.done" and events[start + 3].item.results is None
     final = events[-1].response
     assert final.status == "completed" and final.output[0].results is None  # not included
-    [added] = [e for e in kinds if e == "response.output_text.annotation.added"]
+    assert kinds.count("response.output_text.annotation.added") == 1, [e.type for e in events if "delta" not in e.type]
     citation = final.output[1].content[0].annotations[0]
     assert citation.file_id in ids.values() and len(final.output[1].content[0].annotations) == 1  # max_num_results
     assert client.responses.retrieve(final.id).output[0].results is None
@@ -108,7 +109,7 @@ def test_assistants_run_searches_the_assistants_vector_store(client, files):
             response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER}})
     thread = beta.threads.create(messages=[{"role": "user", "content": "Why is the sea level changing?"}])
     run = beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50,
-                                            tool_choice={"type": "file_search"}, max_completion_tokens=200)
+                                            tool_choice={"type": "file_search"}, max_completion_tokens=400)
     assert run.status == "completed", run.last_error
     steps = beta.threads.runs.steps.list(run_id=run.id, thread_id=thread.id, order="asc").data
     assert [s.type for s in steps] == ["tool_calls", "message_creation"]
@@ -121,3 +122,10 @@ def test_assistants_run_searches_the_assistants_vector_store(client, files):
     [citation] = text.annotations
     assert citation.type == "file_citation" and citation.file_citation.file_id == ids["tides.txt"]
     assert text.value[citation.start_index:citation.end_index] == citation.text == "【0†tides.txt】"
+
+    thread = beta.threads.create(messages=[{"role": "user", "content": "Tell me about the Moon."}])
+    with beta.threads.runs.stream(thread_id=thread.id, assistant_id=assistant.id, max_completion_tokens=400,
+                                  tool_choice={"type": "file_search"}) as stream:
+        streamed = "".join(stream.text_deltas)
+        final = stream.get_final_messages()[-1].content[0].text
+    assert streamed == final.value and final.value.endswith("【0†tides.txt】")  # the marker is streamed too
