@@ -52,7 +52,7 @@ def swap_linears(model: nn.Module, int4: dict[str, QuantizedWeight], int8: dict[
     return fused
 
 
-def _median_s(fn: Callable[[], object], reps: int) -> float:
+def median_s(fn: Callable[[], object], reps: int) -> float:
     fn()
     times = []
     for _ in range(reps):
@@ -69,11 +69,11 @@ def probe_crossover(linears: list[Int4Linear], dense: list[torch.Tensor], reps: 
     layer's), at every larger probed size too, and the faster dense dtype; None if int4 always wins."""
     def times(num_tokens: int, dtypes) -> tuple[float, dict[torch.dtype, float]]:
         xs = [torch.randn(num_tokens, m.in_features, dtype=torch.bfloat16) for m in linears]
-        t_int4 = _median_s(lambda: [m._int4_mm(x) for m, x in zip(linears, xs)], reps)
+        t_int4 = median_s(lambda: [m._int4_mm(x) for m, x in zip(linears, xs)], reps)
         t_dense = {}
         for dtype in dtypes:
             ws = [w.to(dtype) for w in dense]
-            t_dense[dtype] = _median_s(lambda: [F.linear(x.to(dtype), w) for x, w in zip(xs, ws)], reps)
+            t_dense[dtype] = median_s(lambda: [F.linear(x.to(dtype), w) for x, w in zip(xs, ws)], reps)
         return t_int4, t_dense
 
     t_int4, t_dense = times(PROBE_TOKENS[-1], (torch.bfloat16, torch.float32))

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.quant.apply import median_s
 from services.bench.report import format_table, report
 
 HEADERS = ["weights", "perplexity", "vs_dense", "linear_MiB", "pct_bf16", "model_MiB", "model_pct_bf16"]
@@ -96,13 +95,7 @@ def variants(path: Path, awq_dir: Path | None, group_size: int):
 
 
 def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_s(fn, reps) * 1e3
 
 
 @torch.inference_mode()

@@ -176,12 +176,12 @@ async def test_a_busy_device_takes_the_newest_frame(media_server, monkeypatch):
         async with websockets.connect(_url(media_server)) as ws:
             await _next_json(ws, "hello")
             (stream_id,) = media_server.diffusion.batcher.stream_ids()
-            for i in range(8):
+            deadline = time.monotonic() + 60
+            for i in range(8):  # each one decoded and waiting in the batcher before the next is sent
                 await ws.send(_jpeg(i))
-            deadline = time.monotonic() + 30
-            while batcher.stats(stream_id)["frames_in"] < 8:  # every frame decoded and submitted
-                assert time.monotonic() < deadline, batcher.stats(stream_id)
-                await asyncio.sleep(0.02)
+                while batcher.stats(stream_id)["frames_in"] < i + 1:
+                    assert time.monotonic() < deadline, batcher.stats(stream_id)
+                    await asyncio.sleep(0.01)
             gate.set()
             meta, _ = await _result(ws, timeout=30)
             assert meta["seq"] == 8  # the newest frame, not the first one that woke the device
