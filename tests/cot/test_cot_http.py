@@ -187,3 +187,35 @@ def test_a_bad_demo_file_stops_startup(tiny_llama_path, tmp_path):
         asyncio.run(start(f"arith={bad}"))
     with pytest.raises(ValueError, match="cannot load --cot-demos: demo file .*missing.json' does not exist"):
         asyncio.run(start(f"arith={tmp_path / 'missing.json'}"))
+
+
+# -- Responses ---------------------------------------------------------------------------------
+def test_responses_put_the_rationale_in_a_reasoning_item(client):
+    kwargs = dict(model="tiny", input=QUESTION, max_output_tokens=24, temperature=0, extra_body={"cot": FEW_SHOT})
+    response = client.responses.create(**kwargs)
+    reasoning, message = response.output
+    assert reasoning.type == "reasoning" and message.type == "message"
+    rationale = reasoning.content[0].text
+    assert rationale and message.content[0].text
+    assert response.model_extra["cot"]["mode"] == "few_shot"
+    assert response.usage.output_tokens >= 1 and response.usage.input_tokens > 0
+    # streamed: reasoning_text deltas, then the answer; the same object at temperature 0
+    deltas, final = [], None
+    with client.responses.create(**kwargs, stream=True) as stream:
+        for event in stream:
+            if event.type == "response.reasoning_text.delta":
+                deltas.append(event.delta)
+            elif event.type in ("response.completed", "response.incomplete"):  # 24 tokens may cut it short
+                final = event.response
+    assert final is not None and final.status == response.status
+    assert "".join(deltas) == rationale and len(deltas) >= 1
+    assert final.output[0].content[0].text == rationale
+    assert final.output[1].content[0].text == message.content[0].text
+    stored = client.responses.retrieve(response.id)
+    assert stored.output[0].type == "reasoning"
+
+
+def test_responses_refuse_a_bad_cot_field(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model="tiny", input=QUESTION, extra_body={"cot": {"mode": "telepathy"}})
+    assert err.value.body["param"] == "cot.mode"

@@ -30,9 +30,17 @@ class ResponseEvents:
 
     def translate(self, ev: LoopEvent) -> list[dict]:
         item = ev.item
-        if ev.kind in ("text.start", "call.start", "tool.start"):
+        if ev.kind in ("text.start", "call.start", "tool.start", "reasoning.start"):
             self._index[item["id"]] = len(self._index)
         at = {"item_id": item["id"], "output_index": self._index[item["id"]]}
+        if ev.kind == "reasoning.start":
+            return [self.event("response.output_item.added", output_index=at["output_index"],
+                               item={**copy.deepcopy(item), "content": []})]
+        if ev.kind == "reasoning.delta":
+            return [self.event("response.reasoning_text.delta", **at, content_index=0, delta=ev.delta)]
+        if ev.kind == "reasoning.done":
+            return [self.event("response.reasoning_text.done", **at, content_index=0,
+                               text=item["content"][0]["text"]), self._item_done(item)]
         if ev.kind == "text.start":
             return [self.event("response.output_item.added", output_index=at["output_index"],
                                item={**copy.deepcopy(item), "content": []}),

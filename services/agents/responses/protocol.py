@@ -56,6 +56,7 @@ class ResponseCreate(SamplingFields):
     metadata: Metadata | None = Field(default=None, max_length=16)
     include: list[str] | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
+    cot: dict[str, Any] | None = None  # livecast's Chain-of-Thought extension (docs/API.md)
     user: str | None = None
 
     @property

@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 from services.agents.background import drain
 from services.agents.loop import LoopRequest, RunLoop
+from services.agents.responses.cot import CotLoop
 from services.agents.responses.events import ResponseEvents
 from services.agents.responses.items import check_call_outputs, normalize_input
 from services.agents.responses.protocol import ResponseCreate
@@ -45,15 +46,8 @@ class Responses:
         context = self.context(body)
         check_call_outputs(context, new_items)
         toolset = build_toolset(body.tools, self.agents.state)
-        fmt = body.text.format if body.text else None
         response_id = new_id("resp")
-        loop = RunLoop(self.llm, LoopRequest(
-            items=context + new_items, toolset=toolset, tool_choice=body.tool_choice,
-            make_params=lambda **kw: body.sampling_params(**kw), instructions=body.instructions,
-            parallel_tool_calls=body.parallel_tool_calls,
-            text_format=(fmt.type, fmt.json_schema) if fmt and fmt.type != "text" else None,
-            max_output_tokens=body.max_output_tokens, max_tool_calls=body.max_tool_calls,
-            truncation=body.truncation), response_id)
+        loop = self._loop(body, context + new_items, toolset, response_id)
         response = self._object(response_id, body, toolset)
         if body.background:
             self.agents.background.check_room()
@@ -71,6 +65,18 @@ class Responses:
             return run
         await drain(run, loop.close)
         return events.response
+
+    def _loop(self, body: ResponseCreate, items: list[dict], toolset, response_id: str) -> RunLoop | CotLoop:
+        if body.cot is not None:  # the Chain-of-Thought extension: a reasoning item, then the answer
+            return CotLoop(self.llm, body, items)
+        fmt = body.text.format if body.text else None
+        return RunLoop(self.llm, LoopRequest(
+            items=items, toolset=toolset, tool_choice=body.tool_choice,
+            make_params=lambda **kw: body.sampling_params(**kw), instructions=body.instructions,
+            parallel_tool_calls=body.parallel_tool_calls,
+            text_format=(fmt.type, fmt.json_schema) if fmt and fmt.type != "text" else None,
+            max_output_tokens=body.max_output_tokens, max_tool_calls=body.max_tool_calls,
+            truncation=body.truncation), response_id)
 
     def context(self, body: ResponseCreate) -> list[dict]:
         """The items before this response's input: its chain of previous responses, or its conversation."""
@@ -125,6 +131,8 @@ class Responses:
             response.update(status="failed", error={"code": "server_error", "message": f"generation failed: {exc}"})
         finally:
             response["usage"] = _usage(loop)
+            if getattr(loop, "extension", None) is not None:
+                response["cot"] = loop.extension
             if body.store:
                 self._record(response, new_items)
         yield events.lifecycle({"completed": "response.completed", "incomplete": "response.incomplete"}.get(
