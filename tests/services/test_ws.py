@@ -99,7 +99,10 @@ async def test_duplicate_id_is_refused_while_running(server):
         assert "already running" in messages[-1]["message"]
         await ws.send(json.dumps({"type": "cancel", "id": "dup"}))
         seen = await _collect(ws, {"dup"})
-        assert seen["dup"][-1]["finish_reason"] == "abort"
+        # the first one carries on and ends once: aborted, or (float32 on an idle CPU is quick) its
+        # 400 tokens already done before the cancel arrived; cancelling is tested on its own above
+        done = seen["dup"][-1]
+        assert done["type"] == "done" and (done["finish_reason"] == "abort" or done["usage"]["completion_tokens"] == 400)
 
 
 async def test_socket_close_aborts_and_frees_blocks(server):
