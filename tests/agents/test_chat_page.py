@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.media.conftest import browser, chromium_path  # noqa: F401 (fixtures)
+from tests.media.conftest import browser, chromium_path, page  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture
-def page(browser):  # noqa: F811
-    context = browser.new_context()
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, errors
 
 
 def _send(page, text: str, count: int) -> dict:

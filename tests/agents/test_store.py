@@ -27,28 +27,24 @@ def test_a_restart_keeps_every_stored_object(tiny_llama_path, tmp_path):
         run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id,
                                                        poll_interval_ms=50)
         assert run.status == "completed"
-        before = {
-            "responses": [client.responses.retrieve(r.id).model_dump() for r in (first, in_conv)],
-            "input_items": client.responses.input_items.list(first.id).model_dump(),
-            "conversation": client.conversations.retrieve(conv.id).model_dump(),
-            "items": client.conversations.items.list(conv.id).model_dump(),
-            "assistant": client.beta.assistants.retrieve(assistant.id).model_dump(),
-            "thread": client.beta.threads.retrieve(thread.id).model_dump(),
-            "messages": client.beta.threads.messages.list(thread.id).model_dump(),
-            "run": client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).model_dump(),
-            "steps": client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).model_dump()}
+
+        def snapshot(client) -> dict:
+            """Every object made above, as the client reads it back."""
+            return {
+                "responses": [client.responses.retrieve(r.id).model_dump() for r in (first, in_conv)],
+                "input_items": client.responses.input_items.list(first.id).model_dump(),
+                "conversation": client.conversations.retrieve(conv.id).model_dump(),
+                "items": client.conversations.items.list(conv.id).model_dump(),
+                "assistant": client.beta.assistants.retrieve(assistant.id).model_dump(),
+                "thread": client.beta.threads.retrieve(thread.id).model_dump(),
+                "messages": client.beta.threads.messages.list(thread.id).model_dump(),
+                "run": client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).model_dump(),
+                "steps": client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).model_dump()}
+
+        before = snapshot(client)
     assert (tmp_path / "livecast.db").exists()
     with running_server(agents_settings(tiny_llama_path, tmp_path)) as server, server.client() as client:
-        after = {
-            "responses": [client.responses.retrieve(r.id).model_dump() for r in (first, in_conv)],
-            "input_items": client.responses.input_items.list(first.id).model_dump(),
-            "conversation": client.conversations.retrieve(conv.id).model_dump(),
-            "items": client.conversations.items.list(conv.id).model_dump(),
-            "assistant": client.beta.assistants.retrieve(assistant.id).model_dump(),
-            "thread": client.beta.threads.retrieve(thread.id).model_dump(),
-            "messages": client.beta.threads.messages.list(thread.id).model_dump(),
-            "run": client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).model_dump(),
-            "steps": client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).model_dump()}
+        after = snapshot(client)
         assert after == before
         assert len(after["items"]["data"]) == 2 and len(after["steps"]["data"]) == 1
         # the chain still works across the restart

@@ -69,3 +69,15 @@ def browser(chromium_path):
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page; any uncaught script error on it fails the test."""
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, errors

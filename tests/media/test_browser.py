@@ -39,17 +39,6 @@ def llm_server(tiny_llama_path):
         yield server
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(accept_downloads=True)
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, errors
-
-
 def test_stylize_renders_stylized_video_and_takes_prompt_changes(media_server, page):
     service = media_server.diffusion
     page.goto(f"{media_server.url}/stylize.html")
