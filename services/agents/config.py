@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.agents.db import check_store_url
+
 
 def default_data_dir() -> str:
     """$LIVECAST_DATA_DIR, else the user's data directory (XDG), where the store and files live."""
@@ -17,6 +19,11 @@ class AgentsConfig:
     data_dir: str = field(default_factory=default_data_dir, metadata={
         "help": "where the agent store (SQLite) and uploaded files live (default: $LIVECAST_DATA_DIR or "
                 "~/.local/share/livecast)"})
+    store_url: str = field(default="", repr=False, metadata={  # repr=False: it may hold a password
+        "env": "LIVECAST_STORE_URL",
+        "help": "the agent store's database: empty for SQLite in --data-dir, sqlite:///PATH, or "
+                "postgresql://USER[:PASSWORD]@HOST:PORT/DB for a store every replica shares (uploaded files "
+                "stay in --data-dir, which replicas must then share too) (default: $LIVECAST_STORE_URL)"})
     store_max_age_days: float = field(default=30.0, metadata={
         "flag": "--store-max-age", "help": "stored responses, conversations, assistants and threads older than "
                                            "this many days are deleted by the sweeper (0: keep forever)"})
@@ -36,6 +43,7 @@ class AgentsConfig:
     def __post_init__(self) -> None:
         if not self.data_dir:
             raise ValueError("data_dir must not be empty")
+        check_store_url(self.store_url)
         if self.store_max_age_days < 0:
             raise ValueError(f"store_max_age_days must be >= 0, got {self.store_max_age_days}")
         for name in ("max_stored_responses", "max_conversations", "max_assistants", "max_threads",

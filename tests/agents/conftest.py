@@ -49,3 +49,22 @@ WEATHER = {"type": "object", "properties": {"city": {"type": "string", "enum": [
 # a closed grammar: the tiny random model must finish (status completed) instead of hitting the token cap
 ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no", "maybe"]}},
           "required": ["answer"], "additionalProperties": False}
+
+
+# -- the store's two backends --------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the whole session (started only if a test asks for it)."""
+    from tests.agents.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """An empty store on each backend: a SQLite file under tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'livecast.db'}"
+    return request.getfixturevalue("postgres").new_database()

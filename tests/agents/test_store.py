@@ -1,5 +1,6 @@
 """The agent store: a restart keeps every stored object; retention sweeps by age and count and
-cascades to children; a failed transaction leaves nothing behind."""
+cascades to children; a failed transaction leaves nothing behind; two Database objects on one store
+see each other's writes. The store-level tests run on SQLite and on a real PostgreSQL server."""
 from __future__ import annotations
 
 import time
@@ -8,7 +9,7 @@ import warnings
 import pytest
 
 from services.agents.config import AgentsConfig
-from services.agents.db import Database
+from services.agents.db import open_database
 from services.agents.store import AgentStore, new_id
 from tests.agents.conftest import ANSWER
 from tests.services.conftest import running_server
@@ -53,8 +54,18 @@ def test_a_restart_keeps_every_stored_object(tiny_llama_path, tmp_path):
         assert second.previous_response_id == first.id
 
 
-def _store(**config) -> AgentStore:
-    return AgentStore(Database(":memory:"), AgentsConfig(data_dir="/unused", **config))
+@pytest.fixture
+def make_store(store_url, tmp_path):
+    """AgentStores on the backend under test; every one is closed at the end."""
+    made = []
+
+    def make(**config) -> AgentStore:
+        made.append(AgentStore(open_database(store_url, tmp_path), AgentsConfig(data_dir=str(tmp_path), **config)))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.db.close()
 
 
 def _response(store: AgentStore, n_items: int = 1) -> str:
@@ -65,8 +76,8 @@ def _response(store: AgentStore, n_items: int = 1) -> str:
     return response_id
 
 
-def test_sweeper_caps_counts_and_cascades_to_children():
-    store = _store(max_stored_responses=2, max_items_per_conversation=3, max_threads=1)
+def test_sweeper_caps_counts_and_cascades_to_children(make_store):
+    store = make_store(max_stored_responses=2, max_items_per_conversation=3, max_threads=1)
     ids = [_response(store, n_items=2) for _ in range(5)]
     store.conversations.insert({"id": "conv_1"})
     store.items.insert_many([{"id": f"i{k}"} for k in range(5)], "conv_1")
@@ -86,8 +97,8 @@ def test_sweeper_caps_counts_and_cascades_to_children():
     assert store.sweep() == 0  # nothing left over the limits
 
 
-def test_sweeper_deletes_by_age():
-    store = _store(store_max_age_days=0.2 / 86400)  # 200 ms
+def test_sweeper_deletes_by_age(make_store):
+    store = make_store(store_max_age_days=0.2 / 86400)  # 200 ms
     old = _response(store)
     time.sleep(0.3)
     new = _response(store)
@@ -96,8 +107,8 @@ def test_sweeper_deletes_by_age():
     assert store.responses.get(new) is not None and len(store.items.children(new)) == 1
 
 
-def test_a_failed_transaction_writes_nothing_and_pages_keep_creation_order():
-    store = _store()
+def test_a_failed_transaction_writes_nothing_and_pages_keep_creation_order(make_store):
+    store = make_store()
     with pytest.raises(RuntimeError):
         with store.db.transaction():
             store.responses.insert({"id": "resp_x", "output": []})
@@ -110,3 +121,30 @@ def test_a_failed_transaction_writes_nothing_and_pages_keep_creation_order():
     assert [i["id"] for i in first] == ["z0", "z1", "z2", "z3"] and more
     rest, more = store.items.page("conv", after="z3", limit=4, order="asc")
     assert [i["id"] for i in rest] == ["z4", "a"] and not more
+
+
+def test_two_databases_on_one_store_see_each_others_writes(make_store):
+    """What replicas sharing one store rely on: a commit on one is visible to the other, an open
+    transaction is not, one that raises leaves nothing, and a nested block joins the outer one."""
+    first, second = make_store(), make_store()
+    first.responses.insert({"id": "resp_1", "output": []})
+    assert second.responses.get("resp_1") == {"id": "resp_1", "output": []}
+    with first.db.transaction():
+        first.conversations.insert({"id": "conv_1"})
+        assert second.conversations.get("conv_1") is None  # not yet committed
+    assert second.conversations.get("conv_1") == {"id": "conv_1"}
+    with pytest.raises(RuntimeError):
+        with first.db.transaction():
+            first.conversations.insert({"id": "conv_2"})
+            first.items.insert({"id": "msg_2"}, "conv_2")
+            raise RuntimeError("failed before the commit")
+    assert second.conversations.get("conv_2") is None and second.items.children("conv_2") == []
+    with first.db.transaction():
+        first.threads.insert({"id": "thread_1"})
+        with pytest.raises(KeyError):
+            with first.db.transaction():
+                first.threads.insert({"id": "thread_2"})
+                raise KeyError("caught by the outer block, which goes on and commits")
+    assert [t["id"] for t in second.threads.page(order="asc")[0]] == ["thread_1", "thread_2"]
+    second.delete_conversation("conv_1")
+    assert first.conversations.get("conv_1") is None

@@ -13,14 +13,16 @@ from pathlib import Path
 from services.agents.retrieval.pagination import page
 from services.errors import APIError
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS files (
-        id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, bytes INTEGER NOT NULL,
-        created_at INTEGER NOT NULL, expires_at INTEGER)""",
-    "CREATE INDEX IF NOT EXISTS files_by_created ON files (created_at, id)",
-)
 MAX_FILES_PAGE = 10000  # OpenAI's files list allows far longer pages than other lists
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+
+
+def schema(dialect) -> tuple[str, ...]:
+    int64 = dialect.int64  # sizes past 2 GiB, times past 2038
+    return (f"""CREATE TABLE IF NOT EXISTS files (
+                id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, bytes {int64} NOT NULL,
+                created_at {int64} NOT NULL, expires_at {int64})""",
+            "CREATE INDEX IF NOT EXISTS files_by_created ON files (created_at, id)")
 
 
 def new_id(prefix: str) -> str:
@@ -38,7 +40,7 @@ class FileStore:
         self.db, self.max_file_bytes = db, max_file_bytes
         self.root = Path(data_dir) / "files"
         self.root.mkdir(parents=True, exist_ok=True)
-        db.apply(SCHEMA)
+        db.apply(schema(db.dialect))
         for leftover in self.root.glob("*.part"):  # uploads a crash interrupted
             leftover.unlink(missing_ok=True)
 

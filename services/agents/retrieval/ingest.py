@@ -51,8 +51,9 @@ class Ingestor:
             await asyncio.sleep(0.02)
 
     def _next(self) -> tuple[str, str] | None:
+        # oldest first; the key breaks ties within a second (the table has no rowid on PostgreSQL)
         rows = self.db.query("SELECT vector_store_id, file_id FROM vector_store_files WHERE status = 'in_progress' "
-                             "ORDER BY created_at, rowid LIMIT ?", (len(self._active) + 1,))
+                             "ORDER BY created_at, vector_store_id, file_id LIMIT ?", (len(self._active) + 1,))
         return next(((r["vector_store_id"], r["file_id"]) for r in rows
                      if (r["vector_store_id"], r["file_id"]) not in self._active), None)
 

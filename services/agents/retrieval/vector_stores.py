@@ -16,22 +16,24 @@ from services.agents.retrieval.files import new_id
 from services.agents.retrieval.pagination import page
 from services.errors import APIError
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS vector_stores (
-        id TEXT PRIMARY KEY, name TEXT, metadata TEXT NOT NULL, created_at INTEGER NOT NULL,
-        last_active_at INTEGER NOT NULL, expires_after TEXT)""",
-    """CREATE TABLE IF NOT EXISTS vector_store_files (
-        vector_store_id TEXT NOT NULL REFERENCES vector_stores (id) ON DELETE CASCADE,
-        file_id TEXT NOT NULL, batch_id TEXT, status TEXT NOT NULL, last_error TEXT,
-        attributes TEXT NOT NULL, chunking_strategy TEXT NOT NULL, usage_bytes INTEGER NOT NULL,
-        created_at INTEGER NOT NULL, PRIMARY KEY (vector_store_id, file_id))""",
-    "CREATE INDEX IF NOT EXISTS vector_store_files_by_file ON vector_store_files (file_id)",
-    """CREATE TABLE IF NOT EXISTS vector_stores_file_batches (
-        id TEXT PRIMARY KEY, vector_store_id TEXT NOT NULL REFERENCES vector_stores (id) ON DELETE CASCADE,
-        created_at INTEGER NOT NULL)""",
-)
 STATUSES = ("in_progress", "completed", "failed", "cancelled")
 MAX_KEYS, MAX_KEY_CHARS, MAX_VALUE_CHARS = 16, 64, 512
+
+
+def schema(dialect) -> tuple[str, ...]:
+    int64 = dialect.int64  # byte counts past 2 GiB, times past 2038
+    return (f"""CREATE TABLE IF NOT EXISTS vector_stores (
+                id TEXT PRIMARY KEY, name TEXT, metadata TEXT NOT NULL, created_at {int64} NOT NULL,
+                last_active_at {int64} NOT NULL, expires_after TEXT)""",
+            f"""CREATE TABLE IF NOT EXISTS vector_store_files (
+                vector_store_id TEXT NOT NULL REFERENCES vector_stores (id) ON DELETE CASCADE,
+                file_id TEXT NOT NULL, batch_id TEXT, status TEXT NOT NULL, last_error TEXT,
+                attributes TEXT NOT NULL, chunking_strategy TEXT NOT NULL, usage_bytes {int64} NOT NULL,
+                created_at {int64} NOT NULL, PRIMARY KEY (vector_store_id, file_id))""",
+            "CREATE INDEX IF NOT EXISTS vector_store_files_by_file ON vector_store_files (file_id)",
+            f"""CREATE TABLE IF NOT EXISTS vector_stores_file_batches (
+                id TEXT PRIMARY KEY, vector_store_id TEXT NOT NULL REFERENCES vector_stores (id) ON DELETE CASCADE,
+                created_at {int64} NOT NULL)""")
 
 
 def check_attributes(value, param: str, strings_only: bool = False) -> dict:
@@ -71,7 +73,7 @@ def _chunking(value) -> ChunkingStrategy:
 class VectorStores:
     def __init__(self, db, files, index, enqueue: Callable[[str, str], None]) -> None:
         self.db, self.files, self.index, self.enqueue = db, files, index, enqueue
-        db.apply(SCHEMA)
+        db.apply(schema(db.dialect))
 
     # -- stores -------------------------------------------------------------------------------------
     def create(self, name: str | None, metadata: dict | None, expires_after: dict | None,

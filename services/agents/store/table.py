@@ -1,7 +1,7 @@
 """One kind of stored object: JSON bodies keyed by (parent_id, id), kept in creation order.
 
-Every table has the same four columns, in the portable subset a PostgreSQL backend can serve
-unchanged: `parent_id` ('' for top-level objects; the thread of a message, the response or
+Every table has the same four columns, the same on SQLite and PostgreSQL (`created_at` is 64-bit
+on both, from `db.dialect`): `parent_id` ('' for top-level objects; the thread of a message, the response or
 conversation of an item), `id`, `created_at` (microseconds, strictly increasing within a process,
 so a page of same-second objects still comes back in the order they were made) and `body`, the
 API object as JSON text.
@@ -39,7 +39,7 @@ class Table:
         self.db, self.name, self.what = db, name, what
         db.apply([
             f"CREATE TABLE IF NOT EXISTS {name} (parent_id TEXT NOT NULL, id TEXT NOT NULL, "
-            f"created_at INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (parent_id, id))",
+            f"created_at {db.dialect.int64} NOT NULL, body TEXT NOT NULL, PRIMARY KEY (parent_id, id))",
             f"CREATE INDEX IF NOT EXISTS {name}_order ON {name} (parent_id, created_at)",
             f"CREATE INDEX IF NOT EXISTS {name}_age ON {name} (created_at)"])
 

@@ -1,4 +1,6 @@
-"""A FastAPI app with only the retrieval router and lifespan, under a real uvicorn on 127.0.0.1."""
+"""A FastAPI app with only the retrieval router and lifespan, under a real uvicorn on 127.0.0.1.
+
+The tests that take `live` run twice: with the store in SQLite and in a real PostgreSQL server."""
 from __future__ import annotations
 
 import time
@@ -9,7 +11,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from services.agents.db import Database
+from services.agents.db import open_database
 from services.agents.retrieval.routes import router
 from services.agents.retrieval.service import RetrievalConfig, retrieval_service
 from services.errors import install_error_handlers
@@ -19,10 +21,10 @@ EVAL_DIR = Path(__file__).resolve().parents[3] / "services" / "agents" / "retrie
 MAX_FILE_BYTES = 256 * 1024  # small, so the 413 test uploads little
 
 
-def make_app(data_dir: Path) -> FastAPI:
+def make_app(data_dir: Path, store_url: str = "") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        db = Database(data_dir / "store.db")
+        db = open_database(store_url, data_dir)
         config = RetrievalConfig(data_dir=str(data_dir), max_file_bytes=MAX_FILE_BYTES)
         async with retrieval_service(config, db) as service:
             app.state.retrieval = service
@@ -36,9 +38,9 @@ def make_app(data_dir: Path) -> FastAPI:
 
 
 class Running:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, store_url: str = "") -> None:
         self.data_dir = data_dir
-        self.server = LiveServer(make_app(data_dir)).start()
+        self.server = LiveServer(make_app(data_dir, store_url)).start()
         self.client = openai.OpenAI(base_url=self.server.url + "/v1", api_key="test", max_retries=0)
 
     @property
@@ -60,9 +62,24 @@ def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("retrieval-data")
 
 
-@pytest.fixture(scope="package")
-def live(data_dir):
-    running = Running(data_dir)
+# tests of `live` that never reach the store: their PostgreSQL run would only repeat the SQLite one
+STORE_FREE = {"test_embeddings_shapes_formats_and_dimensions", "test_embeddings_bad_input_is_a_clear_400",
+              "test_embeddings_match_sentence_transformers"}
+
+
+def pytest_collection_modifyitems(config, items):
+    repeats = [i for i in items if "[postgresql" in i.name and i.originalname in STORE_FREE]
+    if repeats:
+        config.hook.pytest_deselected(items=repeats)
+        items[:] = [i for i in items if i not in repeats]
+
+
+@pytest.fixture(scope="package", params=["sqlite", "postgresql"])
+def live(request, data_dir):
+    if request.param == "sqlite":
+        running = Running(data_dir)
+    else:  # its own files folder, so file counts stay per backend
+        running = Running(data_dir / "postgresql", request.getfixturevalue("postgres").new_database())
     yield running
     running.stop()
 
