@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from services import health
-from services.agents.db import Database
+from services.agents.db import open_database
 from services.agents.lifespan import agents_service
 from services.agents.retrieval.routes import router as retrieval_router
 from services.agents.retrieval.service import retrieval_service
@@ -53,7 +53,7 @@ async def lifespan(app: FastAPI):
             app.state.llm = await stack.enter_async_context(
                 llm_service(engine_config, settings.llm, registry, settings.retry_after_s))
         if settings.enable_agents:
-            db = Database(Path(settings.agents.data_dir) / "livecast.db")
+            db = open_database(settings.agents.store_url, settings.agents.data_dir)
             stack.callback(db.close)
             app.state.containers = await stack.enter_async_context(containers_service(settings.sandbox))
             app.state.retrieval = await stack.enter_async_context(retrieval_service(dataclasses.replace(

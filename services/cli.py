@@ -16,6 +16,7 @@ BENCHMARKS = {
     "retrieval": "services.bench.retrieval",
     "cot": "services.bench.cot",
     "quant": "services.bench.quant",
+    "scale": "services.bench.scale",
 }
 
 # Subcommands that own their argument parsing: `livecast NAME …` → module.main(argv).

@@ -92,6 +92,10 @@ def main(argv: list[str]) -> int:
     from services.app import create_app
 
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.scale.enabled:  # N replicas on Ray Serve behind our ingress on --host/--port
+        from services.scale.launcher import run_scaled
+
+        return run_scaled(settings, settings.scale)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=ns.log_level,
                 timeout_graceful_shutdown=5, ws_max_size=settings.max_body_bytes)
     return 0

@@ -1,7 +1,8 @@
 """Server settings: the app shell's own fields plus each room's config, composed (never copied).
 
 Every default is written once, in the dataclass that owns it: EngineConfig (engine), LLMConfig
-(the LLM service), DiffusionConfig (media), RuntimePolicy and MemoryConfig (the device runtime).
+(the LLM service), DiffusionConfig (media), RuntimePolicy and MemoryConfig (the device runtime),
+AgentsConfig, SandboxConfig and RetrievalConfig (agents), ScaleConfig (replicas on Ray Serve).
 `livecast serve` builds its flags from these fields (services.serve).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from services.llm.config import LLMConfig
 from services.media.config import DiffusionConfig
 from services.runtime.memory import MemoryConfig
 from services.runtime.policy import RuntimePolicy
+from services.scale.config import ScaleConfig
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class ServerSettings:
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -66,4 +69,4 @@ class ServerSettings:
     # the rooms, in the order the CLI lists their flags
     SECTIONS = {"LLM engine": "engine", "LLM service": "llm", "diffusion": "diffusion",
                 "shared device runtime": "runtime", "memory plan": "memory", "agents": "agents",
-                "code interpreter": "sandbox", "retrieval": "retrieval"}
+                "code interpreter": "sandbox", "retrieval": "retrieval", "scale-out (Ray Serve)": "scale"}
