@@ -18,6 +18,9 @@ class EngineConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the device computes it natively, else float32), float32, float16"})
     quantization: str = field(default="auto", metadata={
         "help": "weights: auto (the checkpoint's own: GGUF Q4/Q8 blocks or AWQ int4), none (dense), awq, gguf"})
+    weight_kernel: str = field(default="auto", metadata={
+        "help": "kernel for int4 checkpoints on a CPU: auto (int4, or int8 re-quantized per row where that "
+                "measures faster at decode sizes), int4, int8"})
     device: str = "auto"
     block_size: int = 16
     kv_cache_memory: int | None = field(default=None, metadata={  # bytes
@@ -45,6 +48,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.quantization not in ("auto", "none", "awq", "gguf"):
             raise ValueError(f"quantization must be one of auto, none, awq, gguf; got {self.quantization!r}")
+        if self.weight_kernel not in ("auto", "int4", "int8"):
+            raise ValueError(f"weight_kernel must be one of auto, int4, int8; got {self.weight_kernel!r}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         if self.attention_backend not in ("auto", "torch", "triton"):

@@ -91,7 +91,7 @@ class LLMEngine:
                                          iter_weights(self.model_path)))
         model = model.to(device=self.device, dtype=self.dtype).eval()
         self.quantization = quant.mode  # none | awq | gguf, for /health
-        self.quantization_detail = quant.apply(model, self.device)
+        self.quantization_detail = quant.apply(model, self.device, self.config.weight_kernel)
         logger.info("weights: %s", self.quantization_detail)
         return model
 

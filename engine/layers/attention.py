@@ -7,7 +7,7 @@ same code serves fresh prompts, cached prefixes and chunked prefill. The Triton 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,8 @@ class AttentionMetadata:
     # host copies of the prefill layout, for the torch path's per-chunk calls
     prefill_chunks: list[tuple[int, int, int]]  # (query start, query len, seq len)
     use_triton: bool = False
+    # index tensors and masks the torch path derives on the first layer and every other layer reuses
+    derived: dict = field(default_factory=dict)
 
 
 def allocate_kv_cache(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
@@ -48,46 +50,63 @@ def head_major(cache: torch.Tensor) -> torch.Tensor:
     return storage
 
 
+def _derive(derived: dict | None, key, build):
+    """`build()`, once per step: the first layer stores it in the step's `derived`, the rest reuse it."""
+    if derived is None:
+        return build()
+    value = derived.get(key)
+    if value is None:
+        value = derived[key] = build()
+    return value
+
+
+def _per_head(rows: torch.Tensor, num_kv_heads: int, rows_per_head: int) -> torch.Tensor:
+    """Row ids into a head-major cache flattened to 2-D: each head's copy of `rows`, offset."""
+    heads = torch.arange(num_kv_heads, device=rows.device)[:, None] * rows_per_head
+    return (heads + rows.long()[None, :]).reshape(-1)
+
+
 def write_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+             slot_mapping: torch.Tensor, derived: dict | None = None) -> None:
+    """All heads' new rows in one row copy per cache (dim-0 index_copy_, the fast CPU path)."""
     for new, cache in ((key, k_cache), (value, v_cache)):
         storage = head_major(cache)
         num_kv_heads, num_blocks, block_size, head_dim = storage.shape
-        flat = storage.view(num_kv_heads, num_blocks * block_size, head_dim)
-        for h in range(num_kv_heads):  # row copies along dim 0 are the fast index path on CPU
-            flat[h].index_copy_(0, slot_mapping, new[:, h])
+        rows = _derive(derived, "write", lambda: _per_head(slot_mapping, num_kv_heads, num_blocks * block_size))
+        storage.view(-1, head_dim).index_copy_(0, rows, new.transpose(0, 1).reshape(-1, head_dim))
 
 
-def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int) -> torch.Tensor:
+def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int,
+              derived: dict | None = None, key=None) -> torch.Tensor:
     """(num_kv_heads, num_seqs, padded_tokens, head_dim): each sequence's first `num_tokens`
-    tokens per head, padded to whole blocks (callers mask or slice the tail)."""
+    tokens per head, padded to whole blocks (callers mask or slice the tail). `key` names the
+    block-id list in the step's `derived`, shared by the K and V gathers of every layer."""
     storage = head_major(cache)
     num_kv_heads, total_blocks, block_size, head_dim = storage.shape
     num_seqs, num_blocks = block_tables.shape[0], -(-num_tokens // block_size)
-    ids = block_tables[:, :num_blocks].reshape(-1).long()
-    out = torch.empty((num_kv_heads, ids.numel(), block_size * head_dim), dtype=cache.dtype, device=cache.device)
-    for h in range(num_kv_heads):
-        # whole blocks as rows of a 2-d view: one contiguous copy each, the fastest gather on CPU
-        torch.index_select(storage[h].view(total_blocks, -1), 0, ids, out=out[h])
-    # whole blocks, padding included: a contiguous result feeds the matmuls without another copy
+    ids = _derive(derived, ("gather", key), lambda: _per_head(block_tables[:, :num_blocks].reshape(-1),
+                                                              num_kv_heads, total_blocks))
+    # whole blocks as rows of a 2-d view: one contiguous row gather for all heads; padding included,
+    # so the result feeds the matmuls without another copy
+    out = torch.index_select(storage.view(num_kv_heads * total_blocks, -1), 0, ids)
     return out.view(num_kv_heads, num_seqs, num_blocks * block_size, head_dim)
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      block_tables: torch.Tensor, context_lens: torch.Tensor, max_context: int,
-                     scale: float) -> torch.Tensor:
+                     scale: float, derived: dict | None = None, key=None) -> torch.Tensor:
     """Single-token queries over paged K/V. q (num_seqs, num_heads, head_dim) -> same shape."""
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
-    k = gather_kv(k_cache, block_tables, max_context)  # (kvh, s, t, d)
-    v = gather_kv(v_cache, block_tables, max_context)
+    k = gather_kv(k_cache, block_tables, max_context, derived, key)  # (kvh, s, t, d)
+    v = gather_kv(v_cache, block_tables, max_context, derived, key)
     # the heads sharing one KV head act as that head's query rows: GQA without repeating K/V
     qh = q.view(num_seqs, num_kv_heads, group, head_dim).transpose(0, 1)  # (kvh, s, g, d)
     scores = torch.matmul(qh, k.transpose(-1, -2)).float() * scale  # (kvh, s, g, t)
-    positions = torch.arange(k.shape[2], device=q.device)
-    pad = positions[None, :] >= context_lens[:, None].to(positions.dtype)  # (s, t)
-    scores.masked_fill_(pad[None, :, None, :], float("-inf"))
+    pad = _derive(derived, ("pad", key), lambda: (
+        torch.arange(k.shape[2], device=q.device)[None, :] >= context_lens[:, None].long())[None, :, None, :])
+    scores.masked_fill_(pad, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     out = torch.matmul(probs, v)  # (kvh, s, g, d)
     return out.transpose(0, 1).reshape(num_seqs, num_heads, head_dim)
@@ -95,14 +114,15 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                       block_table: torch.Tensor, seq_len: int, scale: float,
-                      new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None) -> torch.Tensor:
+                      new_k: torch.Tensor | None = None, new_v: torch.Tensor | None = None,
+                      derived: dict | None = None, key=None) -> torch.Tensor:
     """Causal attention of one chunk of `q_len` queries sitting at the end of `seq_len` tokens."""
     q_len, num_heads, head_dim = q.shape
     if new_k is not None and seq_len == q_len:
         k, v = new_k, new_v  # nothing cached before this chunk: skip the gather
     else:
-        k = gather_kv(k_cache, block_table[None], seq_len)[:, 0, :seq_len].transpose(0, 1)  # (t, kvh, d)
-        v = gather_kv(v_cache, block_table[None], seq_len)[:, 0, :seq_len].transpose(0, 1)
+        k = gather_kv(k_cache, block_table[None], seq_len, derived, key)[:, 0, :seq_len].transpose(0, 1)  # (t, kvh, d)
+        v = gather_kv(v_cache, block_table[None], seq_len, derived, key)[:, 0, :seq_len].transpose(0, 1)
     qh, kh, vh = q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None]
     gqa = num_heads != k.shape[1]
     if seq_len == q_len:
@@ -119,15 +139,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     """q (num_tokens, num_heads, head_dim); k, v (num_tokens, num_kv_heads, head_dim) -> like q."""
     if meta.use_triton:
         return _triton_paged_attention(q, k, v, k_cache, v_cache, meta, scale)
-    write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    write_kv(k, v, k_cache, v_cache, meta.slot_mapping, meta.derived)
     outs = []
     for start, end, max_context in meta.decode_buckets:
         outs.append(decode_attention(q[start:end], k_cache, v_cache, meta.decode_block_tables[start:end],
-                                     meta.decode_context_lens[start:end], max_context, scale))
+                                     meta.decode_context_lens[start:end], max_context, scale,
+                                     meta.derived, ("decode", start)))
     for i, (start, q_len, seq_len) in enumerate(meta.prefill_chunks):
         sl = slice(start, start + q_len)
         outs.append(prefill_attention(q[sl], k_cache, v_cache, meta.prefill_block_tables[i], seq_len,
-                                      scale, k[sl], v[sl]))
+                                      scale, k[sl], v[sl], meta.derived, ("prefill", i)))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 

@@ -30,15 +30,19 @@ def _cos_sin(config, head_dim: int, max_positions: int) -> torch.Tensor:
     return torch.cat([freqs.cos() * scaling, freqs.sin() * scaling], dim=-1)
 
 
-def apply_rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                 cos_sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (num_tokens, num_heads, head_dim), k (num_tokens, num_kv_heads, head_dim)."""
-    cos, sin = cos_sin_cache[positions].to(q.dtype).chunk(2, dim=-1)  # (num_tokens, head_dim / 2)
-    cos = torch.cat([cos, cos], dim=-1)[:, None, :]
-    sin = torch.cat([sin, sin], dim=-1)[:, None, :]
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+def rotary_tables(positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, signed sin), each (num_tokens, 1, head_dim), built once per step for every layer.
+
+    `signed sin` is (-sin | sin), so `rotate_half(x) * sin == roll(x, head_dim / 2) * signed_sin`
+    exactly: the rotation becomes a roll and two products, with no split, negation or concat.
+    """
+    cos, sin = cos_sin_cache[positions].to(dtype).chunk(2, dim=-1)  # (num_tokens, head_dim / 2)
+    return torch.cat([cos, cos], dim=-1)[:, None, :], torch.cat([-sin, sin], dim=-1)[:, None, :]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rotary(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x (num_tokens, num_heads, head_dim): q and k heads side by side rotate in one pass."""
+    cos, signed_sin = tables
+    # no addcmul: a fused multiply-add would round differently from HF's q * cos + rotate_half(q) * sin
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin

@@ -13,7 +13,7 @@ from torch import nn
 
 from engine.layers.attention import AttentionMetadata, paged_attention
 from engine.layers.norm import RMSNorm
-from engine.layers.rotary import apply_rotary, build_cos_sin_cache
+from engine.layers.rotary import apply_rotary, build_cos_sin_cache, rotary_tables
 
 
 class LlamaAttention(nn.Module):
@@ -31,21 +31,24 @@ class LlamaAttention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.cos_sin_cache = cos_sin_cache
 
-    def project(self, positions, hidden):
-        """q (num_tokens, num_heads, head_dim), k and v (num_tokens, num_kv_heads, head_dim), rotated."""
+    def project(self, rope, hidden):
+        """q (num_tokens, num_heads, head_dim), k and v (num_tokens, num_kv_heads, head_dim), rotated.
+
+        `rope`: the step's positions (the Triton kernel rotates in place) or, on the torch path,
+        the step's `rotary_tables`, with which q and k heads rotate together in one pass."""
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        qk_size = self.q_size + self.kv_size
+        v = qkv[:, qk_size:].view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.use_triton:
             from kernels.rotary import rotary_embedding
 
-            rotary_embedding(positions, q, k, self.cos_sin_cache)  # in place on views of qkv
-        else:
-            q, k = apply_rotary(positions, q, k, self.cos_sin_cache)
-        return q, k, v
+            q = qkv[:, :self.q_size].view(num_tokens, self.num_heads, self.head_dim)
+            k = qkv[:, self.q_size:qk_size].view(num_tokens, self.num_kv_heads, self.head_dim)
+            rotary_embedding(rope, q, k, self.cos_sin_cache)  # in place on views of qkv
+            return q, k, v
+        qk = apply_rotary(qkv[:, :qk_size].view(num_tokens, self.num_heads + self.num_kv_heads, self.head_dim), rope)
+        return qk[:, :self.num_heads], qk[:, self.num_heads:], v
 
 
 class LlamaMLP(nn.Module):
@@ -68,13 +71,13 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, use_triton)
         self.mlp = LlamaMLP(config)
 
-    def pre_attention(self, positions, hidden, residual):
+    def pre_attention(self, rope, hidden, residual):
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        q, k, v = self.self_attn.project(positions, hidden)
+        q, k, v = self.self_attn.project(rope, hidden)
         return q, k, v, residual
 
     def post_attention(self, attn_out, residual):
@@ -82,8 +85,8 @@ class LlamaDecoderLayer(nn.Module):
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
-    def forward(self, positions, hidden, residual, kv_cache, meta):
-        q, k, v, residual = self.pre_attention(positions, hidden, residual)
+    def forward(self, rope, hidden, residual, kv_cache, meta):
+        q, k, v, residual = self.pre_attention(rope, hidden, residual)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.self_attn.scale)
         return self.post_attention(out, residual)
 
@@ -92,6 +95,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config, max_positions: int, use_triton: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.use_triton = use_triton
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         cos_sin = build_cos_sin_cache(config, head_dim, max_positions)
         self.cos_sin_cache = cos_sin  # plain attribute: .to(dtype) must not round it
@@ -113,9 +117,11 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # (num_tokens, hidden_size)
+        # the rotary tables are the same for every layer: gathered once per step
+        rope = positions if self.use_triton else rotary_tables(positions, self.cos_sin_cache, hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
+            hidden, residual = layer.forward(rope, hidden, residual, kv_cache, meta)  # no hooks: one call less per layer
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

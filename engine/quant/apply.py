@@ -13,6 +13,7 @@ from torch import nn
 
 from engine.quant.int4 import Int4Linear, QuantizedWeight
 from engine.quant.int8 import Int8Linear
+from engine.quant.linear import QuantizedLinear
 
 MODES = ("auto", "none", "awq", "gguf")
 PROBE_TOKENS = (4, 8, 16, 32, 64, 128)
@@ -63,46 +64,85 @@ def median_s(fn: Callable[[], object], reps: int) -> float:
 
 
 @torch.inference_mode()
-def probe_crossover(linears: list[Int4Linear], dense: list[torch.Tensor], reps: int = 3
+def probe_crossover(linears: list[QuantizedLinear], dense: list[torch.Tensor], reps: int = 3
                     ) -> tuple[int | None, torch.dtype]:
-    """Smallest step size (rows) from which a dense GEMM beats int4 for these linears (one decoder
-    layer's), at every larger probed size too, and the faster dense dtype; None if int4 always wins."""
+    """Smallest step size (rows) from which a dense GEMM beats the quantized kernel for these
+    linears (one decoder layer's), at every larger probed size too, and the faster dense dtype;
+    None if the quantized kernel always wins."""
     def times(num_tokens: int, dtypes) -> tuple[float, dict[torch.dtype, float]]:
         xs = [torch.randn(num_tokens, m.in_features, dtype=torch.bfloat16) for m in linears]
-        t_int4 = median_s(lambda: [m._int4_mm(x) for m, x in zip(linears, xs)], reps)
+        t_quant = median_s(lambda: [m.weight_mm(x) for m, x in zip(linears, xs)], reps)
         t_dense = {}
         for dtype in dtypes:
             ws = [w.to(dtype) for w in dense]
             t_dense[dtype] = median_s(lambda: [F.linear(x.to(dtype), w) for x, w in zip(xs, ws)], reps)
-        return t_int4, t_dense
+        return t_quant, t_dense
 
-    t_int4, t_dense = times(PROBE_TOKENS[-1], (torch.bfloat16, torch.float32))
+    t_quant, t_dense = times(PROBE_TOKENS[-1], (torch.bfloat16, torch.float32))
     dtype = min(t_dense, key=t_dense.get)
     crossover = None
     for num_tokens in reversed(PROBE_TOKENS):  # walk down while dense keeps winning
         if num_tokens != PROBE_TOKENS[-1]:
-            t_int4, t_dense = times(num_tokens, (dtype,))
-        if t_dense[dtype] >= 0.9 * t_int4:  # a margin, so timing noise does not flip the choice
+            t_quant, t_dense = times(num_tokens, (dtype,))
+        if t_dense[dtype] >= 0.9 * t_quant:  # a margin, so timing noise does not flip the choice
             break
         crossover = num_tokens
     return crossover, dtype
 
 
-def attach_dense(model: nn.Module, fused: dict[str, QuantizedWeight], device: torch.device) -> str:
+_int8_wins: dict[tuple, bool] = {}
+
+
+@torch.inference_mode()
+def int8_beats_int4(linears: list[Int4Linear], reps: int = 5) -> bool:
+    """Whether per-row int8 kernels beat these int4 ones (one decoder layer's) at decode sizes,
+    1 and 8 rows, by 10%, on this machine. PyTorch's CPU int4 kernel is not the faster one
+    everywhere: on an AVX2-only EPYC int8 measured 17% faster at both sizes. Measured once per
+    process and layer shape, so every engine of a process computes the same model."""
+    key = tuple((m.out_features, m.in_features, m.group_size) for m in linears)
+    if key not in _int8_wins:
+        int8 = [Int8Linear(m.dequantize()) for m in linears]
+        wins = True
+        for rows in (1, 8):
+            xs = [torch.randn(rows, m.in_features) for m in linears]
+            t_int4 = median_s(lambda: [m.weight_mm(x) for m, x in zip(linears, xs)], reps)
+            t_int8 = median_s(lambda: [m.weight_mm(x) for m, x in zip(int8, xs)], reps)
+            wins = wins and t_int8 < 0.9 * t_int4
+        _int8_wins[key] = wins
+    return _int8_wins[key]
+
+
+def choose_kernel(model: nn.Module, fused: dict[str, QuantizedWeight], device: torch.device, kernel: str) -> str:
+    """`kernel` auto|int4|int8: with int8 (asked for, or measured faster), each int4 linear is
+    re-quantized per output row from its dequantized weights (twice the bytes, an extra rounding
+    of at most half an int8 step). Returns the kernel used."""
+    if kernel == "auto":
+        first = [model.get_submodule(t) for t in fused if t.startswith("layers.0.")]
+        kernel = "int8" if device.type == "cpu" and first and int8_beats_int4(first) else "int4"
+    if kernel == "int8":
+        for target in fused:
+            old = model.get_submodule(target)
+            parent, _, attr = target.rpartition(".")
+            setattr(model.get_submodule(parent), attr, Int8Linear(old.dequantize(), old.bias, device))
+    return kernel
+
+
+def attach_dense(model: nn.Module, fused: dict[str, QuantizedWeight], device: torch.device,
+                 kernel: str = "int4") -> str:
     """On a CPU, keep a dense copy for large steps where that measured faster and memory allows."""
     if device.type != "cpu" or not fused:
-        return "int4 at every step size"
+        return f"{kernel} at every step size"
     first = [t for t in fused if t.startswith("layers.0.")]
     min_tokens, dtype = probe_crossover([model.get_submodule(t) for t in first],
                                         [fused[t].dequantize() for t in first])
     if min_tokens is None:
-        return "int4 at every step size (dense never measured faster)"
+        return f"{kernel} at every step size (dense never measured faster)"
     import psutil
 
     extra = sum(w.codes.numel() for w in fused.values()) * torch.finfo(dtype).bits // 8
     if psutil.virtual_memory().available < DENSE_MEMORY_HEADROOM * extra:
-        return f"int4 at every step size (a dense copy, {extra / 2**20:.0f} MiB, does not fit)"
+        return f"{kernel} at every step size (a dense copy, {extra / 2**20:.0f} MiB, does not fit)"
     for target, weight in fused.items():
         model.get_submodule(target).set_dense(weight.dequantize(dtype), min_tokens)
-    return (f"int4 below {min_tokens} tokens/step, a dense {str(dtype).removeprefix('torch.')} copy "
+    return (f"{kernel} below {min_tokens} tokens/step, a dense {str(dtype).removeprefix('torch.')} copy "
             f"(+{extra / 2**20:.0f} MiB) from {min_tokens}")

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from engine.quant.linear import QuantizedLinear
 
 GROUP_SIZES = (32, 64, 128, 256)
 PACK_ROWS = 16  # the packed CPU layout tiles 16 output rows at a time
@@ -93,13 +94,8 @@ def fake_quantize(weight: torch.Tensor, group_size: int, max_abs: torch.Tensor |
     return quantize_rtn(weight, group_size, max_abs).dequantize(weight.dtype)
 
 
-class Int4Linear(nn.Module):
-    """`y = x @ dequant(W).T + b` from packed int4 weights, without materializing W per call.
-
-    With `set_dense(...)` it also keeps a dense copy of the *dequantized* weights and uses it for
-    steps of at least `dense_min_tokens` rows, where a dense GEMM is compute-bound and beats the
-    int4 kernel; both paths compute the same model, so outputs do not depend on batch size.
-    """
+class Int4Linear(QuantizedLinear):
+    """`y = x @ dequant(W).T + b` from packed int4 weights, without materializing W per call."""
 
     def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None,
                  device: torch.device | str = "cpu", name: str = "weight") -> None:
@@ -119,33 +115,13 @@ class Int4Linear(nn.Module):
             self.register_buffer("scales", weight.scales.to(device, OP_DTYPE))
             self.register_buffer("mins", weight.mins.to(device, OP_DTYPE))
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(device), requires_grad=False)
-        self.dense_weight: torch.Tensor | None = None
-        self.dense_min_tokens = 1 << 62
-
-    def set_dense(self, weight: torch.Tensor, min_tokens: int) -> None:
-        """Keep `weight`, the dense dequantized copy, for steps of >= `min_tokens` rows."""
-        if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(f"dense copy {tuple(weight.shape)} does not match {self.out_features}x{self.in_features}")
-        self.dense_weight = weight.to(self.packed.device)
-        self.dense_min_tokens = min_tokens
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight (out_features, in_features) this layer computes with."""
         eye = torch.eye(self.in_features, device=self.packed.device)
-        return self._int4_mm(eye).float().t().contiguous()  # rows of I @ W.T are W's columns
+        return self.weight_mm(eye).float().t().contiguous()  # rows of I @ W.T are W's columns
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features)
-        if self.dense_weight is not None and x2.shape[0] >= self.dense_min_tokens:
-            out = F.linear(x2.to(self.dense_weight.dtype), self.dense_weight)
-        else:
-            out = self._int4_mm(x2)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.to(x.dtype).view(*shape[:-1], self.out_features)
-
-    def _int4_mm(self, x2: torch.Tensor) -> torch.Tensor:
+    def weight_mm(self, x2: torch.Tensor) -> torch.Tensor:
         if self.device_type == "cpu":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(self.scale_zeros.dtype), self.packed, self.group_size, self.scale_zeros)
@@ -154,5 +130,4 @@ class Int4Linear(nn.Module):
         return int4_gemm(x2.to(self.scales.dtype).contiguous(), self.packed, self.scales, self.mins, self.group_size)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"dense_min_tokens={self.dense_min_tokens if self.dense_weight is not None else None}")
+        return f"{super().extra_repr()}, group_size={self.group_size}"

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.quant.linear import QuantizedLinear
+
 OP_DTYPE = torch.bfloat16
 
 
@@ -21,7 +23,7 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scales
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(QuantizedLinear):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
                  device: torch.device | str = "cpu") -> None:
         super().__init__()
@@ -34,16 +36,8 @@ class Int8Linear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         return self.codes.float() * self.scales.float()[:, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
+    def weight_mm(self, x2: torch.Tensor) -> torch.Tensor:
+        x2 = x2.to(self.scales.dtype)
         if self.codes.device.type == "cpu":
-            out = torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scales)
-        else:
-            out = F.linear(x2, self.codes.to(x2.dtype)) * self.scales
-        if self.bias is not None:
-            out = out + self.bias
-        return out.to(x.dtype).view(*shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+            return torch.ops.aten._weight_int8pack_mm(x2, self.codes, self.scales)
+        return F.linear(x2, self.codes.to(x2.dtype)) * self.scales

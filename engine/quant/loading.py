@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine.quant import awq_format
-from engine.quant.apply import MODES, attach_dense, swap_linears
+from engine.quant.apply import MODES, attach_dense, choose_kernel, swap_linears
 from engine.quant.int4 import QuantizedWeight
 
 
@@ -76,13 +76,14 @@ class QuantizedCheckpoint:
                 self.source_types.add(qtype)
             yield name, value
 
-    def apply(self, model: nn.Module, device: torch.device) -> str:
+    def apply(self, model: nn.Module, device: torch.device, kernel: str = "auto") -> str:
         """Swap the quantized linears in (after the model reached its device and dtype); returns
         the description logged at load and reported by the server."""
         if self.mode == "none":
             return "none (dense weights)"
         fused = swap_linears(model, self.int4, self.int8, device)
-        schedule = attach_dense(model, fused, device)
+        kernel = choose_kernel(model, fused, device, kernel) if fused else "int4"
+        schedule = attach_dense(model, fused, device, kernel)
         types = "/".join(sorted(self.source_types)) or "AutoAWQ GEMM"
         int8 = f", {len(self.int8)} int8" if self.int8 else ""
         return f"{self.mode} ({types}): {len(self.int4)} int4{int8} linears; {schedule}"

@@ -1,5 +1,7 @@
 """`livecast bench serving`: online serving latency under Poisson load (after vLLM's benchmark_serving).
 
+With `--streams` / `--peer-llama-server` it runs closed-loop workloads instead (services.bench.streams).
+
 Starts `livecast serve` in its own process (or targets `--url`), then for each request rate
 sends the same seeded synthetic workload (prompt and output lengths drawn around --input-len /
 --output-len, Poisson arrivals) as streaming /v1/completions requests, and reports request
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -144,7 +147,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-len", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--streams", default=None,
+                        help="closed-loop workloads instead of rates: concurrent streams, e.g. 1,4,16 (with --batch)")
+    parser.add_argument("--batch", type=int, default=128, help="with --streams: requests sent at once (0: none)")
+    parser.add_argument("--rounds", type=int, default=2, help="with --streams: requests per stream")
+    parser.add_argument("--peer-llama-server", default=None, metavar="PATH",
+                        help="a llama-server binary: run the --streams workloads on it too, same GGUF, and "
+                             "print the ratios (implies --streams 1,4,16 --batch 128)")
+    parser.add_argument("--peer-threads", type=int, default=2, help="llama-server -t")
+    parser.add_argument("--peer-parallel", type=int, default=32, help="llama-server --parallel (slots)")
     args = parser.parse_args(argv)
+    if args.peer_llama_server or args.streams:
+        from engine.model_loader import default_gguf_path
+        from services.bench.streams import compare
+
+        args.streams = args.streams or "1,4,16"
+        if args.peer_llama_server and args.model and not args.model.endswith(".gguf"):
+            parser.error("--peer-llama-server needs a .gguf --model (or the default SmolLM2 GGUF)")
+        if args.peer_llama_server and not os.access(args.peer_llama_server, os.X_OK):
+            parser.error(f"--peer-llama-server: {args.peer_llama_server} is not an executable file "
+                         "(docs/BENCHMARKS.md says how to build llama-server)")
+        return compare(args, lambda a: (None, a.url) if a.url else start_bench_server(a),
+                       lambda proc: proc is not None and stop_server(proc), args.model or str(default_gguf_path()))
     rates = [float(r) for r in args.rates.split(",")]
 
     proc = None

@@ -103,7 +103,7 @@ def test_awq_folder_loads_into_the_engine_with_the_same_outputs(awq_folder, awq_
     from engine.sampling_params import SamplingParams
 
     _, quantized = awq_model
-    llm = LLM(model=str(awq_folder), dtype="float32", kv_cache_memory=8 << 20, block_size=8)
+    llm = LLM(model=str(awq_folder), dtype="float32", kv_cache_memory=8 << 20, block_size=8, weight_kernel="int4")
     assert llm.engine.quantization == "awq"
     qkv = llm.engine.model.layers[0].self_attn.qkv_proj
     assert isinstance(qkv, Int4Linear)

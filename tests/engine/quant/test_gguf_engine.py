@@ -27,11 +27,26 @@ def test_default_gguf_runs_its_q4_1_blocks_natively(smollm2_path):
     from engine.llm import LLM
     from engine.sampling_params import SamplingParams
 
-    llm = LLM(quantization="gguf", kv_cache_memory=16 << 20)
+    llm = LLM(quantization="gguf", weight_kernel="int4", kv_cache_memory=16 << 20)
     engine = llm.engine
     assert engine.quantization == "gguf" and "Q4_1" in engine.quantization_detail
     modules = list(engine.model.modules())
     assert sum(isinstance(m, Int4Linear) for m in modules) == 4 * engine.hf_config.num_hidden_layers
     assert isinstance(engine.model.lm_head, Int8Linear)  # the tied Q8_0 embedding
+    out = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=4))
+    assert "Paris" in out[0].outputs[0].text
+
+
+def test_the_int8_kernel_runs_the_same_q4_1_file(smollm2_path):
+    """`weight_kernel=int8` (what `auto` picks where PyTorch's int8 CPU kernel measures faster)
+    re-quantizes the Q4_1 blocks per row: every decoder linear is int8 and the answer holds."""
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+
+    llm = LLM(quantization="gguf", weight_kernel="int8", kv_cache_memory=16 << 20)
+    modules = list(llm.engine.model.modules())
+    assert not any(isinstance(m, Int4Linear) for m in modules)
+    assert sum(isinstance(m, Int8Linear) for m in modules) == 4 * llm.engine.hf_config.num_hidden_layers + 1
+    assert "int8" in llm.engine.quantization_detail
     out = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=4))
     assert "Paris" in out[0].outputs[0].text

@@ -86,3 +86,28 @@ def test_int8_linear_matches_dequantized_reference(num_tokens):
     row_max = w.abs().amax(1, keepdim=True)
     # half an int8 step of the row, plus the bf16 rounding of its scale (up to 2^-8 relative)
     assert ((linear.dequantize() - w).abs() <= row_max / 254 + row_max / 256 + 1e-6).all()
+
+
+def test_int8_kernel_choice_swaps_every_fused_int4_linear():
+    """`weight_kernel=int8` re-quantizes each int4 linear per row from its own dequantized
+    weights: the outputs stay within an int8 step of the int4 layer's, and the dense copy above
+    the crossover still applies on top of the int8 kernel."""
+    from torch import nn
+
+    from engine.quant.apply import choose_kernel
+
+    torch.manual_seed(3)
+    weight = quantize_rtn(torch.randn(48, 128), 32)
+    model = nn.Module()
+    model.proj = Int4Linear(weight)
+    x = torch.randn(5, 128)
+    int4_out = model.proj(x)
+    assert choose_kernel(model, {"proj": weight}, torch.device("cpu"), "int8") == "int8"
+    assert isinstance(model.proj, Int8Linear)
+    _close_to(model.proj(x), int4_out.float())
+    model.proj.set_dense(weight.dequantize(), min_tokens=4)
+    _close_to(model.proj(x), x @ weight.dequantize().t())
+    # int4 asked for: nothing is swapped
+    model.proj = Int4Linear(weight)
+    assert choose_kernel(model, {"proj": weight}, torch.device("cpu"), "int4") == "int4"
+    assert isinstance(model.proj, Int4Linear)
