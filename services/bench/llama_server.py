@@ -7,46 +7,23 @@ distribution's vendored llama.cpp, with cmake).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from services.bench.server import free_port, start_process
 
 
 def start_llama_server(binary: str, gguf: str | Path, *, threads: int, parallel: int, ctx_per_slot: int,
                        timeout_s: float = 180) -> tuple[subprocess.Popen, str]:
-    """`llama-server` on 127.0.0.1 with `parallel` slots of `ctx_per_slot` tokens; (process, url)."""
+    """`llama-server` on 127.0.0.1 with `parallel` slots of `ctx_per_slot` tokens; (process, url).
+    Its /health answers 503 while the model loads and 200 once it serves."""
     path = Path(binary)
     if not path.is_file() or not os.access(path, os.X_OK):
         raise FileNotFoundError(f"--peer-llama-server: {binary} is not an executable file")
     port = free_port()
     cmd = [str(path), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
            "-tb", str(threads), "--parallel", str(parallel), "-c", str(parallel * ctx_per_slot), "--no-webui"]
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            # 503 while the model loads, 200 once it serves
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    log.seek(0)
-    raise RuntimeError(f"llama-server did not start ({' '.join(cmd)}):\n"
-                       f"{log.read().decode(errors='replace')[-2000:]}")
+    return start_process(cmd, f"http://127.0.0.1:{port}", timeout_s)
 
 
 def llama_server_version(binary: str) -> str:
