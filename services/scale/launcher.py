@@ -12,17 +12,16 @@ import math
 import os
 import signal
 import socket
-import threading
 import time
 
 import ray
-import uvicorn
 from ray import serve
 
 from services.scale.config import ScaleConfig
 from services.scale.ingress import Ingress
 from services.scale.registry import NAMESPACE, LiveSet, kill_registry, registry_actor
 from services.scale.replica import LivecastReplica
+from services.scale.server_thread import ServerThread
 from services.settings import ServerSettings
 
 HEALTH_CHECK_PERIOD_S = 2.0
@@ -110,8 +109,7 @@ class Cluster:
         self.settings, self.scale, self.num_cpus = settings, scale, num_cpus
         self.counts = plan(settings, scale)
         self._started_ray = False
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http: ServerThread | None = None
         self.url = ""
 
     def __enter__(self) -> Cluster:
@@ -144,21 +142,12 @@ class Cluster:
         sock.bind((self.settings.host, self.settings.port))
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
-        self._sock = sock
-        self._server = uvicorn.Server(uvicorn.Config(ingress, log_level="warning", timeout_graceful_shutdown=5,
-                                                     ws_max_size=self.settings.max_body_bytes))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="livecast-ingress", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the ingress did not start")
-            time.sleep(0.05)
+        self._http = ServerThread(ingress, sock, name="livecast-ingress", ws_max_size=self.settings.max_body_bytes,
+                                  timeout_s=30)
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._http is not None and self._http.thread.is_alive()
 
     def replicas(self) -> list[dict]:
         """The registry's live replicas (id, kind, pid, address, device, load, age_s)."""
@@ -171,11 +160,9 @@ class Cluster:
         return pid
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=15)
-            self._sock.close()
-            self._server = None
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
         if ray.is_initialized():
             try:
                 for kind, count in self.counts.items():

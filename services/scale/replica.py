@@ -13,8 +13,6 @@ import dataclasses
 import logging
 import os
 import socket
-import threading
-import time
 
 import httpx
 
@@ -74,12 +72,12 @@ class LivecastReplica:
     def __init__(self, settings: ServerSettings, kind: str, heartbeat_s: float, cpus: float,
                  start_timeout_s: float = 300.0, node_address: bool = False) -> None:
         import torch
-        import uvicorn
         import ray
         from ray import serve
 
         from services.app import create_app
         from services.scale.registry import Heartbeat
+        from services.scale.server_thread import ServerThread
 
         self.kind, self.pid = kind, os.getpid()
         self.id = f"{kind}-{serve.get_replica_context().replica_id.unique_id}"
@@ -87,22 +85,14 @@ class LivecastReplica:
         threads = max(1, round(cpus)) if self.device == "cpu" else max(1, os.cpu_count() or 1)
         torch.set_num_threads(threads)
         self.app = create_app(role_settings(settings, kind, threads))
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # an ingress on another machine reaches the replica at its node's address; else loopback only
         host = ray.util.get_node_ip_address() if node_address else "127.0.0.1"
-        self._sock.bind((host, 0))  # held from here on: no other process can take the port
-        self.address = f"http://{host}:{self._sock.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(
-            ReplicaHeader(self.app, self.id), log_level="warning", timeout_graceful_shutdown=5,
-            ws_max_size=settings.max_body_bytes))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="livecast-replica", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + start_timeout_s
-        while not self._server.started:  # the lifespan has loaded the models once this flips
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"replica {self.id}: the livecast app did not start")
-            time.sleep(0.05)
+        sock.bind((host, 0))  # held from here on: no other process can take the port
+        self.address = f"http://{host}:{sock.getsockname()[1]}"
+        # returns once the lifespan has loaded the models
+        self._http = ServerThread(ReplicaHeader(self.app, self.id), sock, name=f"replica {self.id}",
+                                  ws_max_size=settings.max_body_bytes, timeout_s=start_timeout_s)
         self._heartbeat = Heartbeat(self.info, heartbeat_s).start()
         log.info("replica %s (%s) serving on %s, pid %d", self.id, kind, self.address, self.pid)
 
@@ -122,7 +112,7 @@ class LivecastReplica:
 
     def check_health(self) -> None:
         """Serve calls this every health_check_period_s; raising gets the replica replaced."""
-        if not self._thread.is_alive() or self._server.should_exit:
+        if not self._http.alive:
             raise RuntimeError(f"replica {self.id}: its server thread is gone")
         response = httpx.get(f"{self.address}/health", timeout=_HEALTH_TIMEOUT_S)
         if response.status_code != 200:
@@ -138,8 +128,6 @@ class LivecastReplica:
         heartbeat = getattr(self, "_heartbeat", None)
         if heartbeat is not None:
             heartbeat.stop(self.id)
-        server = getattr(self, "_server", None)
-        if server is not None:
-            server.should_exit = True
-            self._thread.join(timeout=15)
-            self._sock.close()
+        http = getattr(self, "_http", None)
+        if http is not None:
+            http.stop()
