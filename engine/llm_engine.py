@@ -80,6 +80,7 @@ class LLMEngine:
                     "triton" if self.use_triton else "torch")
 
     def _load_model(self, max_positions: int) -> LlamaForCausalLM:
+        from engine.models.llama_native import native_decode
         from engine.quant.loading import QuantizedCheckpoint
 
         with torch.device("meta"):
@@ -92,6 +93,9 @@ class LLMEngine:
         model = model.to(device=self.device, dtype=self.dtype).eval()
         self.quantization = quant.mode  # none | awq | gguf, for /health
         self.quantization_detail = quant.apply(model, self.device, self.config.weight_kernel)
+        if quant.mode != "none":
+            model.native_decode, step = native_decode(model)
+            self.quantization_detail += f"; {step}"
         logger.info("weights: %s", self.quantization_detail)
         return model
 

@@ -3,7 +3,8 @@
 The batch is packed as [decode tokens (one query each) | prefill chunks]. New K/V are first
 written into their cache slots; every query then reads K/V through its block table, so the
 same code serves fresh prompts, cached prefixes and chunked prefill. The Triton kernels in
-`kernels/` slot in behind `paged_attention` on CUDA.
+`kernels/` slot in behind `paged_attention` on CUDA; on a CPU with the native kernels
+(`kernels.native.paged_decode`), a float32 cache is written and decoded in place by C loops.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from kernels.native import paged_decode
 
 
 @dataclass(slots=True)
@@ -139,9 +142,18 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     """q (num_tokens, num_heads, head_dim); k, v (num_tokens, num_kv_heads, head_dim) -> like q."""
     if meta.use_triton:
         return _triton_paged_attention(q, k, v, k_cache, v_cache, meta, scale)
-    write_kv(k, v, k_cache, v_cache, meta.slot_mapping, meta.derived)
     outs = []
-    for start, end, max_context in meta.decode_buckets:
+    if _derive(meta.derived, "native", lambda: paged_decode.supports(q, k_cache)):
+        paged_decode.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        n = meta.num_decodes
+        if n:  # every decode in one call, each at its own length: no buckets, no gathers
+            outs.append(paged_decode.decode_attention(q[:n], k_cache, v_cache, meta.decode_block_tables,
+                                                      meta.decode_context_lens, scale))
+        buckets = ()
+    else:
+        write_kv(k, v, k_cache, v_cache, meta.slot_mapping, meta.derived)
+        buckets = meta.decode_buckets
+    for start, end, max_context in buckets:
         outs.append(decode_attention(q[start:end], k_cache, v_cache, meta.decode_block_tables[start:end],
                                      meta.decode_context_lens[start:end], max_context, scale,
                                      meta.derived, ("decode", start)))

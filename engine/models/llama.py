@@ -104,6 +104,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, use_triton)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.native_decode = None  # engine.models.llama_native.NativeDecode, set once weights are final
 
     def _apply(self, fn, *args, **kwargs):
         # follow the weights' device but keep the rotary table fp32, shared by all layers
@@ -117,6 +118,13 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # (num_tokens, hidden_size)
+        fused = self.native_decode
+        if (fused is not None and not meta.prefill_chunks and meta.num_decodes == input_ids.shape[0]
+                and input_ids.shape[0] < fused.max_tokens):
+            hidden, residual = fused.stack.run(hidden, kv_caches, positions, meta.slot_mapping,
+                                               meta.decode_block_tables, meta.decode_context_lens)
+            hidden, _ = self.norm(hidden, residual)
+            return hidden
         # the rotary tables are the same for every layer: gathered once per step
         rope = positions if self.use_triton else rotary_tables(positions, self.cos_sin_cache, hidden.dtype)
         residual = None

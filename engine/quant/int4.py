@@ -2,8 +2,9 @@
 
 One canonical form, `QuantizedWeight` (`w = code * scale + min` per group of input channels),
 covers every source: RTN and AWQ (integer zero points, `min = -zero * scale`), GGUF Q4_1 (`d`,
-`m`) and Q4_0 (`min = -8 d`). `Int4Linear` re-lays it out once for the device: PyTorch's packed
-CPU int4 matmul (`_weight_int4pack_mm_for_cpu`, which wants `(code - 8) * scale + zero`, so
+`m`) and Q4_0 (`min = -8 d`). `Int4Linear` re-lays it out once for the device: the native AVX2
+kernel's interleaved rows (`kernels.native.quant_gemm`, fp16 scales and mins), else PyTorch's
+packed CPU int4 matmul (`_weight_int4pack_mm_for_cpu`, which wants `(code - 8) * scale + zero`, so
 `zero = min + 8 scale`), or nibble-packed rows for the Triton kernel on CUDA.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 
 from engine.quant.linear import QuantizedLinear
+from kernels import native
+from kernels.native import quant_gemm
 
 GROUP_SIZES = (32, 64, 128, 256)
 PACK_ROWS = 16  # the packed CPU layout tiles 16 output rows at a time
@@ -105,7 +108,11 @@ class Int4Linear(QuantizedLinear):
         check_int4_shape(self.out_features, self.in_features, self.group_size, name)
         self.device_type = torch.device(device).type
         codes = weight.codes.to(device)
-        if self.device_type == "cpu":
+        self.kernel = "triton" if self.device_type != "cpu" else "native" if native.available() else "aten"
+        if self.kernel == "native":
+            for name, tensor in zip(("packed", "scales", "mins"), quant_gemm.pack_q4(codes, weight.scales, weight.mins)):
+                self.register_buffer(name, tensor)
+        elif self.kernel == "aten":
             self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.int(), 1))
             zeros = weight.mins + 8 * weight.scales
             scale_zeros = torch.stack([weight.scales, zeros], -1).transpose(0, 1)  # (groups, N, 2)
@@ -118,11 +125,15 @@ class Int4Linear(QuantizedLinear):
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight (out_features, in_features) this layer computes with."""
+        if self.kernel == "native":
+            return quant_gemm.dequantize_q4(self.packed, self.scales, self.mins, self.group_size)
         eye = torch.eye(self.in_features, device=self.packed.device)
         return self.weight_mm(eye).float().t().contiguous()  # rows of I @ W.T are W's columns
 
     def weight_mm(self, x2: torch.Tensor) -> torch.Tensor:
-        if self.device_type == "cpu":
+        if self.kernel == "native":
+            return quant_gemm.q4_gemm(x2, self.packed, self.scales, self.mins, self.group_size)
+        if self.kernel == "aten":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(self.scale_zeros.dtype), self.packed, self.group_size, self.scale_zeros)
         from kernels.int4_gemm import int4_gemm
@@ -130,4 +141,4 @@ class Int4Linear(QuantizedLinear):
         return int4_gemm(x2.to(self.scales.dtype).contiguous(), self.packed, self.scales, self.mins, self.group_size)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, group_size={self.group_size}"
+        return f"{super().extra_repr()}, group_size={self.group_size}, kernel={self.kernel}"
