@@ -33,6 +33,7 @@ def test_default_gguf_runs_its_q4_1_blocks_natively(smollm2_path):
     modules = list(engine.model.modules())
     assert sum(isinstance(m, Int4Linear) for m in modules) == 4 * engine.hf_config.num_hidden_layers
     assert isinstance(engine.model.lm_head, Int8Linear)  # the tied Q8_0 embedding
+    assert engine.model.native_decode is not None and "native fused decode step" in engine.quantization_detail
     out = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=4))
     assert "Paris" in out[0].outputs[0].text
 
