@@ -101,14 +101,17 @@ class Int4Linear(QuantizedLinear):
     """`y = x @ dequant(W).T + b` from packed int4 weights, without materializing W per call."""
 
     def __init__(self, weight: QuantizedWeight, bias: torch.Tensor | None = None,
-                 device: torch.device | str = "cpu", name: str = "weight") -> None:
+                 device: torch.device | str = "cpu", name: str = "weight", kernel: str | None = None) -> None:
+        """`kernel`: native | aten on a CPU (default: native where it builds), triton on CUDA."""
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.group_size = weight.group_size
         check_int4_shape(self.out_features, self.in_features, self.group_size, name)
         self.device_type = torch.device(device).type
         codes = weight.codes.to(device)
-        self.kernel = "triton" if self.device_type != "cpu" else "native" if native.available() else "aten"
+        self.kernel = kernel or ("triton" if self.device_type != "cpu" else "native" if native.available() else "aten")
+        if self.kernel not in (("native", "aten") if self.device_type == "cpu" else ("triton",)):
+            raise ValueError(f"{name}: no {self.kernel!r} int4 kernel on {self.device_type}")
         if self.kernel == "native":
             for name, tensor in zip(("packed", "scales", "mins"), quant_gemm.pack_q4(codes, weight.scales, weight.mins)):
                 self.register_buffer(name, tensor)

@@ -5,7 +5,9 @@ every decoder linear as: the dense checkpoint (the GGUF Q4_1 file dequantized â€
 weights shipped), RTN int4, AWQ int4 (`--awq DIR` from `livecast quantize awq`), and the GGUF's
 own Q4_1 blocks run natively by the int4 kernel (with the Q8_0 lm_head as int8). Norms, attention
 and the rest run in fp32 in every row, so rows differ by their linears only. Then weight bytes and
-the decode-step linear time (all 30 layers' fused linears) per step size, int4 vs dense, medians.
+the decode-step linear time (all 30 layers' fused linears) per step size, medians: int4 through
+the native AVX2 kernel (the default where it builds), through PyTorch's packed op, native int8,
+and dense bf16 / fp32.
 """
 from __future__ import annotations
 
@@ -104,20 +106,26 @@ def step_timings(reps: int) -> list[dict]:
     from engine.model_loader import default_gguf_path, load_config, resolve_model
     from engine.quant.apply import targets
     from engine.quant.int4 import Int4Linear, QuantizedWeight
+    from engine.quant.int8 import Int8Linear
     from engine.quant.loading import _native_gguf
+    from kernels import native
 
     path = resolve_model(None)
     config = load_config(path)
     parts = {n.removeprefix("model.").removesuffix(".weight"): v for n, v, q in _native_gguf(default_gguf_path(), config)
              if q.startswith("Q4")}
     layer0 = [QuantizedWeight.cat([parts[p] for p in ps]) for t, ps in targets(1)]
-    int4 = [Int4Linear(w) for w in layer0]
+    kernels = {"int4_ms": [Int4Linear(w) for w in layer0]}
+    if native.available():  # the native AVX2 kernels, and PyTorch's packed ops they replace
+        kernels["int4_aten_ms"] = [Int4Linear(w, kernel="aten") for w in layer0]
+        kernels["int8_ms"] = [Int8Linear(w.dequantize()) for w in layer0]
     dense = {dtype: [w.dequantize(dtype) for w in layer0] for dtype in (torch.bfloat16, torch.float32)}
     rows = []
     for num_tokens in STEP_SIZES:
-        xs = [torch.randn(num_tokens, m.in_features, dtype=torch.bfloat16) for m in int4]
-        row = {"tokens": num_tokens,
-               "int4_ms": config.num_hidden_layers * _median_ms(lambda: [m(x) for m, x in zip(int4, xs)], reps)}
+        xs = [torch.randn(num_tokens, w.shape[1]) for w in layer0]
+        row = {"tokens": num_tokens}
+        for key, modules in kernels.items():
+            row[key] = config.num_hidden_layers * _median_ms(lambda: [m(x) for m, x in zip(modules, xs)], reps)
         for dtype, ws in dense.items():
             key = f"{str(dtype).removeprefix('torch.')}_ms"
             row[key] = config.num_hidden_layers * _median_ms(
@@ -160,9 +168,8 @@ def main(argv: list[str]) -> int:
                      f"{100 * model_bytes / dense_bytes[1]:.1f}%"])
         del model
     timings = [] if args.skip_timings else step_timings(args.reps)
-    print(format_table(["tokens/step", "int4_ms", "bf16_ms", "fp32_ms"],
-                       [[t["tokens"], f"{t['int4_ms']:.2f}", f"{t['bfloat16_ms']:.2f}", f"{t['float32_ms']:.2f}"]
-                        for t in timings]))
+    columns = [k for k in ("int4_ms", "int4_aten_ms", "int8_ms", "bfloat16_ms", "float32_ms") if timings and k in timings[0]]
+    print(format_table(["tokens/step", *columns], [[t["tokens"], *(f"{t[k]:.2f}" for k in columns)] for t in timings]))
     report("quant", HEADERS, rows, {"heldout_tokens": blocks.numel(), "perplexity": results,
                                     "decoder_linear_step_ms": timings}, args.json)
     return 0
