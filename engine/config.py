@@ -15,7 +15,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.f
 class EngineConfig:
     model: str | None = field(default=None, metadata={
         "help": "HF folder, .gguf, or cached hub id (default: SmolLM2-135M-Instruct)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the device computes it natively, else float32), float32, float16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the device computes it natively, else float32; float32 for quantized weights on the native CPU kernels), float32, float16"})
     quantization: str = field(default="auto", metadata={
         "help": "weights: auto (the checkpoint's own: GGUF Q4/Q8 blocks or AWQ int4), none (dense), awq, gguf"})
     weight_kernel: str = field(default="auto", metadata={

@@ -81,6 +81,7 @@ class LLMEngine:
 
     def _load_model(self, max_positions: int) -> LlamaForCausalLM:
         from engine.models.llama_native import native_decode
+        from kernels import native
         from engine.quant.loading import QuantizedCheckpoint
 
         with torch.device("meta"):
@@ -90,6 +91,10 @@ class LLMEngine:
                                             self.device.type)
         model.load_weights(quant.weights(self.config.model, self.model_path, self.hf_config,
                                          iter_weights(self.model_path)))
+        if self.config.dtype == "auto" and self.device.type == "cpu" and quant.mode != "none" and native.available():
+            # quantized weights on the native CPU kernels: float32 activations cost nothing in weight
+            # reads and keep the whole decode step native (its stack takes float32), bf16 CPU or not
+            self.dtype = torch.float32
         model = model.to(device=self.device, dtype=self.dtype).eval()
         self.quantization = quant.mode  # none | awq | gguf, for /health
         self.quantization_detail = quant.apply(model, self.device, self.config.weight_kernel)
