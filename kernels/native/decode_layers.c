@@ -22,7 +22,7 @@ typedef struct {
 } lc_layer;
 
 typedef struct {
-    int hidden, heads, kv_heads, head_dim, intermediate, num_blocks, block_size;
+    int hidden, heads, kv_heads, head_dim, intermediate, num_blocks, block_size, max_positions;
     float eps, scale;
     const float *cos_sin;  /* (max_positions, head_dim): cos | sin halves */
 } lc_model;
@@ -64,13 +64,24 @@ static inline float silu(float v) { return v / (1.0f + expf(-v)); }
 /* hidden (T, hidden) in: the embeddings, or the previous stack's output when has_residual;
  * out: the last layer's MLP output, with `residual` (T, hidden) the stream before it, as the
  * torch path returns them (the caller applies the final norm to hidden + residual).
- * Returns 0, or the first kernel's error (-1 shape, -2 memory). */
+ * Returns 0, -3 for a position, slot or block id outside the tables (nothing computed), or the
+ * first kernel's error (-1 shape, -2 memory). */
 int lc_decode_layers(const lc_model *m, const lc_layer *layers, int num_layers, const lc_step *st,
                      float *hidden, float *residual, int has_residual, int nthreads) {
     const int T = st->num_tokens, H = m->hidden, dh = m->head_dim;
     const int q_size = m->heads * dh, kv_size = m->kv_heads * dh, qkv_n = q_size + 2 * kv_size;
     const int inter = m->intermediate;
     const long rows_per_head = (long)m->num_blocks * m->block_size;
+    for (int t = 0; t < T; t++) {  /* the engine never sends these; a bug must not write out of bounds */
+        const int len = st->context_lens[t];
+        if (st->positions[t] < 0 || st->positions[t] >= m->max_positions || st->slots[t] >= rows_per_head
+                || len <= 0 || (long)(len - 1) / m->block_size >= st->table_stride)
+            return -3;
+        for (int b = 0; b <= (len - 1) / m->block_size; b++) {
+            const int32_t block = st->tables[(long)t * st->table_stride + b];
+            if (block < 0 || block >= m->num_blocks) return -3;
+        }
+    }
     float *normed = malloc(sizeof(float) * (size_t)T * H);
     float *qkv = malloc(sizeof(float) * (size_t)T * qkv_n);
     float *attn = malloc(sizeof(float) * (size_t)T * q_size);

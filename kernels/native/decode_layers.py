@@ -28,7 +28,8 @@ class _Layer(ctypes.Structure):
 
 class _Model(ctypes.Structure):
     _fields_ = [("hidden", _I), ("heads", _I), ("kv_heads", _I), ("head_dim", _I), ("intermediate", _I),
-                ("num_blocks", _I), ("block_size", _I), ("eps", _F), ("scale", _F), ("cos_sin", _P)]
+                ("num_blocks", _I), ("block_size", _I), ("max_positions", _I), ("eps", _F), ("scale", _F),
+                ("cos_sin", _P)]
 
 
 class _Step(ctypes.Structure):
@@ -80,7 +81,10 @@ class DecoderStack:
                 if norm.dtype != torch.float32 or norm.shape != (hidden,) or not norm.is_contiguous():
                     raise ValueError(f"layer {i}: norm weights must be float32 ({hidden},)")
         self.hidden, self.layers, self.cos_sin = hidden, layers, cos_sin  # keeps the tensors alive
-        self._model = _Model(hidden, heads, kv_heads, head_dim, intermediate, 0, 0, eps, scale, cos_sin.data_ptr())
+        if cos_sin.shape[1] != head_dim:
+            raise ValueError(f"cos|sin table {tuple(cos_sin.shape)} does not match head_dim {head_dim}")
+        self._model = _Model(hidden, heads, kv_heads, head_dim, intermediate, 0, 0, cos_sin.shape[0], eps, scale,
+                             cos_sin.data_ptr())
         self._structs = (_Layer * len(layers))(*[
             _Layer(l.input_norm.data_ptr(), l.post_norm.data_ptr(), l.qkv.struct(), l.o.struct(), l.gate_up.struct(),
                    l.down.struct(), None, None) for l in layers])
@@ -123,6 +127,7 @@ class DecoderStack:
         status = self._fn(ctypes.byref(self._model), self._structs, len(self.layers), ctypes.byref(step),
                           hidden.data_ptr(), residual.data_ptr(), 0, torch.get_num_threads())
         if status:
-            raise MemoryError("native decode stack: out of memory") if status == -2 else \
-                ValueError("native decode stack: a shape its kernels do not take")
+            raise {-2: MemoryError("native decode stack: out of memory"),
+                   -3: IndexError("native decode stack: a position, slot or block id outside the model's tables")
+                   }.get(status, ValueError("native decode stack: a shape its kernels do not take"))
         return hidden, residual

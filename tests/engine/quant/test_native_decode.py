@@ -117,3 +117,21 @@ def test_models_the_stack_cannot_take_keep_the_torch_path(tiny_llama_path):
     model = LlamaForCausalLM(AutoConfig.from_pretrained(tiny_llama_path), 64)
     stack, reason = native_decode(model)  # dense linears
     assert stack is None and "not a native quantized linear" in reason
+
+
+def test_out_of_range_positions_and_blocks_are_refused_before_any_write(model):
+    stack = model.native_decode.stack
+    caches = _caches(model, num_blocks=4)
+    before = [(k.clone(), v.clone()) for k, v in caches]
+    hidden = torch.randn(1, model.config.hidden_size)
+    tables, lens = torch.tensor([[0, 1]], dtype=torch.int32), torch.tensor([9], dtype=torch.int32)
+    bad = [(torch.tensor([10 ** 6]), torch.tensor([8]), tables, lens),  # beyond the rotary table
+           (torch.tensor([8]), torch.tensor([8]), torch.tensor([[0, 7]], dtype=torch.int32), lens),  # block 7 of 4
+           (torch.tensor([8]), torch.tensor([4 * BLOCK]), tables, lens),  # slot past the cache
+           (torch.tensor([8]), torch.tensor([8]), tables, torch.tensor([3 * BLOCK], dtype=torch.int32))]  # > table
+    for positions, slots, block_tables, context_lens in bad:
+        with pytest.raises(IndexError, match="outside the model's tables"):
+            stack.run(hidden, caches, positions, slots, block_tables, context_lens)
+    assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(caches, before))
+    out, residual = stack.run(hidden, caches, torch.tensor([8]), torch.tensor([8]), tables, lens)
+    assert torch.isfinite(out).all() and torch.isfinite(residual).all()
