@@ -101,7 +101,7 @@ def library() -> ctypes.CDLL | None:
     if compiler is None:
         _reason = "no C compiler (cc or gcc, or $CC) on PATH"
         return None
-    import torch  # noqa: F401  (its libgomp must be loaded first, so ours resolves to it)
+    __import__("torch")  # its libgomp must be loaded first, so the library's resolves to it
 
     try:
         path = _library_path(compiler)
