@@ -118,7 +118,8 @@ static inline __attribute__((always_inline)) void q8_octet(
 /* Returns 0, or -1 on a shape the layout cannot hold, -2 when out of memory. */
 int lc_q4_gemm(const float *x, long ldx, int m, int k, const uint8_t *w, const uint16_t *scales,
                const uint16_t *mins, int n, int g, float *out, long ldo, int nthreads) {
-    if (m <= 0 || n <= 0 || n % 8 || k <= 0 || g <= 0 || g % QK || k % g) return -1;
+    if (m < 0 || n <= 0 || n % 8 || k <= 0 || g <= 0 || g % QK || k % g) return -1;
+    if (m == 0) return 0;  /* a step that needs no rows (e.g. no logits) */
     act_q8 a = {0};
     if (act_quantize(x, ldx, m, k, g, &a)) { act_free(&a); return -2; }
     const int nb = k / QK, ng = k / g;
@@ -144,7 +145,8 @@ int lc_q4_gemm(const float *x, long ldx, int m, int k, const uint8_t *w, const u
 
 int lc_q8_gemm(const float *x, long ldx, int m, int k, const int8_t *w, const uint16_t *scales,
                int n, float *out, long ldo, int nthreads) {
-    if (m <= 0 || n <= 0 || n % 8 || k <= 0 || k % QK) return -1;
+    if (m < 0 || n <= 0 || n % 8 || k <= 0 || k % QK) return -1;
+    if (m == 0) return 0;
     act_q8 a = {0};
     if (act_quantize(x, ldx, m, k, QK, &a)) { act_free(&a); return -2; }
     const int nb = k / QK;

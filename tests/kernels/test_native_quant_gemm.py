@@ -66,7 +66,7 @@ def test_q8_gemm_matches_the_dequantized_reference(m, n, k):
     _assert_close(qg.q8_gemm(x, codes, scales), _round_activations(x) @ deq.t())
 
 
-def test_zero_rows_strided_inputs_and_bf16_activations():
+def test_zero_rows_empty_steps_strided_inputs_and_bf16_activations():
     codes, scales, mins, weight = _q4(16, 64, 32, seed=5)
     packed, s8, m8 = qg.pack_q4(codes, scales, mins)
     wide = torch.randn(3, 100)
@@ -77,6 +77,10 @@ def test_zero_rows_strided_inputs_and_bf16_activations():
     _assert_close(out, _round_activations(x.contiguous()) @ weight.t())
     out_bf16 = qg.q4_gemm(x.bfloat16(), packed, s8, m8, 32)
     assert out_bf16.dtype == torch.float32 and torch.isfinite(out_bf16).all()
+    # no rows at all: a step whose chunks need no logits
+    assert qg.q4_gemm(torch.empty(0, 64), packed, s8, m8, 32).shape == (0, 16)
+    codes8, scales8 = qg.quantize_q8(weight)
+    assert qg.q8_gemm(torch.empty(0, 64), codes8, scales8).shape == (0, 16)
 
 
 @pytest.mark.parametrize("n,k,groups,message", [
