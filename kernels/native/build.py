@@ -25,7 +25,7 @@ logger = logging.getLogger("livecast.kernels")
 
 SOURCE_DIR = Path(__file__).parent
 FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-fPIC", "-shared", "-std=c11",
-         "-fno-math-errno", "-Wall", "-Werror"]
+         "-fno-math-errno", "-Wall"]
 REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
 
 _F, _I, _L, _P = ctypes.c_float, ctypes.c_int, ctypes.c_long, ctypes.c_void_p
@@ -62,13 +62,13 @@ def _sources() -> list[Path]:
     return sorted(SOURCE_DIR.glob("*.c"))
 
 
-def _library_path(compiler: str) -> Path:
+def _library_name(compiler: str) -> str:
     digest = hashlib.sha256()
     for path in sorted(SOURCE_DIR.glob("*.[ch]")):
         digest.update(path.name.encode() + path.read_bytes())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     digest.update(" ".join(FLAGS).encode() + version.encode())
-    return cache_dir() / f"livecast_cpu_{digest.hexdigest()[:16]}.so"
+    return f"livecast_cpu_{digest.hexdigest()[:16]}.so"
 
 
 def _build(compiler: str, target: Path) -> None:
@@ -103,14 +103,23 @@ def library() -> ctypes.CDLL | None:
         return None
     __import__("torch")  # its libgomp must be loaded first, so the library's resolves to it
 
-    try:
-        path = _library_path(compiler)
-        if not path.exists():
-            logger.info("kernels: compiling the native CPU kernels into %s", path)
-            _build(compiler, path)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError) as exc:
-        _reason = f"the native CPU kernels did not build: {exc}"
+    lib, errors = None, []
+    name = _library_name(compiler)
+    # the cache, else a per-user temp dir (a read-only home must not cost the fast path)
+    for directory in (cache_dir(), Path(tempfile.gettempdir()) / f"livecast-kernels-{os.getuid()}"):
+        path = directory / name
+        try:
+            if not path.exists():
+                logger.info("kernels: compiling the native CPU kernels into %s", path)
+                _build(compiler, path)
+            lib = ctypes.CDLL(str(path))
+            break
+        except (OSError, RuntimeError) as exc:
+            errors.append(str(exc))
+            if isinstance(exc, RuntimeError):  # the compiler itself failed: another dir will not help
+                break
+    if lib is None:
+        _reason = f"the native CPU kernels did not build: {'; '.join(errors)}"
         logger.warning("kernels: %s; using the plain-torch paths", _reason)
         return None
     for name, argtypes in SIGNATURES.items():
