@@ -81,8 +81,8 @@ class LLMEngine:
 
     def _load_model(self, max_positions: int) -> LlamaForCausalLM:
         from engine.models.llama_native import native_decode
-        from kernels import native
         from engine.quant.loading import QuantizedCheckpoint
+        from kernels import native
 
         with torch.device("meta"):
             model = LlamaForCausalLM(self.hf_config, max_positions, self.config.use_triton())

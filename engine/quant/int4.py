@@ -113,8 +113,8 @@ class Int4Linear(QuantizedLinear):
         if self.kernel not in (("native", "aten") if self.device_type == "cpu" else ("triton",)):
             raise ValueError(f"{name}: no {self.kernel!r} int4 kernel on {self.device_type}")
         if self.kernel == "native":
-            for name, tensor in zip(("packed", "scales", "mins"), quant_gemm.pack_q4(codes, weight.scales, weight.mins)):
-                self.register_buffer(name, tensor)
+            for buffer, tensor in zip(("packed", "scales", "mins"), quant_gemm.pack_q4(codes, weight.scales, weight.mins)):
+                self.register_buffer(buffer, tensor)
         elif self.kernel == "aten":
             self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.int(), 1))
             zeros = weight.mins + 8 * weight.scales
