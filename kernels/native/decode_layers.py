@@ -90,7 +90,6 @@ class DecoderStack:
                    l.down.struct(), None, None) for l in layers])
         self._caches_key: tuple | None = None
         self._fn = library().lc_decode_layers
-        self._fn.argtypes = [ctypes.POINTER(_Model), ctypes.POINTER(_Layer), _I, ctypes.POINTER(_Step), _P, _P, _I, _I]
 
     def _bind_caches(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         key = tuple(c.data_ptr() for pair in kv_caches for c in pair)
@@ -124,8 +123,8 @@ class DecoderStack:
         lens = context_lens.contiguous()  # every tensor the step points at stays referenced until the call returns
         step = _Step(num_tokens, block_tables.stride(0), positions.data_ptr(), slots.data_ptr(),
                      block_tables.data_ptr(), lens.data_ptr())
-        status = self._fn(ctypes.byref(self._model), self._structs, len(self.layers), ctypes.byref(step),
-                          hidden.data_ptr(), residual.data_ptr(), 0, torch.get_num_threads())
+        status = self._fn(ctypes.addressof(self._model), ctypes.addressof(self._structs), len(self.layers),
+                          ctypes.addressof(step), hidden.data_ptr(), residual.data_ptr(), 0, torch.get_num_threads())
         if status:
             raise {-2: MemoryError("native decode stack: out of memory"),
                    -3: IndexError("native decode stack: a position, slot or block id outside the model's tables")
