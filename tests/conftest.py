@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     # Triton fixes GPU-or-interpreter mode at its first import, which any suite may trigger
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from engine.model_loader import resolve_model
+from livecast.engine.model_loader import resolve_model
 
 
 @pytest.fixture(scope="session")

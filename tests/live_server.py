@@ -43,9 +43,9 @@ def light_agents() -> dict:
     code-interpreter containers, no embedding model to load."""
     import tempfile
 
-    from services.agents.config import AgentsConfig
-    from services.agents.retrieval.service import RetrievalConfig
-    from services.agents.sandbox.service import SandboxConfig
+    from livecast.services.agents.config import AgentsConfig
+    from livecast.services.agents.retrieval.service import RetrievalConfig
+    from livecast.services.agents.sandbox.service import SandboxConfig
 
     return {"agents": AgentsConfig(data_dir=tempfile.mkdtemp(prefix="livecast-agents-")),
             "sandbox": SandboxConfig(enabled=False), "retrieval": RetrievalConfig(embedding_model="none")}

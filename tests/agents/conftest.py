@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.agents.config import AgentsConfig
+from livecast.services.agents.config import AgentsConfig
 from tests.services.conftest import running_server, tiny_settings
 
 

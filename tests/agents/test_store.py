@@ -8,9 +8,9 @@ import warnings
 
 import pytest
 
-from services.agents.config import AgentsConfig
-from services.agents.db import open_database
-from services.agents.store import AgentStore, new_id
+from livecast.services.agents.config import AgentsConfig
+from livecast.services.agents.db import open_database
+from livecast.services.agents.store import AgentStore, new_id
 from tests.agents.conftest import ANSWER
 from tests.services.conftest import running_server
 from tests.agents.conftest import agents_settings

@@ -1,7 +1,7 @@
 """Answer extraction (numbers, choices, text), rationale/answer split and majority voting."""
 import pytest
 
-from services.llm.cot.answers import (answers_match, extract_answer, majority_vote, normalize_gold,
+from livecast.services.llm.cot.answers import (answers_match, extract_answer, majority_vote, normalize_gold,
                                          split_rationale_answer, vote_counts)
 
 

@@ -4,9 +4,9 @@ import re
 import numpy as np
 import pytest
 
-from services.llm.cot.autocot import (AutoCotConfig, build_demos, candidates_by_cluster, cluster,
+from livecast.services.llm.cot.autocot import (AutoCotConfig, build_demos, candidates_by_cluster, cluster,
                                          rejection_reason)
-from services.llm.cot.demos import load_demo_set, save_demo_set
+from livecast.services.llm.cot.demos import load_demo_set, save_demo_set
 
 LONG = "Bus " + " ".join(["word"] * 60) + " how many people ride the bus?"
 # three topics of four questions; the offsets put question 2 nearest its centre, then 1, 0, 3

@@ -9,12 +9,12 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry
 
-from engine import EngineConfig
-from services.llm.config import LLMConfig
-from services.llm.cot import CotSpec, build_prompt, load_demo_set, split_rationale_answer
-from services.llm.cot.dataset import SHIPPED_FEWSHOT
-from services.llm.cot_serving import RationaleStream
-from services.llm.service import llm_service
+from livecast.engine import EngineConfig
+from livecast.services.llm.config import LLMConfig
+from livecast.services.llm.cot import CotSpec, build_prompt, load_demo_set, split_rationale_answer
+from livecast.services.llm.cot.dataset import SHIPPED_FEWSHOT
+from livecast.services.llm.cot_serving import RationaleStream
+from livecast.services.llm.service import llm_service
 from tests.services.conftest import running_server, tiny_settings
 
 QUESTION = "A baker made 24 muffins and sold 15. How many muffins are left?"

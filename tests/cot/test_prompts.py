@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from services.llm.cot.dataset import SHIPPED_DATASET, SHIPPED_FEWSHOT, load_questions
-from services.llm.cot.demos import Demo, load_demo_set, load_named_sets
-from services.llm.cot.prompts import answer_prompt, build_prompt
-from services.llm.cot.spec import CotError, CotSpec
+from livecast.services.llm.cot.dataset import SHIPPED_DATASET, SHIPPED_FEWSHOT, load_questions
+from livecast.services.llm.cot.demos import Demo, load_demo_set, load_named_sets
+from livecast.services.llm.cot.prompts import answer_prompt, build_prompt
+from livecast.services.llm.cot.spec import CotError, CotSpec
 
 DEMOS = [Demo("Q one?", "Step one.", "1"), Demo("Q two?", "Step two.", "2")]
 

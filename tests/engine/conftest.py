@@ -8,7 +8,7 @@ import torch
 @pytest.fixture(scope="session")
 def smollm2_fp32(smollm2_path):
     """One fp32 engine on the real model, shared by tests that only read from it."""
-    from engine import LLM
+    from livecast.engine import LLM
 
     return LLM(model=str(smollm2_path), dtype="float32", kv_cache_memory=256 << 20)
 

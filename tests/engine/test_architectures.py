@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import LLM, SamplingParams
+from livecast.engine import LLM, SamplingParams
 from tests.conftest import make_tiny_llama
 from tests.engine.conftest import hf_greedy
 

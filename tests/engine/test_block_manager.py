@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.block_allocator import BlockAllocator, NoFreeBlocksError
-from engine.block_manager import BlockManager
-from engine.sequence import Sequence
+from livecast.engine.block_allocator import BlockAllocator, NoFreeBlocksError
+from livecast.engine.block_manager import BlockManager
+from livecast.engine.sequence import Sequence
 
 
 def seq(seq_id, tokens):

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from engine import LLM, AsyncLLMEngine, EngineConfig, LLMEngine, SamplingParams
+from livecast.engine import LLM, AsyncLLMEngine, EngineConfig, LLMEngine, SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engine import EngineConfig, LLMEngine, SamplingParams
-from services.llm.structured import GrammarCache
+from livecast.engine import EngineConfig, LLMEngine, SamplingParams
+from livecast.services.llm.structured import GrammarCache
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["verdict", "size", "ok"],
           "properties": {"verdict": {"enum": ["accepted", "rejected"]}, "size": {"enum": ["small", "large"]},

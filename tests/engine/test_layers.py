@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.layers.attention import allocate_kv_cache, decode_attention, gather_kv, head_major, write_kv
-from engine.layers.norm import RMSNorm
-from engine.layers.rotary import apply_rotary, rotary_tables
+from livecast.engine.layers.attention import allocate_kv_cache, decode_attention, gather_kv, head_major, write_kv
+from livecast.engine.layers.norm import RMSNorm
+from livecast.engine.layers.rotary import apply_rotary, rotary_tables
 
 
 def _hf_rotate_half(x):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import LLM, SamplingParams
+from livecast.engine import LLM, SamplingParams
 from tests.engine.conftest import hf_greedy
 
 PROMPTS = [

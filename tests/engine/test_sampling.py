@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
+from livecast.engine import LLM, SamplingParams
 
 PROMPT = "The quick brown fox jumps over"
 
@@ -75,7 +75,7 @@ def test_beam_search_matches_hf(llm, hf_model):
 
 def test_beam_search_shares_blocks(llm):
     engine = llm.engine
-    from engine import BeamSearchParams
+    from livecast.engine import BeamSearchParams
     engine.add_request("beam", list(range(2000, 2040)), BeamSearchParams(beam_width=4, max_tokens=6, ignore_eos=True))
     engine.step()  # prefill: one sequence
     engine.step()  # first decode after forking into 4 beams
@@ -134,7 +134,7 @@ def test_min_tokens_and_eos(llm):
 
 
 def test_penalties_follow_vllm_semantics():
-    from engine.sampler import SamplingRow, apply_penalties
+    from livecast.engine.sampler import SamplingRow, apply_penalties
 
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0, 1.0]])
     # prompt [0], outputs [3, 3, 1]
@@ -178,8 +178,8 @@ def test_utf8_deltas_never_split_and_concatenate_to_text(llm):
     tok = llm.tokenizer
     emoji_ids = tok.encode("你好🙂🐱 世界")
     engine = llm.engine
-    from engine.detokenizer import Detokenizer
-    from engine.sequence import Sequence
+    from livecast.engine.detokenizer import Detokenizer
+    from livecast.engine.sequence import Sequence
     seq = Sequence(999, [1, 2], 2)
     det = Detokenizer(tok)
     det.start(seq)
@@ -204,7 +204,7 @@ def test_utf8_deltas_never_split_and_concatenate_to_text(llm):
 
 
 def test_draws_follow_the_distribution_and_never_pick_masked_tokens():
-    from engine.sampler import SamplingRow, sample
+    from livecast.engine.sampler import SamplingRow, sample
 
     target = torch.tensor([0.5, 0.0, 0.25, 0.125, 0.0, 0.125])
     logits = target.log().expand(20000, -1).contiguous()  # log(0) = -inf: masked

@@ -1,10 +1,10 @@
 """Scheduler decisions without a model: token budgets, FCFS admission, chunked prefill."""
 from __future__ import annotations
 
-from engine.block_manager import BlockManager
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerConfig
-from engine.sequence import Sequence, SequenceGroup
+from livecast.engine.block_manager import BlockManager
+from livecast.engine.sampling_params import SamplingParams
+from livecast.engine.scheduler import Scheduler, SchedulerConfig
+from livecast.engine.sequence import Sequence, SequenceGroup
 
 
 def group(i, prompt_len=4):

@@ -1,7 +1,7 @@
 """The engine's greedy tokens through the Triton kernels equal its torch path (tiny model)."""
 from __future__ import annotations
 
-from engine import LLM, SamplingParams
+from livecast.engine import LLM, SamplingParams
 
 
 def test_triton_backend_matches_torch_backend(tiny_llama_path):

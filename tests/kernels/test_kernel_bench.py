@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from services.bench import kernels as bench
+from livecast.services.bench import kernels as bench
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of the benchmark")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kernels.cache import reshape_and_cache, reshape_and_cache_ref
+from livecast.kernels.cache import reshape_and_cache, reshape_and_cache_ref
 
 
 @pytest.mark.parametrize("slot_dtype", [torch.int32, torch.int64])

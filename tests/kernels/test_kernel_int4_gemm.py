@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kernels.int4_gemm import int4_gemm, int4_gemm_ref, unpack_ref
+from livecast.kernels.int4_gemm import int4_gemm, int4_gemm_ref, unpack_ref
 
 
 def _weights(n: int, k: int, group_size: int, device):
@@ -26,7 +26,7 @@ def test_int4_gemm_matches_reference(m, n, k, group_size, dtype, poisoned, check
 
 def test_reference_nibble_order_matches_int4linear(device):
     """The kernel layout is the one Int4Linear packs: low nibble = even input channel."""
-    from engine.quant.int4 import quantize_rtn
+    from livecast.engine.quant.int4 import quantize_rtn
 
     torch.manual_seed(0)
     weight = quantize_rtn(torch.randn(32, 64), 32)

@@ -3,9 +3,9 @@ few blocks used are ever touched (torch.empty maps memory lazily), so it costs a
 import pytest
 import torch
 
-from kernels.cache import reshape_and_cache
-from kernels.paged_attention import paged_attention_decode, paged_attention_decode_ref
-from kernels.paged_prefill import paged_prefill, paged_prefill_ref
+from livecast.kernels.cache import reshape_and_cache
+from livecast.kernels.paged_attention import paged_attention_decode, paged_attention_decode_ref
+from livecast.kernels.paged_prefill import paged_prefill, paged_prefill_ref
 
 BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM = 16, 2, 64
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kernels.rmsnorm import fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm, rms_norm_ref
-from kernels.rotary import rotary_embedding, rotary_embedding_ref
+from livecast.kernels.rmsnorm import fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm, rms_norm_ref
+from livecast.kernels.rotary import rotary_embedding, rotary_embedding_ref
 
 DTYPES = [torch.float32, torch.bfloat16]
 

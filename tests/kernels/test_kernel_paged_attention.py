@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kernels.paged_attention import paged_attention_decode, paged_attention_decode_ref
+from livecast.kernels.paged_attention import paged_attention_decode, paged_attention_decode_ref
 
 NUM_KV_HEADS = 2
 

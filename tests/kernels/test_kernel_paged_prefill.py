@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kernels.paged_prefill import paged_prefill, paged_prefill_ref
+from livecast.kernels.paged_prefill import paged_prefill, paged_prefill_ref
 
 NUM_KV_HEADS = 2
 BLOCK_SIZE = 16

@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import torch
-from kernels import native
-from engine.quant.int4 import Int4Linear, quantize_rtn
+from livecast.kernels import native
+from livecast.engine.quant.int4 import Int4Linear, quantize_rtn
 torch.manual_seed(0)
 weight = quantize_rtn(torch.randn(32, 64), 32)
 linear = Int4Linear(weight)

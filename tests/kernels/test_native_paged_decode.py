@@ -3,8 +3,8 @@ the same head-major paged layout."""
 import pytest
 import torch
 
-from engine.layers.attention import allocate_kv_cache, decode_attention as torch_decode, write_kv as torch_write
-from kernels.native import paged_decode
+from livecast.engine.layers.attention import allocate_kv_cache, decode_attention as torch_decode, write_kv as torch_write
+from livecast.kernels.native import paged_decode
 
 
 def _caches(num_blocks, block_size, kv_heads, head_dim, seed=0):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kernels import native
-from kernels.native import quant_gemm as qg
+from livecast.kernels import native
+from livecast.kernels.native import quant_gemm as qg
 
 
 def test_the_native_kernels_build_on_this_machine():

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.app import create_app
-from engine import EngineConfig
-from services.llm.config import LLMConfig
-from services.media.config import DiffusionConfig
-from services.settings import ServerSettings
+from livecast.services.app import create_app
+from livecast.engine import EngineConfig
+from livecast.services.llm.config import LLMConfig
+from livecast.services.media.config import DiffusionConfig
+from livecast.services.settings import ServerSettings
 from tests.live_server import light_agents
 
 

@@ -5,7 +5,7 @@ import aiortc.rtcrtpreceiver
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtp import RtpPacket
 
-from services.media.jitterbuffer import MarkerJitterBuffer, reassemble_on_marker
+from livecast.services.media.jitterbuffer import MarkerJitterBuffer, reassemble_on_marker
 
 
 def packet(seq: int, timestamp: int, marker: bool = False) -> RtpPacket:

@@ -7,10 +7,10 @@ import asyncio
 import httpx
 from aiortc import RTCPeerConnection
 
-import services.media.webrtc
-from services.media.config import DiffusionConfig
-from services.media.service import DiffusionService
-from services.runtime.loop import DeviceRuntime
+import livecast.services.media.webrtc
+from livecast.services.media.config import DiffusionConfig
+from livecast.services.media.service import DiffusionService
+from livecast.services.runtime.loop import DeviceRuntime
 from tests.media.app import build_app
 from tests.media.conftest import MediaServer
 from tests.media.rtc_client import MovingPattern, RTCClient
@@ -18,7 +18,7 @@ from tests.media.test_webrtc_api import wait_drained
 
 
 async def test_offer_that_never_connects_is_closed(media_server, monkeypatch):
-    monkeypatch.setattr(services.media.webrtc, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(livecast.services.media.webrtc, "CONNECT_TIMEOUT_S", 1.0)
     pc = RTCPeerConnection()
     pc.addTrack(MovingPattern())
     await pc.setLocalDescription(await pc.createOffer())
@@ -122,7 +122,7 @@ def test_api_key_guards_the_api_but_not_the_pages():
 def test_serve_flags_reach_the_diffusion_config():
     import pytest
 
-    from services.serve import parse_settings
+    from livecast.services.serve import parse_settings
 
     settings, _ = parse_settings(["--diffusion-model", "sd-turbo-shape", "--max-video-sessions", "2",
                                   "--latency-probe", "--diffusion-resolution", "192", "--diffusion-dtype", "bfloat16"])

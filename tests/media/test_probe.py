@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from services.media import probe
+from livecast.services.media import probe
 from tests.media.rtc_client import MovingPattern, RTCClient
 from tests.media.test_webrtc_api import wait_drained
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 
-from services.app import create_app
+from livecast.services.app import create_app
 from tests.media.app import build_app
 
 SURROGATE = '"\\ud800"'  # JSON for a lone UTF-16 surrogate: valid JSON, not valid Unicode text

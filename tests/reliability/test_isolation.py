@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from engine import AsyncLLMEngine, EngineConfig, SamplingParams
+from livecast.engine import AsyncLLMEngine, EngineConfig, SamplingParams
 
 
 class _BrokenMatcher:

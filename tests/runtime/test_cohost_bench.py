@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from services.bench import cohost
+from livecast.services.bench import cohost
 from tests.media.app import build_app
 from tests.media.conftest import running
 

@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from services.runtime.threads import on_own_thread
+from livecast.services.runtime.threads import on_own_thread
 
 
 async def test_on_own_thread_returns_raises_and_leaves_no_thread():

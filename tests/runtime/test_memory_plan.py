@@ -5,10 +5,10 @@ import dataclasses
 
 import pytest
 
-from engine import EngineConfig
-from services.media.service import DiffusionService
-from services.runtime.memory import MemoryConfig, plan_kv_cache_bytes, plan_memory
-from streamdiff import StreamPipeline
+from livecast.engine import EngineConfig
+from livecast.services.media.service import DiffusionService
+from livecast.services.runtime.memory import MemoryConfig, plan_kv_cache_bytes, plan_memory
+from livecast.streamdiff import StreamPipeline
 
 GiB = 1 << 30
 

@@ -9,10 +9,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from engine import AsyncLLMEngine, EngineConfig, SamplingParams
-from services.runtime.loop import DeviceRuntime
-from services.runtime.policy import Clocks, RuntimePolicy, charge, choose, token_budget
-from streamdiff import StreamBatcher, StreamPipeline
+from livecast.engine import AsyncLLMEngine, EngineConfig, SamplingParams
+from livecast.services.runtime.loop import DeviceRuntime
+from livecast.services.runtime.policy import Clocks, RuntimePolicy, charge, choose, token_budget
+from livecast.streamdiff import StreamBatcher, StreamPipeline
 
 
 @pytest.fixture(scope="module")

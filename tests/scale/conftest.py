@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.media.config import DiffusionConfig
+from livecast.services.media.config import DiffusionConfig
 from tests.services.conftest import tiny_settings
 
 CLUSTER_CPUS = 2
@@ -17,8 +17,8 @@ def pytest_configure(config):
 @pytest.fixture(scope="package")
 def cluster(tiny_llama_path):
     pytest.importorskip("ray.serve", reason="needs ray[serve]")
-    from services.scale.config import ScaleConfig
-    from services.scale.launcher import Cluster
+    from livecast.services.scale.config import ScaleConfig
+    from livecast.services.scale.launcher import Cluster
 
     settings = tiny_settings(tiny_llama_path, port=0, enable_diffusion=True, diffusion=DiffusionConfig(
         resolution=128, ice_loopback=True, max_video_sessions=2))

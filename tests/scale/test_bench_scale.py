@@ -6,7 +6,7 @@ from argparse import Namespace
 
 import pytest
 
-from services.bench.scale import measure
+from livecast.services.bench.scale import measure
 
 TINY = dict(num_distinct=4, distinct_words=24, num_systems=3, per_system=3, system_words=96, user_words=6,
             concurrency=2, output_len=4, seed=0)

@@ -16,9 +16,9 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
-from services.scale.config import ScaleConfig
-from services.scale.ingress import Ingress
-from services.scale.replica import ReplicaHeader
+from livecast.services.scale.config import ScaleConfig
+from livecast.services.scale.ingress import Ingress
+from livecast.services.scale.replica import ReplicaHeader
 from tests.live_server import LiveServer
 
 

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.scale.metrics import merge
+from livecast.services.scale.metrics import merge
 from tests.services.conftest import running_server, tiny_settings
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.scale.routing import MAX_PARSED_BODY_BYTES, Replica, RouteKey, Router, route_key
+from livecast.services.scale.routing import MAX_PARSED_BODY_BYTES, Replica, RouteKey, Router, route_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ KEYS = [f"system prompt number {i} " * 8 for i in range(3000)]
 
 _PLACEMENT_SCRIPT = """
 import json, sys
-from services.scale.routing import Replica, RouteKey, Router
+from livecast.services.scale.routing import Replica, RouteKey, Router
 r = Router()
 r.update([Replica(f"r{i}", "llm", "", 1, "cpu", 0) for i in range(4)])
 print(json.dumps([r.candidates(RouteKey("llm", f"system prompt number {i} " * 8, ()))[0].id for i in range(200)]))

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.scale.config import ScaleConfig
-from services.scale.pins import IdSniffer, wants_pins
-from services.scale.replica import role_settings
-from services.settings import ServerSettings
+from livecast.services.scale.config import ScaleConfig
+from livecast.services.scale.pins import IdSniffer, wants_pins
+from livecast.services.scale.replica import role_settings
+from livecast.services.settings import ServerSettings
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -47,8 +47,8 @@ def test_deployment_options_fixed_or_autoscaled_on_queue_depth():
     pytest.importorskip("ray.serve")
     from ray import serve
 
-    from services.scale.launcher import deployment_options, queue_depth_policy
-    from services.scale.replica import LivecastReplica
+    from livecast.services.scale.launcher import deployment_options, queue_depth_policy
+    from livecast.services.scale.replica import LivecastReplica
 
     fixed = serve.deployment(LivecastReplica).options(
         **deployment_options("media", 2, ScaleConfig(replicas=1, max_replicas=4), {"num_cpus": 0.5}))

@@ -7,10 +7,10 @@ import time
 import openai
 import pytest
 
-from services.app import create_app
-from engine import EngineConfig
-from services.llm.config import LLMConfig
-from services.settings import ServerSettings
+from livecast.services.app import create_app
+from livecast.engine import EngineConfig
+from livecast.services.llm.config import LLMConfig
+from livecast.services.settings import ServerSettings
 from tests.live_server import LiveServer, light_agents
 
 

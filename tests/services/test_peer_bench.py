@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from services.bench import serving
-from services.bench.llama_server import start_llama_server
-from services.bench.streams import build_workloads
+from livecast.services.bench import serving
+from livecast.services.bench.llama_server import start_llama_server
+from livecast.services.bench.streams import build_workloads
 
 
 def test_a_peer_that_is_not_an_executable_is_refused_up_front(capsys):

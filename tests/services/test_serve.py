@@ -12,16 +12,16 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from services.app import create_app
-from services.llm.deps import get_llm
-from services.errors import APIError
-from services.llm.routes import models
-from services.serve import parse_settings
-from engine import EngineConfig
-from services.llm.config import LLMConfig
-from services.runtime.memory import MemoryConfig
-from services.runtime.policy import RuntimePolicy
-from services.settings import ServerSettings
+from livecast.services.app import create_app
+from livecast.services.llm.deps import get_llm
+from livecast.services.errors import APIError
+from livecast.services.llm.routes import models
+from livecast.services.serve import parse_settings
+from livecast.engine import EngineConfig
+from livecast.services.llm.config import LLMConfig
+from livecast.services.runtime.memory import MemoryConfig
+from livecast.services.runtime.policy import RuntimePolicy
+from livecast.services.settings import ServerSettings
 
 
 def test_flags_become_settings():
@@ -79,7 +79,7 @@ def test_livecast_serve_process(tiny_llama_path, tmp_path):
     port = _free_port()
     log = open(tmp_path / "serve.log", "wb")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "--port", str(port), "--model", str(tiny_llama_path),
+        [sys.executable, "-m", "livecast.services.cli", "serve", "--port", str(port), "--model", str(tiny_llama_path),
          "--dtype", "float32", "--kv-cache-gb", "0.0625", "--api-key", "sk-test", "--served-model-name", "tiny",
          "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

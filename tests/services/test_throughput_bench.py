@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from services.bench import throughput
+from livecast.services.bench import throughput
 
 
 def test_throughput_bench_runs_both_sides_with_sampling(tiny_llama_path, tmp_path, capsys):

@@ -8,8 +8,8 @@ import jsonschema
 import openai
 import pytest
 
-from services.llm.chat_template import render_chat
-from services.llm.tools import ToolCallParser
+from livecast.services.llm.chat_template import render_chat
+from livecast.services.llm.tools import ToolCallParser
 
 WEATHER = {"type": "object",
            "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]},
@@ -171,7 +171,7 @@ def test_auto_parsing_results():
 def test_chat_template_renders_tool_turns():
     from transformers import AutoTokenizer
 
-    from engine.model_loader import resolve_model
+    from livecast.engine.model_loader import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(None))
     messages = ASK + [

@@ -8,9 +8,9 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from streamdiff import StreamPipeline
-from streamdiff.demo import TURBO_SCHEDULER
-from streamdiff.tokenizer import build_demo_tokenizer
+from livecast.streamdiff import StreamPipeline
+from livecast.streamdiff.demo import TURBO_SCHEDULER
+from livecast.streamdiff.tokenizer import build_demo_tokenizer
 
 SIZE = 32  # test frames are 32x32; both tiny VAEs downsample 2x, so latents are 16x16
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from streamdiff import FrameDropped, StreamBatcher, StreamParams
+from livecast.streamdiff import FrameDropped, StreamBatcher, StreamParams
 from tests.streamdiff.conftest import UNetCalls, frame, make_pipe, pixels
 
 STREAMS = {

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from services.bench import diffusion
+from livecast.services.bench import diffusion
 
 
 def test_bench_diffusion_writes_json(tmp_path, capsys):

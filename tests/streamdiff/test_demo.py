@@ -9,10 +9,10 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from kernels.cpu import native_bf16
-from streamdiff import StreamPipeline
-from streamdiff.demo import DEMO_SEED, SD_TURBO_SHAPE, build_random_components
-from streamdiff.tokenizer import BOS_TOKEN, EOS_TOKEN, build_demo_tokenizer
+from livecast.kernels.cpu import native_bf16
+from livecast.streamdiff import StreamPipeline
+from livecast.streamdiff.demo import DEMO_SEED, SD_TURBO_SHAPE, build_random_components
+from livecast.streamdiff.tokenizer import BOS_TOKEN, EOS_TOKEN, build_demo_tokenizer
 
 
 def test_tokenizer_is_clip_shaped_and_offline():
@@ -50,7 +50,7 @@ def test_demo_model_info_and_defaults(demo):
 
 
 def test_demo_logs_that_weights_are_random(caplog):
-    with caplog.at_level(logging.WARNING, logger="streamdiff.demo"):
+    with caplog.at_level(logging.WARNING, logger="livecast.streamdiff.demo"):
         build_random_components("demo")
     assert f"demo weights (random, seed={DEMO_SEED})" in caplog.text
 

@@ -6,8 +6,8 @@ import PIL.Image
 import pytest
 import torch
 
-from streamdiff import StreamParams, StreamPipeline
-from streamdiff.image import fit, to_pil
+from livecast.streamdiff import StreamParams, StreamPipeline
+from livecast.streamdiff.image import fit, to_pil
 from tests.streamdiff.conftest import frame, make_pipe, pixels
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, EulerDiscreteScheduler, LCMScheduler
 
-from streamdiff.config import StreamParams
-from streamdiff.demo import TURBO_SCHEDULER
-from streamdiff.schedule import build_plan, draw_noise, trailing_timesteps
+from livecast.streamdiff.config import StreamParams
+from livecast.streamdiff.demo import TURBO_SCHEDULER
+from livecast.streamdiff.schedule import build_plan, draw_noise, trailing_timesteps
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4, 50])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamdiff.similarity import SimilarityFilter
+from livecast.streamdiff.similarity import SimilarityFilter
 from tests.streamdiff.conftest import UNetCalls, frame, make_pipe, pixels
 
 

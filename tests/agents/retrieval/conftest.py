@@ -11,13 +11,14 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from services.agents.db import open_database
-from services.agents.retrieval.routes import router
-from services.agents.retrieval.service import RetrievalConfig, retrieval_service
-from services.errors import install_error_handlers
+from livecast.services.agents.db import open_database
+from livecast.services.agents import retrieval as retrieval_package
+from livecast.services.agents.retrieval.routes import router
+from livecast.services.agents.retrieval.service import RetrievalConfig, retrieval_service
+from livecast.services.errors import install_error_handlers
 from tests.live_server import LiveServer
 
-EVAL_DIR = Path(__file__).resolve().parents[3] / "services" / "agents" / "retrieval" / "eval"
+EVAL_DIR = Path(retrieval_package.__file__).resolve().parent / "eval"
 MAX_FILE_BYTES = 256 * 1024  # small, so the 413 test uploads little
 
 

@@ -38,7 +38,7 @@ def test_a_new_service_on_the_same_data_dir_keeps_everything(tmp_path):
 def test_embeddings_match_sentence_transformers(live, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the reference loads the same local folder, never a hub
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    from engine.embedder import default_embedding_path
+    from livecast.engine.embedder import default_embedding_path
 
     reference = sentence_transformers.SentenceTransformer(str(default_embedding_path()), device="cpu")
     texts = ["Hello world!", "Retrieval mixes BM25 with dense vectors.", "word " * 400,

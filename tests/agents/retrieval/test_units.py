@@ -5,11 +5,11 @@ import threading
 
 import pytest
 
-from services.agents.retrieval.chunking import ChunkingStrategy, chunk_text, embedding_windows
-from services.agents.retrieval.embeddings import EmbeddingBatcher
-from services.agents.retrieval.filters import matches, validate_filter
-from services.agents.retrieval.parsers import ParseError, extract_text
-from services.errors import APIError
+from livecast.services.agents.retrieval.chunking import ChunkingStrategy, chunk_text, embedding_windows
+from livecast.services.agents.retrieval.embeddings import EmbeddingBatcher
+from livecast.services.agents.retrieval.filters import matches, validate_filter
+from livecast.services.agents.retrieval.parsers import ParseError, extract_text
+from livecast.services.errors import APIError
 
 
 def words_tokenizer(text):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.agents.sandbox import limits
+from livecast.services.agents.sandbox import limits
 
 
 def _need(support, layer: str) -> None:
@@ -26,8 +26,8 @@ def _need(support, layer: str) -> None:
 @pytest.fixture(scope="module")
 def shared(spec, sandbox_root):
     """One container for the attempts that leave it alive (a fresh start costs ~0.3 s)."""
-    from services.agents.sandbox.container import Container, pick_uid
-    from services.agents.sandbox.service import SandboxConfig
+    from livecast.services.agents.sandbox.container import Container, pick_uid
+    from livecast.services.agents.sandbox.service import SandboxConfig
     container = Container("cntr_shared", sandbox_root / "shared", spec, pick_uid(SandboxConfig().uid_base))
     container.start()
     yield container

@@ -8,9 +8,9 @@ import tempfile
 
 import pytest
 
-from services.agents.sandbox.pool import ContainerNotFound, ContainerPool
-from services.agents.sandbox.probe import probe
-from services.agents.sandbox.service import SandboxConfig, container_spec, make_root
+from livecast.services.agents.sandbox.pool import ContainerNotFound, ContainerPool
+from livecast.services.agents.sandbox.probe import probe
+from livecast.services.agents.sandbox.service import SandboxConfig, container_spec, make_root
 from tests.agents.sandbox.conftest import TEST_CONFIG
 
 

@@ -12,8 +12,8 @@ import warnings
 
 import pytest
 
-from services.agents.config import AgentsConfig
-from services.agents.sandbox.service import SandboxConfig
+from livecast.services.agents.config import AgentsConfig
+from livecast.services.agents.sandbox.service import SandboxConfig
 from tests.services.conftest import running_server, tiny_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -8,8 +8,8 @@ import warnings
 import openai
 import pytest
 
-from services.agents.config import AgentsConfig
-from services.agents.retrieval.service import RetrievalConfig
+from livecast.services.agents.config import AgentsConfig
+from livecast.services.agents.retrieval.service import RetrievalConfig
 from tests.agents.conftest import ANSWER
 from tests.services.conftest import running_server, tiny_settings
 

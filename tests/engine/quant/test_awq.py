@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.quant import awq_format
-from engine.quant.awq import AWQConfig, quantize_model
-from engine.quant.int4 import Int4Linear, QuantizedWeight, quantize_rtn
+from livecast.engine.quant import awq_format
+from livecast.engine.quant.awq import AWQConfig, quantize_model
+from livecast.engine.quant.int4 import Int4Linear, QuantizedWeight, quantize_rtn
 
 GROUP = 32
 
@@ -99,8 +99,8 @@ def test_awq_folder_has_the_autoawq_gemm_layout(awq_folder, awq_model):
 
 
 def test_awq_folder_loads_into_the_engine_with_the_same_outputs(awq_folder, awq_model):
-    from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
+    from livecast.engine.llm import LLM
+    from livecast.engine.sampling_params import SamplingParams
 
     _, quantized = awq_model
     llm = LLM(model=str(awq_folder), dtype="float32", kv_cache_memory=8 << 20, block_size=8, weight_kernel="int4")
@@ -133,7 +133,7 @@ def _corrupt(src, dst, edit):
      r"model\.layers\.0\.mlp\.down_proj\.qweight/\.qzeros must be int32"),
 ])
 def test_corrupt_awq_checkpoint_fails_at_load_naming_the_tensor(awq_folder, tmp_path, edit, message):
-    from engine.llm import LLM
+    from livecast.engine.llm import LLM
 
     folder = _corrupt(awq_folder, tmp_path / "bad", edit)
     with pytest.raises(ValueError, match=message):
@@ -143,7 +143,7 @@ def test_corrupt_awq_checkpoint_fails_at_load_naming_the_tensor(awq_folder, tmp_
 def test_unsupported_quant_method_is_refused(awq_folder, tmp_path):
     import shutil
 
-    from engine.llm import LLM
+    from livecast.engine.llm import LLM
 
     folder = tmp_path / "gptq"
     shutil.copytree(awq_folder, folder)
@@ -155,7 +155,7 @@ def test_unsupported_quant_method_is_refused(awq_folder, tmp_path):
 
 
 def test_quantize_cli_writes_a_loadable_folder(tiny_llama_path, tmp_path, capsys):
-    from engine.quant.cli import main
+    from livecast.engine.quant.cli import main
 
     calib = tmp_path / "calib.txt"
     calib.write_text("The quick brown fox jumps over the lazy dog.\n\n" * 40)

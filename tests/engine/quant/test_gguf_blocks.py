@@ -4,7 +4,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize as gguf_dequantize
 
-from engine.quant.gguf import BLOCK_BYTES, decode_q4, dequantize, read_gguf, unpermute_rows
+from livecast.engine.quant.gguf import BLOCK_BYTES, decode_q4, dequantize, read_gguf, unpermute_rows
 
 
 def _random_blocks(qtype: str, rows: int, blocks: int, seed: int) -> np.ndarray:

@@ -1,9 +1,9 @@
 import pytest
 
-from engine.config import EngineConfig
-from engine.quant.int4 import Int4Linear
-from engine.quant.int8 import Int8Linear
-from engine.quant.loading import QuantizedCheckpoint
+from livecast.engine.config import EngineConfig
+from livecast.engine.quant.int4 import Int4Linear
+from livecast.engine.quant.int8 import Int8Linear
+from livecast.engine.quant.loading import QuantizedCheckpoint
 
 
 def test_auto_takes_the_checkpoints_own_quantization(smollm2_path):
@@ -24,8 +24,8 @@ def test_quantization_choices_are_validated(smollm2_path):
 
 
 def test_default_gguf_runs_its_q4_1_blocks_natively(smollm2_path):
-    from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
+    from livecast.engine.llm import LLM
+    from livecast.engine.sampling_params import SamplingParams
 
     llm = LLM(quantization="gguf", weight_kernel="int4", kv_cache_memory=16 << 20)
     engine = llm.engine
@@ -41,8 +41,8 @@ def test_default_gguf_runs_its_q4_1_blocks_natively(smollm2_path):
 def test_the_int8_kernel_runs_the_same_q4_1_file(smollm2_path):
     """`weight_kernel=int8` (what `auto` picks where PyTorch's int8 CPU kernel measures faster)
     re-quantizes the Q4_1 blocks per row: every decoder linear is int8 and the answer holds."""
-    from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
+    from livecast.engine.llm import LLM
+    from livecast.engine.sampling_params import SamplingParams
 
     llm = LLM(quantization="gguf", weight_kernel="int8", kv_cache_memory=16 << 20)
     modules = list(llm.engine.model.modules())

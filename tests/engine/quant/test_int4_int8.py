@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from engine.quant.int4 import Int4Linear, QuantizedWeight, quantize_rtn
-from engine.quant.int8 import Int8Linear
+from livecast.engine.quant.int4 import Int4Linear, QuantizedWeight, quantize_rtn
+from livecast.engine.quant.int8 import Int8Linear
 
 
 def _close_to(out: torch.Tensor, ref: torch.Tensor) -> None:
@@ -94,7 +94,7 @@ def test_int8_kernel_choice_swaps_every_fused_int4_linear():
     the crossover still applies on top of the int8 kernel."""
     from torch import nn
 
-    from engine.quant.apply import choose_kernel
+    from livecast.engine.quant.apply import choose_kernel
 
     torch.manual_seed(3)
     weight = quantize_rtn(torch.randn(48, 128), 32)

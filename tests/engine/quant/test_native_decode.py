@@ -3,13 +3,13 @@ on the same quantized model, KV cache and step."""
 import pytest
 import torch
 
-from engine.layers.attention import allocate_kv_cache
-from engine.model_input import build_model_input
-from engine.models.llama import LlamaForCausalLM
-from engine.models.llama_native import NativeDecode, native_decode
-from engine.quant.int4 import Int4Linear, quantize_rtn
-from engine.quant.int8 import Int8Linear
-from engine.scheduler import ScheduledChunk
+from livecast.engine.layers.attention import allocate_kv_cache
+from livecast.engine.model_input import build_model_input
+from livecast.engine.models.llama import LlamaForCausalLM
+from livecast.engine.models.llama_native import NativeDecode, native_decode
+from livecast.engine.quant.int4 import Int4Linear, quantize_rtn
+from livecast.engine.quant.int8 import Int8Linear
+from livecast.engine.scheduler import ScheduledChunk
 
 BLOCK = 8
 LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
@@ -141,7 +141,7 @@ def test_out_of_range_positions_and_blocks_are_refused_before_any_write(model):
 def test_the_fused_stack_under_preemption_on_smollm2(mode):
     """The default Q4_1 engine with a KV pool so small that sequences are preempted: every request
     finishes, nothing leaks, and the first tokens equal the torch path's under the same pressure."""
-    from engine import LLM, SamplingParams
+    from livecast.engine import LLM, SamplingParams
     from tests.engine.test_parity import BLOCK_BYTES_FP32, PROMPTS
 
     llm = LLM(quantization="gguf", weight_kernel="int4", kv_cache_memory=24 * BLOCK_BYTES_FP32,

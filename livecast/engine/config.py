@@ -1,0 +1,84 @@
+"""Engine configuration: one slotted dataclass, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from livecast.kernels.cpu import native_bf16
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str | None = field(default=None, metadata={
+        "help": "HF folder, .gguf, or cached hub id (default: SmolLM2-135M-Instruct)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where the device computes it natively, else float32; float32 for quantized weights on the native CPU kernels), float32, float16"})
+    quantization: str = field(default="auto", metadata={
+        "help": "weights: auto (the checkpoint's own: GGUF Q4/Q8 blocks or AWQ int4), none (dense), awq, gguf"})
+    weight_kernel: str = field(default="auto", metadata={
+        "help": "kernel for int4 checkpoints on a CPU: auto (int4, or int8 re-quantized per row where that "
+                "measures faster at decode sizes), int4, int8"})
+    device: str = "auto"
+    block_size: int = 16
+    kv_cache_memory: int | None = field(default=None, metadata={  # bytes
+        "flag": "--kv-cache-gb", "unit": "GiB", "help": "KV cache size (default: 85% of free GPU memory, 2 GiB on a CPU)"})
+    gpu_memory_utilization: float = 0.85
+    swap_space: float = 1.0  # GiB of CPU memory for swapped-out blocks
+    max_num_seqs: int = field(default=128, metadata={"help": "sequences that run in one step at most"})
+    max_num_batched_tokens: int = field(default=1024, metadata={"help": "tokens one step runs at most"})
+    max_best_of: int = field(default=32, metadata={
+        "help": "sequences one request may sample at most (n, best_of, beam width)"})
+    max_model_len: int | None = field(default=None, metadata={"help": "context length (default: the model's)"})
+    max_waiting: int = field(default=1024, metadata={
+        "flag": "--max-queue", "help": "waiting requests beyond this are refused with 503 + Retry-After"})
+    enable_prefix_caching: bool = True
+    jump_forward: bool = field(default=True, metadata={  # see OutputProcessor
+        "help": "append grammar-forced text (JSON keys, tool-call frames) without sampling"})
+    preemption_mode: str = "swap"
+    attention_backend: str = "auto"  # "torch", "triton" or "auto" (triton on CUDA)
+    seed: int = 0
+    num_threads: int | None = None
+    stats_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.quantization not in ("auto", "none", "awq", "gguf"):
+            raise ValueError(f"quantization must be one of auto, none, awq, gguf; got {self.quantization!r}")
+        if self.weight_kernel not in ("auto", "int4", "int8"):
+            raise ValueError(f"weight_kernel must be one of auto, int4, int8; got {self.weight_kernel!r}")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"attention_backend must be auto, torch or triton; got {self.attention_backend!r}")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ValueError(f"kv_cache_memory must be positive, got {self.kv_cache_memory}")
+        if self.max_best_of < 1:
+            raise ValueError(f"max_best_of must be >= 1, got {self.max_best_of}")
+        if self.max_waiting < 1:
+            raise ValueError(f"max_waiting must be >= 1, got {self.max_waiting}")
+        if self.swap_space < 0:
+            raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        """`auto`: bf16 on CUDA and on CPUs with bf16 arithmetic; float32 where bf16 is emulated."""
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        return torch.bfloat16 if self.torch_device().type == "cuda" or native_bf16() else torch.float32
+
+    def use_triton(self) -> bool:
+        if self.attention_backend == "torch":
+            return False
+        if self.attention_backend == "triton":
+            return True
+        return self.torch_device().type == "cuda"

@@ -1,0 +1,13 @@
+"""How agent routes reach the agents room (`app.state.agents`)."""
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+
+from livecast.services.errors import APIError
+
+
+def get_agents(conn: HTTPConnection):
+    agents = getattr(conn.app.state, "agents", None)
+    if agents is None:
+        raise APIError(503, "the agents room is not running (it needs the LLM)", code="agents_unavailable")
+    return agents

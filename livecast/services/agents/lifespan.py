@@ -1,0 +1,64 @@
+"""The agents room: `agents_service(config, llm, db, state)` builds the store, the Responses and
+Assistants services and the retention sweeper; routes reach it as `app.state.agents`.
+
+`state` is the app's state, where the built-in tools find their engines (`state.containers` for
+the code interpreter, `state.retrieval` for file search) at request time, so those rooms can start
+before or after this one.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager, suppress
+from typing import AsyncIterator
+
+from livecast.services.agents.assistants.runs import Runs
+from livecast.services.agents.background import Background
+from livecast.services.agents.config import AgentsConfig
+from livecast.services.agents.responses.service import Responses
+from livecast.services.agents.store import AgentStore
+from livecast.services.llm.service import LLMService
+
+logger = logging.getLogger("livecast.agents")
+
+
+class AgentsService:
+    def __init__(self, config: AgentsConfig, llm: LLMService, db, state, retry_after_s: int = 1) -> None:
+        self.config, self.llm, self.db, self.state = config, llm, db, state
+        self.store = AgentStore(db, config)
+        self.background = Background(config.max_background, retry_after_s)
+        self.responses = Responses(self)
+        self.runs = Runs(self)
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                deleted = await asyncio.to_thread(self.store.sweep)
+                deleted += await asyncio.to_thread(self.runs.expire_waiting)
+                if deleted:
+                    logger.info("store sweeper: %d objects deleted or expired", deleted)
+            except Exception:  # a failed pass is retried at the next interval
+                logger.exception("store sweep failed")
+
+    def health(self) -> dict:
+        return {"store": self.db.path, "background": len(self.background.tasks)}
+
+
+@asynccontextmanager
+async def agents_service(config: AgentsConfig, llm: LLMService | None, db, state,
+                         retry_after_s: int = 1) -> AsyncIterator[AgentsService | None]:
+    if llm is None:
+        logger.warning("agents: the LLM room is off, so the Responses and Assistants APIs answer 503")
+        yield None
+        return
+    service = AgentsService(config, llm, db, state, retry_after_s)
+    await asyncio.to_thread(service.store.sweep)
+    sweeper = asyncio.create_task(service.sweep_forever(), name="agents:sweeper")
+    try:
+        yield service
+    finally:
+        sweeper.cancel()
+        with suppress(asyncio.CancelledError):
+            await sweeper
+        await service.background.close()

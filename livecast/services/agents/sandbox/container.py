@@ -1,0 +1,261 @@
+"""Server side: one stateful container — a live, confined interpreter plus its working directory.
+
+Blocking by design (pipes, waits, directory scans); `pool` calls it from worker threads. The
+interpreter keeps variables and imports across `run` calls; if it dies (timeout, CPU, crash)
+the next call starts a fresh one on the same files. Every wait is bounded by a deadline, and
+a read from the child is bounded in size: the child is untrusted once it has said "ready".
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from livecast.services.agents.sandbox import files as cfiles
+from livecast.services.agents.sandbox import limits
+from livecast.services.agents.sandbox.files import ContainerFile, FileIndex
+
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[4])
+_BOOT = ("import sys; sys.path.insert(0, {root!r}); from livecast.services.agents.sandbox.child import main; "
+         "sys.path.pop(0); main({ctl_in}, {ctl_out})")
+_START_TIMEOUT_S = 60.0
+
+
+def pick_uid(uid_base: int) -> int:
+    """A root server gives each container its own outside uid (random: no two servers on a host
+    need to agree), so files, signals and process counts of two containers never mix."""
+    return uid_base + secrets.randbelow(1 << 24) if os.geteuid() == 0 else os.getuid()
+
+
+@dataclass(slots=True)
+class ExecResult:
+    stdout: str
+    stderr: str
+    exit_code: int
+    timed_out: bool
+    limit: str | None
+    files: list[ContainerFile] = field(default_factory=list)
+    images: list[ContainerFile] = field(default_factory=list)
+    container_id: str = ""
+    duration_ms: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"container_id": self.container_id, "stdout": self.stdout, "stderr": self.stderr,
+                "exit_code": self.exit_code, "timed_out": self.timed_out, "limit": self.limit,
+                "files": [f.to_openai(self.container_id) for f in self.files],
+                "images": [f.to_openai(self.container_id) for f in self.images],
+                "duration_ms": round(self.duration_ms, 1)}
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """Everything a container needs, copied from SandboxConfig by the pool."""
+    limits: limits.Limits
+    layers: tuple[str, ...]
+    landlock_abi: int
+    fs_policy: dict
+    preload: tuple[str, ...]
+    output_limit_bytes: int
+    disk_limit_bytes: int
+
+
+class Container:
+    def __init__(self, container_id: str, directory: Path, spec: ContainerSpec, uid: int) -> None:
+        self.id, self.spec, self.uid = container_id, spec, uid
+        self.directory = directory
+        self.workdir, self.scratch = directory / "data", directory / "tmp"
+        self.files = FileIndex()
+        self.created_at = self.last_active_at = time.time()
+        self.process: subprocess.Popen | None = None
+        for path in (directory, self.workdir, self.scratch):
+            path.mkdir(mode=0o700)
+            if os.geteuid() == 0:
+                os.chown(path, uid, uid)
+
+    # ---- process lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        """Spawn the interpreter and wait until it is confined and ready (raises if it is not)."""
+        ctl_in_r, ctl_in_w = os.pipe()
+        ctl_out_r, ctl_out_w = os.pipe()
+        boot = _BOOT.format(root=_PROJECT_ROOT, ctl_in=ctl_in_r, ctl_out=ctl_out_w)
+        env = {"PATH": "/usr/bin:/bin", "HOME": cfiles.MOUNT_POINT, "LANG": "C.UTF-8", "TMPDIR": str(self.scratch),
+               "MPLCONFIGDIR": str(self.scratch), "MPLBACKEND": "Agg", "OPENBLAS_NUM_THREADS": "1",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        self.process = subprocess.Popen([sys.executable, "-I", "-c", boot], pass_fds=(ctl_in_r, ctl_out_w),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, env=env, cwd="/", start_new_session=True)
+        os.close(ctl_in_r)
+        os.close(ctl_out_w)
+        self._to_child, self._from_child = ctl_in_w, ctl_out_r
+        self._buffer = b""
+        spec = {"uid": self.uid, "gid": self.uid, "workdir": str(self.workdir), "scratch": str(self.scratch),
+                "limits": self.spec.limits.to_json(), "fs": self.spec.fs_policy, "layers": list(self.spec.layers),
+                "landlock_abi": self.spec.landlock_abi, "preload": list(self.spec.preload),
+                "output_limit_bytes": self.spec.output_limit_bytes}
+        self._write(spec)
+        message = self._read(time.monotonic() + _START_TIMEOUT_S)
+        if message is None or message.get("type") != "ready":
+            detail = (message or {}).get("message", "no answer")
+            self.kill()
+            raise RuntimeError(f"sandbox failed to start: {detail}")
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL PID 1 of the container: the kernel kills every other process of its PID
+        namespace before PID 1 is gone, the outer process reaps it (no zombie left to the host's
+        init) and exits, and we reap that. If the outer process is stuck, SIGKILL it too:
+        PR_SET_PDEATHSIG then takes PID 1 down the same way."""
+        if self.process is None:
+            return
+        if "namespaces" in self.spec.layers:
+            targets = _children(self.process.pid) or [self.process.pid]
+        else:
+            targets = self.pids()[::-1]  # no PID namespace (unsafe mode): the tree as it is now, leaves first
+        for pid in targets:
+            _sigkill(pid)
+        try:
+            self.process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            _sigkill(self.process.pid)
+            self.process.wait()
+        for fd in (self._to_child, self._from_child):
+            os.close(fd)
+        self.process = None
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        """Every live process of this container, found by walking /proc's children lists."""
+        if self.process is None:
+            return []
+        found, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += _children(pid)
+        return found
+
+    # ---- protocol ------------------------------------------------------------------------
+    def _write(self, message: dict) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        while data:
+            data = data[os.write(self._to_child, data):]
+
+    def _read(self, deadline: float) -> dict | None:
+        """The next message, or None at EOF or past the deadline. A line longer than two outputs
+        plus slack is a child gone wrong: treated as EOF."""
+        max_line = 8 * self.spec.output_limit_bytes + 65536
+        while b"\n" not in self._buffer:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0 or not select.select([self._from_child], [], [], timeout)[0]:
+                return None
+            chunk = os.read(self._from_child, 1 << 16)
+            if not chunk or len(self._buffer) > max_line:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+    # ---- calls ---------------------------------------------------------------------------
+    def run(self, code: str, timeout_s: float, cpu_s: int | None = None) -> ExecResult:
+        started = time.monotonic()
+        self.last_active_at = time.time()
+        if not self.alive:
+            self.kill()
+            self.start()
+        cpu_s = min(cpu_s or self.spec.limits.cpu_s_per_call, self.spec.limits.cpu_s_total)
+        self._write({"op": "exec", "code": code, "cpu_s": cpu_s})
+        message = self._read(started + timeout_s)
+        if message is not None and message.get("type") == "result":
+            result = ExecResult(str(message["stdout"]), str(message["stderr"]), int(message["exit_code"]), False,
+                                message["limit"] if message["limit"] in limits.NAMES else None)
+        else:
+            result = self._ended(message, timed_out=message is None and time.monotonic() >= started + timeout_s)
+        changed = self.files.sync(str(self.workdir))
+        if self.files.total_bytes() > self.spec.disk_limit_bytes:
+            result = self._over_disk(result, changed)
+            changed = []
+        result.files, result.images = changed, [f for f in changed if f.is_image]
+        result.container_id, result.duration_ms = self.id, (time.monotonic() - started) * 1000
+        self.last_active_at = time.time()
+        return result
+
+    def _ended(self, message: dict | None, timed_out: bool) -> ExecResult:
+        """The interpreter is gone (or is killed now, past the deadline): say why."""
+        self.kill()
+        if timed_out:
+            return ExecResult("", "killed: wall-clock timeout\n", -signal.SIGKILL, True, limits.TIMEOUT)
+        # the outer process reports the inner one's end just before it exits
+        exit_message = message if message and message.get("type") == "exit" else {}
+        signum = exit_message.get("signal")
+        code = int(exit_message.get("code", -signal.SIGKILL))
+        if signum:
+            limit = limits.classify_signal(signum, exit_message.get("cpu_s", 0.0), self.spec.limits.cpu_s_total)
+            return ExecResult("", f"interpreter killed by signal {signum} ({limit})\n", code, False, limit)
+        return ExecResult("", f"interpreter exited with code {code}\n", code, False, None)
+
+    def _over_disk(self, result: ExecResult, changed: list[ContainerFile]) -> ExecResult:
+        for file in changed:
+            try:
+                cfiles.unlink_beneath(str(self.workdir), file.relpath)
+            except OSError:
+                pass
+        self.files.sync(str(self.workdir))
+        note = f"files written by this call removed: the container's disk limit of " \
+               f"{self.spec.disk_limit_bytes >> 20} MiB was exceeded\n"
+        return ExecResult(result.stdout, result.stderr + note, result.exit_code or 1, result.timed_out, limits.DISK)
+
+    # ---- files ---------------------------------------------------------------------------
+    def upload(self, name: str, data: bytes) -> ContainerFile:
+        relpath = cfiles.check_name(name)
+        if len(data) > self.spec.limits.max_file_mb << 20:
+            raise ValueError(f"file is larger than the container's file size limit of {self.spec.limits.max_file_mb} MiB")
+        cfiles.write_beneath(str(self.workdir), relpath, data, self.uid, self.uid)
+        st = os.lstat(self.workdir / relpath)
+        self.last_active_at = time.time()
+        return self.files.record(relpath, st.st_size, st.st_mtime_ns, "user")
+
+    def list_files(self) -> list[ContainerFile]:
+        self.files.sync(str(self.workdir))
+        return sorted(self.files.by_path.values(), key=lambda f: (f.created_at, f.relpath))
+
+    def read(self, file: ContainerFile) -> bytes:
+        return cfiles.read_beneath(str(self.workdir), file.relpath, self.spec.limits.max_file_mb << 20)
+
+    def delete_file(self, file: ContainerFile) -> None:
+        cfiles.unlink_beneath(str(self.workdir), file.relpath)
+        self.files.by_path.pop(file.relpath, None)
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children += [int(child) for child in f.read().split()]
+    except OSError:
+        pass  # gone meanwhile
+    return children
+
+
+def _sigkill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,154 @@
+"""The Containers API, in OpenAI's shapes: /v1/containers and /v1/containers/{id}/files.
+
+The pool lives on `app.state.containers` (set by the lifespan from `containers_service`); when it
+is None — the tool refused to start, or is switched off — every route answers 503.
+"""
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.requests import HTTPConnection
+
+from livecast.services.agents.sandbox.pool import ContainerNotFound, ContainerPool, PoolFull
+from livecast.services.deps import require_api_key
+from livecast.services.errors import APIError
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+_MAX_UPLOAD_BYTES = 512 << 20  # the multipart parser spools to disk; the container's own limit is checked after
+
+
+def get_pool(conn: HTTPConnection) -> ContainerPool:
+    pool = getattr(conn.app.state, "containers", None)
+    if pool is None:
+        raise APIError(503, "the code interpreter is not enabled on this server (see its startup log)",
+                       code="code_interpreter_disabled")
+    return pool
+
+
+class ExpiresAfter(BaseModel):
+    anchor: Literal["last_active_at"] = "last_active_at"
+    minutes: int = Field(ge=1, le=1440)
+
+
+class CreateContainer(BaseModel):
+    name: str = Field(default="", max_length=256)
+    expires_after: ExpiresAfter | None = None
+    file_ids: list[str] = Field(default_factory=list)
+    memory_limit: str | None = None
+
+
+def _not_found(exc: ContainerNotFound) -> APIError:
+    return APIError(404, exc.args[0] if exc.args else "not found", code="not_found")
+
+
+def _page(items: list[dict], limit: int, order: str, after: str | None) -> dict:
+    items = items if order == "asc" else list(reversed(items))
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise APIError(400, f"after: no item {after!r} in this list", param="after")
+        items = items[ids.index(after) + 1:]
+    page = items[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+
+
+@router.post("/v1/containers")
+async def create_container(body: CreateContainer, pool: ContainerPool = Depends(get_pool)):
+    if body.file_ids:
+        raise APIError(400, "file_ids: copying Files API files into a container is not supported yet; "
+                       "upload them to /v1/containers/{id}/files", param="file_ids")
+    if body.memory_limit is not None:
+        raise APIError(400, "memory_limit: this server sets one memory limit for every container (--sandbox-memory-mb)",
+                       param="memory_limit")
+    minutes = body.expires_after.minutes if body.expires_after else None
+    try:
+        return await pool.create(body.name, idle_expiry_s=minutes * 60.0 if minutes else None)
+    except PoolFull as exc:
+        raise APIError(429, str(exc), code="too_many_containers") from None
+
+
+@router.get("/v1/containers")
+async def list_containers(limit: int = Query(20, ge=1, le=100), order: Literal["asc", "desc"] = "desc",
+                          after: str | None = None, pool: ContainerPool = Depends(get_pool)):
+    return _page(pool.list(), limit, order, after)
+
+
+@router.get("/v1/containers/{container_id}")
+async def retrieve_container(container_id: str, pool: ContainerPool = Depends(get_pool)):
+    try:
+        return pool.get(container_id)
+    except ContainerNotFound as exc:
+        raise _not_found(exc) from None
+
+
+@router.delete("/v1/containers/{container_id}")
+async def delete_container(container_id: str, pool: ContainerPool = Depends(get_pool)):
+    try:
+        await pool.delete(container_id)
+    except ContainerNotFound as exc:
+        raise _not_found(exc) from None
+    return {"id": container_id, "object": "container.deleted", "deleted": True}
+
+
+@router.post("/v1/containers/{container_id}/files")
+async def create_container_file(container_id: str, request: Request, pool: ContainerPool = Depends(get_pool)):
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise APIError(400, "file: send the file as multipart/form-data (copying a file_id is not supported yet)",
+                       param="file")
+    form = await request.form(max_part_size=_MAX_UPLOAD_BYTES)
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise APIError(400, "file: a multipart field named 'file' is required", param="file")
+    data = await upload.read()
+    try:
+        file = await pool.upload(container_id, upload.filename or "", data)
+    except ContainerNotFound as exc:
+        raise _not_found(exc) from None
+    except ValueError as exc:
+        raise APIError(400, f"file: {exc}", param="file") from None
+    return file.to_openai(container_id)
+
+
+@router.get("/v1/containers/{container_id}/files")
+async def list_container_files(container_id: str, limit: int = Query(20, ge=1, le=100),
+                               order: Literal["asc", "desc"] = "desc", after: str | None = None,
+                               pool: ContainerPool = Depends(get_pool)):
+    try:
+        files = await pool.list_files(container_id)
+    except ContainerNotFound as exc:
+        raise _not_found(exc) from None
+    return _page([f.to_openai(container_id) for f in files], limit, order, after)
+
+
+@router.get("/v1/containers/{container_id}/files/{file_id}")
+async def retrieve_container_file(container_id: str, file_id: str, pool: ContainerPool = Depends(get_pool)):
+    try:
+        return (await pool.file(container_id, file_id)).to_openai(container_id)
+    except ContainerNotFound as exc:
+        raise _not_found(exc) from None
+
+
+@router.get("/v1/containers/{container_id}/files/{file_id}/content")
+async def container_file_content(container_id: str, file_id: str, pool: ContainerPool = Depends(get_pool)):
+    try:
+        file, data = await pool.read_file(container_id, file_id)
+    except ContainerNotFound as exc:
+        raise _not_found(exc) from None
+    except (OSError, ValueError) as exc:
+        raise APIError(400, f"file {file_id} cannot be read: {exc}", param="file_id") from None
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(file.relpath.rsplit('/', 1)[-1])}"})
+
+
+@router.delete("/v1/containers/{container_id}/files/{file_id}")
+async def delete_container_file(container_id: str, file_id: str, pool: ContainerPool = Depends(get_pool)):
+    try:
+        await pool.delete_file(container_id, file_id)
+    except ContainerNotFound as exc:
+        raise _not_found(exc) from None
+    return {"id": file_id, "object": "container.file.deleted", "deleted": True}

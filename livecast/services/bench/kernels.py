@@ -1,0 +1,124 @@
+"""`livecast bench kernels`: paged decode attention against the device's copy bandwidth and its peers.
+
+Decode reads every cached K/V byte once, so its ceiling is memory bandwidth: the table reports
+the bytes the kernel must move over its time, as GB/s and as a share of a large device-to-device
+copy measured in the same run. Peers on the same inputs: the per-sequence torch reference
+(`paged_attention_decode_ref`, gather + fp32 softmax) and `scaled_dot_product_attention` on K/V
+already gathered into dense `(batch, kv_heads, context, head_dim)` tensors, which leaves the
+paging cost out of SDPA's time. GPU only: on a CPU it says so and measures nothing.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import torch
+
+from livecast.services.bench.report import report
+
+HEADERS = ["batch", "context", "path", "kernel_us", "single_us", "split_us", "ref_us", "sdpa_us",
+           "GB/s", "pct_copy_bw", "vs_ref", "vs_sdpa", "max_err"]
+# Llama-3-8B's attention shape: 32 query heads over 8 kv heads of 128, bf16, 16-token blocks.
+NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 32, 8, 128, 16, torch.bfloat16
+
+
+def copy_bandwidth_gbps(num_bytes: int = 2 * 2**30) -> float:
+    """Best device-to-device copy rate: read + write bytes over time, as the attention rows count."""
+    src = torch.empty(num_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    dst.copy_(src)  # warm-up
+    best_ms = float("inf")
+    for _ in range(10):
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        best_ms = min(best_ms, start.elapsed_time(end))
+    del src, dst
+    return 2 * num_bytes / best_ms / 1e6
+
+
+def decode_inputs(batch: int, context_len: int, device: str) -> dict:
+    """Random q and a shuffled paged cache holding `context_len` tokens for each of `batch` sequences."""
+    blocks_per_seq = -(-context_len // BLOCK_SIZE)
+    num_blocks = batch * blocks_per_seq
+    shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
+    return dict(
+        q=torch.randn(batch, NUM_HEADS, HEAD_DIM, device=device).to(DTYPE),
+        k_cache=torch.randn(shape, device=device).to(DTYPE),
+        v_cache=torch.randn(shape, device=device).to(DTYPE),
+        block_tables=torch.randperm(num_blocks, device=device).to(torch.int32).view(batch, blocks_per_seq),
+        context_lens=torch.full((batch,), context_len, dtype=torch.int32, device=device),
+        scale=HEAD_DIM ** -0.5,
+    )
+
+
+def measure(batch: int, context_len: int, device: str, time_ms: Callable[[Callable], float]) -> dict:
+    from livecast.kernels.cache import gather_paged
+    from livecast.kernels.paged_attention import paged_attention_decode, paged_attention_decode_ref, split_k_default
+
+    x = decode_inputs(batch, context_len, device)
+    max_context_len = x["block_tables"].shape[1] * BLOCK_SIZE  # the bound the launcher decides on
+    args = (x["q"], x["k_cache"], x["v_cache"], x["block_tables"], x["context_lens"], x["scale"])
+
+    def dense(cache: torch.Tensor) -> torch.Tensor:  # (batch, kv_heads, context, head_dim) for SDPA
+        return torch.stack([gather_paged(cache, table, context_len) for table in x["block_tables"]]) \
+            .transpose(1, 2).contiguous()
+
+    k_dense, v_dense = dense(x["k_cache"]), dense(x["v_cache"])
+
+    def sdpa():
+        return torch.nn.functional.scaled_dot_product_attention(
+            x["q"][:, :, None], k_dense, v_dense, scale=x["scale"], enable_gqa=True)[:, :, 0]
+
+    out = paged_attention_decode(*args)
+    max_err = (out.float() - sdpa().float()).abs().max().item()
+    kernel_ms = time_ms(lambda: paged_attention_decode(*args))
+    path = "split-k" if split_k_default(batch, NUM_KV_HEADS, max_context_len) else "single"
+    row = dict(batch=batch, context=context_len, path=path, kernel_us=1e3 * kernel_ms,
+               single_us=1e3 * time_ms(lambda: paged_attention_decode(*args, split_k=False)),
+               split_us=1e3 * time_ms(lambda: paged_attention_decode(*args, split_k=True)),
+               ref_us=1e3 * time_ms(lambda: paged_attention_decode_ref(*args)),
+               sdpa_us=1e3 * time_ms(sdpa), max_err=max_err)
+    elem = x["q"].element_size()
+    moved = (2 * batch * context_len * NUM_KV_HEADS * HEAD_DIM * elem  # K and V, once
+             + 2 * x["q"].numel() * elem + x["block_tables"].numel() * 4)  # q in, out back, block tables
+    row["GB/s"] = moved / kernel_ms / 1e6
+    row["vs_ref"] = row["ref_us"] / row["kernel_us"]
+    row["vs_sdpa"] = row["sdpa_us"] / row["kernel_us"]
+    return row
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="livecast bench kernels", description=__doc__)
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the results here")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64, 256])
+    parser.add_argument("--context-lens", type=int, nargs="+", default=[128, 512, 2048, 8192])
+    args = parser.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("no GPU present: the kernel benchmark needs CUDA; nothing was measured")
+        report("kernels", HEADERS, [], {"gpu": False}, args.json_path)
+        return 0
+
+    import triton.testing
+
+    def time_ms(fn: Callable) -> float:
+        return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")  # flushes L2 between runs
+
+    copy_gbps = copy_bandwidth_gbps()
+    rows = []
+    for batch in args.batch_sizes:
+        for context_len in args.context_lens:
+            row = measure(batch, context_len, "cuda", time_ms)
+            row["pct_copy_bw"] = 100.0 * row["GB/s"] / copy_gbps
+            rows.append(row)
+            torch.cuda.empty_cache()
+    print(f"device {torch.cuda.get_device_name(0)}: device-to-device copy {copy_gbps:.0f} GB/s")
+    result = {"gpu": True, "copy_bandwidth_gbps": copy_gbps,
+              "shape": dict(num_heads=NUM_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
+                            block_size=BLOCK_SIZE, dtype=str(DTYPE)),
+              "rows": rows}
+    report("kernels", HEADERS, [[row[h] for h in HEADERS] for row in rows], result, args.json_path)
+    return 0

@@ -1,0 +1,20 @@
+"""How media routes reach the diffusion service (tests override this with dependency_overrides)."""
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+
+from livecast.services.errors import APIError
+from livecast.services.media.service import DiffusionService
+from livecast.services.media.stream_settings import param_error_name
+
+
+def get_diffusion(conn: HTTPConnection) -> DiffusionService:
+    diffusion = getattr(conn.app.state, "diffusion", None)
+    if diffusion is None:
+        raise APIError(503, "the diffusion pipeline is not running", code="diffusion_unavailable")
+    return diffusion
+
+
+def settings_error(exc: ValueError) -> APIError:
+    """A 400 for a bad stream setting, naming it."""
+    return APIError(400, str(exc), param=param_error_name(str(exc)), code="invalid_settings")

@@ -1,0 +1,61 @@
+"""WebRTC live stylization: POST /v1/webrtc/offer (aiortc's non-trickle signaling) and session admin.
+
+The offer body carries the SDP plus the stream's starting settings; the answer carries all of the
+server's candidates. Bad SDP or settings → 400; `max_video_sessions` open → 503 + Retry-After.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from livecast.services.deps import get_settings, require_api_key
+from livecast.services.errors import APIError, overloaded
+from livecast.services.media.deps import get_diffusion, settings_error
+from livecast.services.media.service import DiffusionService, ServiceBusy
+from livecast.services.media.stream_settings import StreamSettings
+from livecast.services.media.webrtc import OfferError, SessionLimit
+from livecast.services.settings import ServerSettings
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+class WebRTCOffer(StreamSettings):
+    sdp: str = Field(min_length=1, max_length=200_000)
+    type: Literal["offer"]
+    passthrough: bool = False  # no diffusion: the transport floor (and the latency probe's baseline)
+
+
+class WebRTCAnswer(BaseModel):
+    sdp: str
+    type: str
+    session_id: str
+
+
+@router.post("/v1/webrtc/offer", response_model=WebRTCAnswer)
+async def webrtc_offer(offer: WebRTCOffer, service: DiffusionService = Depends(get_diffusion),
+                       settings: ServerSettings = Depends(get_settings)):
+    try:
+        return await service.video.answer(offer.sdp, offer.type, offer.stream_kwargs({"sdp", "type", "passthrough"}),
+                                          passthrough=offer.passthrough)
+    except SessionLimit as exc:
+        raise overloaded(str(exc), settings.retry_after_s, "too_many_sessions") from exc
+    except ServiceBusy as exc:
+        raise overloaded(str(exc), settings.retry_after_s) from exc
+    except OfferError as exc:
+        raise APIError(400, str(exc), param="sdp", code="invalid_sdp") from exc
+    except ValueError as exc:
+        raise settings_error(exc) from exc
+
+
+@router.get("/v1/webrtc/sessions")
+async def list_sessions(service: DiffusionService = Depends(get_diffusion)):
+    return {"object": "list", "max_sessions": service.video.max_sessions, "data": service.video.snapshot()}
+
+
+@router.delete("/v1/webrtc/sessions/{session_id}")
+async def close_session(session_id: str, service: DiffusionService = Depends(get_diffusion)):
+    if not await service.video.close(session_id):
+        raise APIError(404, f"no video session {session_id!r}", param="session_id", code="session_not_found")
+    return {"id": session_id, "object": "webrtc.session", "deleted": True}

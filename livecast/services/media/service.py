@@ -1,0 +1,152 @@
+"""The diffusion side of the server: one StreamPipeline and its StreamBatcher behind DiffusionService.
+
+Every route that makes pictures (WebRTC video, WebSocket frames, the images API) opens a batcher
+stream, submits frames and awaits the batcher's futures with `asyncio.wrap_future`; no model work
+ever runs on the event loop. The device runtime steps the batcher (services.runtime).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import PIL.Image
+from prometheus_client import CollectorRegistry
+
+from livecast.services.media.config import DiffusionConfig
+from livecast.services.media.metrics import DiffusionMetrics, LiveCollector
+from livecast.services.media.stream_settings import SETTABLE, StreamSettings
+from livecast.streamdiff import StreamBatcher, StreamPipeline
+from livecast.streamdiff.config import StreamParams
+from livecast.streamdiff.image import Frame
+
+logger = logging.getLogger("livecast.diffusion")
+
+
+class ServiceBusy(Exception):
+    """Every batcher stream is taken; the caller should answer 503."""
+
+
+class DiffusionService:
+    """Owns the pipeline and the batcher; hands out streams; awaits frames off the event loop."""
+
+    def __init__(self, pipe: StreamPipeline, config: DiffusionConfig | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.config = config or DiffusionConfig()
+        self.pipe = pipe
+        self.batcher = StreamBatcher(pipe, self.config.max_batch_size, self.config.max_streams)
+        self.metrics = DiffusionMetrics(registry or CollectorRegistry())
+        self._collector = LiveCollector(self)
+        self.metrics.registry.register(self._collector)
+        self.video = None  # services.media.webrtc.VideoSessions, attached by the media lifespan
+        self.frame_clients = 0  # open /v1/ws/frames sockets
+        self._params: dict[str, dict[str, Any]] = {}  # what each stream was last set to
+        self._started = False
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return self.pipe.model_info
+
+    @property
+    def size_multiple(self) -> int:
+        return self.pipe.states.size_multiple
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(width, height) streams work at unless they ask otherwise."""
+        return self.pipe.states.default_size
+
+    def health(self) -> dict[str, Any]:
+        info = self.model_info
+        return {"model": info["name"], "demo": info["demo"], "device": info["device"], "dtype": info["dtype"],
+                "resolution": info["resolution"], "streams": len(self._params),
+                "video_sessions": len(self.video.snapshot()) if self.video is not None else 0,
+                "max_video_sessions": self.config.max_video_sessions, "latency_probe": self.config.latency_probe,
+                "healthy": self._started}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._started = True
+
+    async def stop(self) -> None:
+        """Fail frames still waiting (FrameDropped), so no client awaits a batch that never runs."""
+        self._started = False
+        await asyncio.to_thread(self.batcher.stop)
+        self.metrics.registry.unregister(self._collector)
+        self.metrics.close()
+
+    # -- streams -----------------------------------------------------------------------------
+    def open_stream(self, **params: Any) -> str:
+        """A new batcher stream; ValueError on a bad setting, ServiceBusy when all are taken."""
+        if len(self._params) >= self.config.max_streams:
+            raise ServiceBusy(f"all {self.config.max_streams} diffusion streams are in use")
+        stream_id = uuid.uuid4().hex
+        self.batcher.add_stream(stream_id, **params)
+        self._params[stream_id] = _settings(StreamParams(**_as_param_kwargs(params)))
+        return stream_id
+
+    def update_stream(self, stream_id: str, **changes: Any) -> dict[str, Any]:
+        """Apply `changes` from the next frame on; returns the stream's settings after them."""
+        changes = StreamSettings.changes(changes)
+        self.batcher.update_stream(stream_id, **changes)
+        self._params[stream_id].update(changes)
+        return dict(self._params[stream_id])
+
+    def stream_settings(self, stream_id: str) -> dict[str, Any]:
+        return dict(self._params[stream_id])
+
+    def close_stream(self, stream_id: str) -> None:
+        if self._params.pop(stream_id, None) is not None:
+            self.batcher.remove_stream(stream_id)
+
+    def submit(self, stream_id: str, frame: Frame | None, source: str) -> asyncio.Future:
+        """Queue one frame (None: txt2img) as the stream's next; the future resolves to the image,
+        or fails with FrameDropped when a newer frame replaces it first (latest wins) and with
+        ValueError for a frame the pipeline rejects. KeyError: no such stream."""
+        start = time.monotonic()
+        result = asyncio.wrap_future(self.batcher.submit(stream_id, frame))
+        result.add_done_callback(lambda done: self._account(done, source, start))
+        return result
+
+    def _account(self, done: asyncio.Future, source: str, start: float) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self.metrics.frames.labels(source).inc()
+            self.metrics.frame_latency.labels(source).observe(time.monotonic() - start)
+
+    async def process(self, stream_id: str, frame: Frame | None, source: str) -> PIL.Image.Image:
+        """One frame through the batcher: `submit` and wait."""
+        return await self.submit(stream_id, frame, source)
+
+    async def generate(self, jobs: list[tuple[dict[str, Any], Frame | None]]) -> list[PIL.Image.Image]:
+        """One-shot images: each (settings, frame or None) gets a fresh stream, so its first frame
+        is fully denoised; all are submitted together and share the batcher's UNet calls."""
+        if len(self._params) + len(jobs) > self.config.max_streams:
+            raise ServiceBusy(f"all {self.config.max_streams} diffusion streams are in use")
+        ids: list[str] = []
+        try:
+            for params, _ in jobs:
+                ids.append(self.open_stream(**params))
+            futures = [self.batcher.submit(i, frame) for i, (_, frame) in zip(ids, jobs)]
+            start = time.monotonic()
+            images = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            self.metrics.frames.labels("images").inc(len(images))
+            self.metrics.frame_latency.labels("images").observe(time.monotonic() - start)
+            return list(images)
+        finally:
+            for stream_id in ids:
+                self.close_stream(stream_id)
+
+
+def _as_param_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("t_index_list") is not None:
+        params = {**params, "t_index_list": tuple(params["t_index_list"])}
+    return params
+
+
+def _settings(params: StreamParams) -> dict[str, Any]:
+    values = {name: getattr(params, name) for name in SETTABLE}
+    if values["t_index_list"] is not None:
+        values["t_index_list"] = list(values["t_index_list"])
+    return values

@@ -1,0 +1,268 @@
+"""WebRTC live stylization: one aiortc peer per session, every peer in one set, closed on shutdown.
+
+Per session, a reader task drains the browser's track into a FramePump (services.media.pump):
+latest wins at every hand-over, so a busy device (an LLM step running) lowers the output frame
+rate, not the latency of the frames that come out. The outgoing track's `recv()` takes results
+with the input's pts/time_base. A `control` data channel takes JSON setting updates and
+receives stats every second. The media lifespan owns `VideoSessions` and closes them once.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from livecast.services.media import probe
+from livecast.services.media.pump import FramePump
+from livecast.services.media.stream_settings import param_error_name
+
+if TYPE_CHECKING:
+    from livecast.services.media.service import DiffusionService
+
+logger = logging.getLogger("livecast.video")
+
+CONNECT_TIMEOUT_S = 30.0  # a session that never connects is closed
+_NEGOTIATE_TIMEOUT_S = 15.0
+
+
+class OfferError(ValueError):
+    """The offer cannot be answered (bad SDP, no video): a 400."""
+
+
+class SessionLimit(Exception):
+    """max_video_sessions are open: a 503."""
+
+
+class StylizedTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, session: VideoSession) -> None:
+        super().__init__()
+        self.session = session
+
+    async def recv(self) -> VideoFrame:
+        return await self.session.next_frame()
+
+
+class VideoSession:
+    def __init__(self, owner: VideoSessions, pc: RTCPeerConnection, stream_id: str | None) -> None:
+        self.id = uuid.uuid4().hex[:16]
+        self.owner, self.pc, self.stream_id = owner, pc, stream_id
+        self.service = owner.service
+        self.pump = FramePump(self.service, stream_id, "webrtc", self._convert)
+        self.stats = self.pump.stats
+        self.channel = None
+        self.has_input = False
+        self.created = time.time()
+        self._tasks: set[asyncio.Task] = set()
+        self._closing: asyncio.Task | None = None
+        # frames are scaled to fit the working size first (passthrough too: same transport cost)
+        self.max_size = self.service.default_size
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_state)
+
+    # -- events ------------------------------------------------------------------------------
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "video" or self.has_input:
+            return
+        self.has_input = True
+        self.pc.addTrack(StylizedTrack(self))
+        self._spawn(self._read(track))
+        if self.stream_id is not None:
+            self._spawn(self.pump.run())
+
+    def _on_datachannel(self, channel) -> None:
+        if channel.label != "control":
+            return
+        self.channel = channel
+        channel.on("message", self._on_control)
+        self._send({"type": "hello", "session_id": self.id, "settings": self.settings()})
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self.close()
+        elif self.pc.connectionState == "connected" and not any(t.get_name() == "stats" for t in self._tasks):
+            self._spawn(self._report(), name="stats")
+
+    def _on_control(self, message) -> None:
+        try:
+            update = json.loads(message)
+            if not isinstance(update, dict):
+                raise ValueError("a control message must be a JSON object")
+            update.pop("type", None)
+            if self.stream_id is None:
+                raise ValueError("a passthrough session has no settings to change")
+            settings = self.service.update_stream(self.stream_id, **update)
+        except KeyError:  # the session is closing: its stream is gone
+            return None
+        except ValueError as exc:
+            return self._send({"type": "error", "message": str(exc), "param": param_error_name(str(exc))})
+        self._send({"type": "settings", "settings": settings})
+
+    def _send(self, payload: dict) -> None:
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(json.dumps(payload))
+
+    # -- frames ------------------------------------------------------------------------------
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                self.pump.offer((await track.recv(), time.monotonic()))
+        except MediaStreamError:  # the browser hung up
+            self.close()
+
+    async def _convert(self, item) -> tuple:
+        frame, arrived = item
+        rgb, frame_id = await asyncio.to_thread(_to_rgb, frame, self.max_size, self.owner.latency_probe)
+        return rgb, (frame, arrived, frame_id)
+
+    async def next_frame(self) -> VideoFrame:
+        if self.stream_id is None:  # passthrough: the latest input, round-tripped through RGB
+            image, (frame, arrived, frame_id) = await self._convert(await self.pump.slot.get())
+        else:
+            image, (frame, arrived, frame_id) = await self.pump.next_result()
+        out = await asyncio.to_thread(_to_frame, image, frame_id)
+        out.pts, out.time_base = frame.pts, frame.time_base
+        self.stats.frame_done(arrived)
+        return out
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._send({"type": "stats", **self.stats.tick()})
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any] | None:
+        return self.service.stream_settings(self.stream_id) if self.stream_id else None
+
+    def info(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.pc.connectionState, "passthrough": self.stream_id is None,
+                "created": int(self.created), "settings": self.settings(), "stats": self.stats.snapshot()}
+
+    def watch(self) -> None:
+        self._spawn(self._connect_deadline())
+
+    async def _connect_deadline(self) -> None:
+        await asyncio.sleep(CONNECT_TIMEOUT_S)
+        if self.pc.connectionState != "connected":
+            logger.info("video session %s never connected; closing", self.id)
+            self.close()
+
+    def _spawn(self, coro, name: str | None = None) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> asyncio.Task:
+        """Idempotent; frees the session's slot and batcher stream at once, the peer soon after."""
+        if self._closing is None:
+            self.owner.sessions.pop(self.id, None)
+            if self.stream_id is not None:
+                self.service.close_stream(self.stream_id)  # fails a waiting frame with FrameDropped
+            self._closing = asyncio.ensure_future(self._close())
+        return self._closing
+
+    async def _close(self) -> None:
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        try:
+            await self.pc.close()
+        finally:
+            self.owner.peers.discard(self.pc)
+            logger.info("video session %s closed after %d frames", self.id, self.stats.frames_out)
+
+
+class VideoSessions:
+    """All live sessions of the server, bounded by `max_sessions`."""
+
+    def __init__(self, service: DiffusionService, max_sessions: int, latency_probe: bool = False) -> None:
+        self.service, self.max_sessions, self.latency_probe = service, max_sessions, latency_probe
+        self.peers: set[RTCPeerConnection] = set()
+        self.sessions: dict[str, VideoSession] = {}
+
+    async def answer(self, sdp: str, sdp_type: str, settings: dict[str, Any], passthrough: bool = False) -> dict:
+        """Answer an offer (non-trickle: the answer carries all candidates). Raises SessionLimit,
+        OfferError, or ValueError / ServiceBusy from opening the batcher stream."""
+        if len(self.sessions) >= self.max_sessions:
+            raise SessionLimit(f"all {self.max_sessions} video sessions are in use; retry later")
+        stream_id = None if passthrough else self.service.open_stream(**settings)  # settings errors first
+        try:
+            check_offer(sdp)
+        except OfferError:
+            if stream_id is not None:
+                self.service.close_stream(stream_id)
+            raise
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN
+        session = VideoSession(self, pc, stream_id)
+        self.sessions[session.id] = session
+        self.peers.add(pc)
+        try:
+            await asyncio.wait_for(self._negotiate(session, sdp, sdp_type), _NEGOTIATE_TIMEOUT_S)
+        except Exception as exc:
+            await session.close()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise OfferError("negotiation timed out") from exc
+            raise OfferError(f"cannot answer the offer: {exc or type(exc).__name__}") from exc
+        session.watch()
+        local = pc.localDescription
+        return {"sdp": local.sdp, "type": local.type, "session_id": session.id}
+
+    async def _negotiate(self, session: VideoSession, sdp: str, sdp_type: str) -> None:
+        await session.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
+        if not session.has_input:
+            raise ValueError("the offer has no video track to stylize")
+        await session.pc.setLocalDescription(await session.pc.createAnswer())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [session.info() for session in list(self.sessions.values())]
+
+    async def close(self, session_id: str) -> bool:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return False
+        await session.close()
+        return True
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+        await asyncio.gather(*(pc.close() for pc in list(self.peers)), return_exceptions=True)
+        self.peers.clear()
+
+
+def check_offer(sdp: str) -> None:
+    """Refuse, before any session slot is taken, offers aiortc would choke on later: no DTLS
+    fingerprint (the handshake would assert), or more than one video track to stylize."""
+    lines = sdp.splitlines()
+    if not any(line.startswith("a=fingerprint:") for line in lines):
+        raise OfferError("the offer has no DTLS fingerprint (a=fingerprint:); WebRTC media must be encrypted")
+    videos = sum(line.startswith("m=video") for line in lines)
+    if videos == 0:
+        raise OfferError("the offer has no video track to stylize")
+    if videos > 1:
+        raise OfferError(f"the offer must carry one video track to stylize, got {videos}")
+
+
+def _to_rgb(frame: VideoFrame, max_size: tuple[int, int], read_probe: bool) -> tuple[np.ndarray, int | None]:
+    """The frame scaled to fit `max_size` (aspect kept, even sides) as (H, W, 3) uint8 RGB."""
+    scale = min(1.0, max_size[0] / frame.width, max_size[1] / frame.height)
+    width, height = max(2, round(frame.width * scale / 2) * 2), max(2, round(frame.height * scale / 2) * 2)
+    rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+    return rgb, probe.read_id(rgb) if read_probe else None
+
+
+def _to_frame(image, frame_id: int | None) -> VideoFrame:
+    rgb = np.array(image, dtype=np.uint8)  # a writable copy: the probe stamps on it
+    if frame_id is not None:
+        probe.stamp_id(rgb, frame_id)
+    return VideoFrame.from_ndarray(rgb, format="rgb24")
