@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from livecast.services import health
+from livecast.services.auth import APIKeyGuard
 from livecast.services.agents.db import open_database
 from livecast.services.agents.lifespan import agents_service
 from livecast.services.agents.retrieval.routes import router as retrieval_router
@@ -85,6 +86,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.openapi = openapi_with_errors(app)
     redact_secrets("uvicorn.access", "uvicorn.error")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(APIKeyGuard, api_key=settings.api_key)  # outermost: no body is read without the key
     app.include_router(health.router)
     if settings.enable_llm:
         for router in LLM_ROUTERS:

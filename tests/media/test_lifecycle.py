@@ -113,10 +113,14 @@ def test_api_key_guards_the_api_but_not_the_pages():
             assert denial.status_code == 401 and denial.json()["error"]["code"] == "invalid_api_key"
         with client.websocket_connect("/v1/ws/frames?api_key=sk-media") as ws:
             assert ws.receive_json()["type"] == "hello"
-        # the pages never shadow the API: unknown paths 404, wrong methods 405, both OpenAI-shaped
+        # the pages never shadow the API: with the key, unknown paths 404, wrong methods 405, both
+        # OpenAI-shaped; without it, a route's every method is 401
+        auth = {"Authorization": "Bearer sk-media"}
         assert client.get("/v1/nothing").json()["error"]["type"] == "invalid_request_error"
-        assert client.get("/v1/nothing").status_code == 404 and client.post("/nothing.html").status_code == 404
-        assert client.get("/v1/images/generations").status_code == 405
+        assert client.get("/v1/nothing").status_code == 404
+        assert client.post("/nothing.html", headers=auth).status_code == 404
+        assert client.get("/v1/images/generations", headers=auth).status_code == 405
+        assert client.get("/v1/images/generations").status_code == 401
 
 
 def test_serve_flags_reach_the_diffusion_config():

@@ -13,7 +13,6 @@ from fastapi import FastAPI
 
 from livecast.services.agents.sandbox import routes
 from livecast.services.agents.sandbox.service import SandboxConfig, containers_service
-from livecast.services.deps import require_api_key
 from livecast.services.errors import install_error_handlers
 from tests.agents.sandbox.conftest import TEST_CONFIG
 from tests.live_server import LiveServer
@@ -34,7 +33,6 @@ def _app(enabled: bool) -> FastAPI:
     app.state.containers = None
     install_error_handlers(app)
     app.include_router(routes.router)
-    app.dependency_overrides[require_api_key] = lambda: None
     return app
 
 

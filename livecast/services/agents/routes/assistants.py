@@ -13,10 +13,9 @@ from livecast.services.agents.deps import get_agents
 from livecast.services.agents.retrieval.pagination import list_object
 from livecast.services.agents.store import new_id
 from livecast.services.agents.tools import build_toolset
-from livecast.services.deps import require_api_key
 from livecast.services.errors import APIError
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 Order = Literal["asc", "desc"]
 
 

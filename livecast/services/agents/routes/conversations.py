@@ -11,9 +11,8 @@ from livecast.services.agents.retrieval.pagination import list_object
 from livecast.services.agents.responses.items import normalize_input
 from livecast.services.agents.responses.protocol import ConversationCreate, ConversationUpdate, ItemsCreate
 from livecast.services.agents.store import new_id
-from livecast.services.deps import require_api_key
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 @router.post("/v1/conversations")

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Depends, Request
 from livecast.services.agents.deps import get_agents
 from livecast.services.agents.retrieval.pagination import list_object
 from livecast.services.agents.responses.protocol import ResponseCreate
-from livecast.services.deps import require_api_key
 from livecast.services.llm.streaming import sse_response, until_disconnected
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 @router.post("/v1/responses")

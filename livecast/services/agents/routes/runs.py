@@ -13,11 +13,10 @@ from livecast.services.agents.assistants.protocol import (MetadataUpdate, RunCre
 from livecast.services.agents.deps import get_agents
 from livecast.services.agents.retrieval.pagination import list_object
 from livecast.services.agents.routes.assistants import create_thread_now
-from livecast.services.deps import require_api_key
 from livecast.services.errors import APIError
 from livecast.services.llm.streaming import SSE_HEADERS, sse, until_disconnected
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 def thread_events(events: AsyncIterator[tuple[str, dict]]) -> StreamingResponse:

@@ -14,10 +14,9 @@ from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
 from livecast.services.agents.sandbox.pool import ContainerNotFound, ContainerPool, PoolFull
-from livecast.services.deps import require_api_key
 from livecast.services.errors import APIError
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 _MAX_UPLOAD_BYTES = 512 << 20  # the multipart parser spools to disk; the container's own limit is checked after
 
 

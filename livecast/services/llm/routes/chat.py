@@ -12,7 +12,6 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 
 from livecast.engine import CompletionOutput, RequestOutput
-from livecast.services.deps import require_api_key
 from livecast.services.llm.deps import get_llm
 from livecast.services.errors import APIError
 from livecast.services.llm.cot_route import chat_cot
@@ -21,7 +20,7 @@ from livecast.services.llm.protocol import ChatCompletionRequest
 from livecast.services.llm.streaming import sse_response, until_disconnected
 from livecast.services.llm.tools import ToolCallParser, ToolChoice, resolve_tool_choice
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 @router.post("/v1/chat/completions")

@@ -12,7 +12,6 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 
 from livecast.engine import CompletionOutput, RequestOutput
-from livecast.services.deps import require_api_key
 from livecast.services.llm.deps import get_llm
 from livecast.services.errors import APIError
 from livecast.services.llm.cot_route import completion_cot
@@ -20,7 +19,7 @@ from livecast.services.llm.service import LLMService
 from livecast.services.llm.protocol import CompletionRequest
 from livecast.services.llm.streaming import merge, open_all, sse_response, until_disconnected
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 @router.post("/v1/completions")

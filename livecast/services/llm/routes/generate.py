@@ -7,14 +7,13 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 
 from livecast.engine import CompletionOutput, RequestOutput
-from livecast.services.deps import require_api_key
 from livecast.services.llm.deps import get_llm
 from livecast.services.errors import APIError
 from livecast.services.llm.service import LLMService
 from livecast.services.llm.protocol import SamplingFields, TGIRequest
 from livecast.services.llm.streaming import sse_response, until_disconnected
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 @router.post("/generate")

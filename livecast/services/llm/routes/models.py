@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from livecast.services.deps import require_api_key
 from livecast.services.llm.deps import get_llm
 from livecast.services.llm.service import LLMService
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 def _card(llm: LLMService) -> dict:

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from livecast.services.deps import require_api_key
 from livecast.services.errors import APIError
 from livecast.services.llm.deps import get_llm
 from livecast.services.llm.protocol import DetokenizeRequest, TokenizeRequest
 from livecast.services.llm.service import LLMService
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 @router.post("/tokenize")

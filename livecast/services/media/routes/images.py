@@ -19,7 +19,7 @@ import PIL.ImageOps
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from pydantic import ConfigDict, Field
 
-from livecast.services.deps import get_settings, require_api_key
+from livecast.services.deps import get_settings
 from livecast.services.edge import EdgeModel
 from livecast.services.errors import APIError, overloaded
 from livecast.services.media.deps import get_diffusion, settings_error
@@ -27,7 +27,7 @@ from livecast.services.media.imageio import decode_image, encode_image, image_fo
 from livecast.services.media.service import DiffusionService, ServiceBusy
 from livecast.services.settings import ServerSettings
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 MAX_N = 8
 MAX_SIDE = 1024

@@ -10,7 +10,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from livecast.services.deps import get_settings, require_api_key
+from livecast.services.deps import get_settings
 from livecast.services.errors import APIError, overloaded
 from livecast.services.media.deps import get_diffusion, settings_error
 from livecast.services.media.service import DiffusionService, ServiceBusy
@@ -18,7 +18,7 @@ from livecast.services.media.stream_settings import StreamSettings
 from livecast.services.media.webrtc import OfferError, SessionLimit
 from livecast.services.settings import ServerSettings
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 
 class WebRTCOffer(StreamSettings):
