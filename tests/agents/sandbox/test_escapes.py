@@ -3,19 +3,25 @@
 Where a test must prove a particular layer (rather than that *something* stopped the attempt)
 it targets something the other layers would allow: a world-readable file for Landlock (plain
 permissions would let any uid read it), ptrace(TRACEME) and unshare(NEWUSER) for seccomp (any
-unprivileged process may call them), UDP for the network namespace (Landlock only rules TCP).
+unprivileged process may call them), UDP for the network namespace (Landlock only rules TCP), a
+0777 pathname unix socket for seccomp's socket families (neither Landlock nor the network
+namespace covers those).
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
+import struct
+import subprocess
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from livecast.services.agents.sandbox import limits
+from livecast.services.agents.sandbox import limits, seccomp
 
 
 def _need(support, layer: str) -> None:
@@ -259,3 +265,154 @@ def test_ptrace_and_mount_are_denied_by_seccomp(shared, support):
     assert len(lines) == 6
     for line in lines:
         assert line.endswith("-1 Operation not permitted"), line  # seccomp: EPERM
+
+
+@pytest.fixture(params=[socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["stream", "dgram"])
+def host_unix_socket(request):
+    """A root service's pathname unix socket in a 0777 directory, itself 0777: permissions let any
+    uid connect, Landlock does not rule unix connect, and the socket is in no network namespace."""
+    folder = Path(tempfile.mkdtemp(prefix="livecast-host-sock-"))
+    folder.chmod(0o777)
+    path = folder / "u.sock"
+    server = socket.socket(socket.AF_UNIX, request.param)
+    server.bind(str(path))
+    path.chmod(0o777)
+    if request.param == socket.SOCK_STREAM:
+        server.listen(1)
+    server.settimeout(0.5)
+    yield server, str(path)
+    server.close()
+    path.unlink()
+    folder.rmdir()
+
+
+# both ways to a pathname socket: a socket of one's own, or one end of a socketpair (a unix
+# datagram end may connect() or sendto() elsewhere though paired; a stream end may not)
+_UNIX_ATTACK = """
+import socket
+for how in ('socket', 'socketpair'):
+    try:
+        if how == 'socket':
+            s = socket.socket(socket.AF_UNIX, {kind})
+        else:
+            s, _ = socket.socketpair(socket.AF_UNIX, {kind})
+        s.settimeout(2)
+        s.connect({path!r})
+        s.send(b'escaped')
+        print(how, 'CONNECTED')
+    except OSError as exc:
+        print(how, type(exc).__name__, exc.errno)
+"""
+
+
+def _contained(kind: int) -> list[str]:
+    """What the attack prints once seccomp holds: socket(AF_UNIX) → EPERM; a stream pair is allowed
+    but stays connected to itself (connect → EISCONN); a datagram pair is refused (EPERM)."""
+    return ["socket PermissionError 1",
+            "socketpair OSError 106" if kind == socket.SOCK_STREAM else "socketpair PermissionError 1"]
+
+
+def _reached(server) -> bool:
+    """Whether anything came in: a connection on a stream listener, a datagram on a datagram socket."""
+    try:
+        if server.type == socket.SOCK_STREAM:
+            server.accept()[0].close()
+        else:
+            server.recv(64)
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_host_unix_socket_is_unreachable(shared, support, host_unix_socket):
+    _need(support, "seccomp")
+    server, path = host_unix_socket
+    result = run(shared, _UNIX_ATTACK.format(kind=int(server.type), path=path))
+    assert not _reached(server), result.stdout
+    assert result.stdout.splitlines() == _contained(server.type), result.stdout
+
+
+def test_cli_sandbox_cannot_reach_a_host_unix_socket(support, host_unix_socket):
+    """The same attack through `livecast sandbox run`, which builds its own container."""
+    _need(support, "seccomp")
+    if support.missing:
+        pytest.skip("the CLI refuses to run without every layer (see test_probe)")
+    server, path = host_unix_socket
+    done = subprocess.run([sys.executable, "-m", "livecast.services.agents.sandbox.cli", "run", "-"],
+                          input=_UNIX_ATTACK.format(kind=int(server.type), path=path),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert not _reached(server), out
+    assert out["stdout"].splitlines() == _contained(server.type), out
+
+
+def test_socket_families_are_limited_by_seccomp(shared, support):
+    _need(support, "seccomp")
+    result = run(shared, """
+        import multiprocessing, socket
+        for family, kind in (('AF_UNIX', 'SOCK_STREAM'), ('AF_VSOCK', 'SOCK_STREAM'), ('AF_NETLINK', 'SOCK_RAW'),
+                             ('AF_ALG', 'SOCK_SEQPACKET'), ('AF_PACKET', 'SOCK_DGRAM'),
+                             ('AF_INET', 'SOCK_STREAM'), ('AF_INET6', 'SOCK_DGRAM')):
+            try:
+                socket.socket(getattr(socket, family), getattr(socket, kind)).close()
+                print(family, 'created')
+            except OSError as exc:
+                print(family, type(exc).__name__, exc.errno)
+        a, b = socket.socketpair()
+        a.sendall(b'pair')
+        print('socketpair', b.recv(8).decode())
+        left, right = multiprocessing.Pipe()
+        left.send({'pipe': 1})
+        print('Pipe', right.recv())""")
+    assert result.stdout.splitlines() == [
+        "AF_UNIX PermissionError 1", "AF_VSOCK PermissionError 1", "AF_NETLINK PermissionError 1",
+        "AF_ALG PermissionError 1", "AF_PACKET PermissionError 1",
+        "AF_INET created", "AF_INET6 created",  # they reach only the empty network namespace
+        "socketpair pair", "Pipe {'pipe': 1}"], result.stdout + result.stderr
+
+
+def _verdict(program: bytes, nr: int, *args: int, arch: int = 0xC000003E) -> int:
+    """Run the filter on one syscall, as the kernel would (the few BPF instructions it uses)."""
+    data = struct.pack("<iIQ6Q", nr, arch, 0, *(list(args) + [0] * (6 - len(args))))
+    insns = [struct.unpack("HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    pc, acc = 0, 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == 0x06:  # RET K
+            return k
+        if code == 0x20:  # LD W ABS
+            acc = struct.unpack_from("<I", data, k)[0]
+            pc += 1
+        elif code == 0x54:  # ALU AND K
+            acc &= k
+            pc += 1
+        else:
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+            pc += 1 + (jt if taken else jf)
+
+
+def test_seccomp_program_decisions():
+    """Every path through the hand-assembled jumps, without a kernel: the verdict of each call."""
+    program = seccomp.build_program()
+    allow, eperm, enosys, kill = 0x7FFF0000, 0x00050001, 0x00050026, 0x80000000
+    assert len(program) % 8 == 0 and len(program) // 8 == 5 + len(seccomp.DENIED_SYSCALLS) + 1 + 3 + 4 + 7 + 3
+    tail = [program[i:i + 8] for i in range(len(program) - 24, len(program), 8)]
+    assert tail == [struct.pack("HBBI", 0x06, 0, 0, k) for k in (allow, eperm, enosys)]  # RET K
+    socket_nr, socketpair_nr, clone, clone3 = 41, 53, 56, 435
+    cloexec = 0x80000
+    cases = {
+        (0,): allow, (1, 1): allow, (socket_nr + 1,): allow,  # read, write, connect
+        (101,): eperm, (321,): eperm, (272, 0x10000000): eperm,  # ptrace, bpf, unshare
+        (clone3,): enosys, (clone, 0x11): allow, (clone, 0x10000000 | 0x11): eperm,
+        (socket_nr, 2, 1): allow, (socket_nr, 10, 2 | cloexec): allow,  # AF_INET, AF_INET6
+        (socket_nr, 1, 1): eperm, (socket_nr, 16, 3): eperm, (socket_nr, 17, 3): eperm,  # UNIX, NETLINK, PACKET
+        (socket_nr, 38, 5): eperm, (socket_nr, 40, 1): eperm, (socket_nr, 2 | (1 << 32), 1): allow,  # ALG, VSOCK
+        (socketpair_nr, 1, 1 | cloexec): allow, (socketpair_nr, 1, 5): allow,  # stream, seqpacket
+        (socketpair_nr, 1, 2): eperm, (socketpair_nr, 1, 2 | cloexec): eperm,  # dgram pairs can be re-pointed
+        (socketpair_nr, 30, 1): eperm,  # not AF_UNIX (TIPC)
+        (0x40000000 | 41, 1, 1): eperm,  # x32
+    }
+    for (nr, *args), expected in cases.items():
+        assert _verdict(program, nr, *args) == expected, (nr, args)
+    assert _verdict(program, 0, arch=0x40000003) == kill  # i386

@@ -3,8 +3,15 @@ Python never needs and that widen the kernel surface or reach outside the sandbo
 
 Denied calls fail with EPERM (so the code sees a PermissionError naming the call rather than a
 dead interpreter); clone3 fails with ENOSYS so glibc falls back to clone, whose flags a BPF
-filter can read, and clone with any CLONE_NEW* flag is denied. Another architecture, or the x32
-ABI on x86-64, kills the process: the table below holds x86-64 numbers only.
+filter can read, and clone with any CLONE_NEW* flag is denied. socket() is allowed for AF_INET
+and AF_INET6 only, which reach nothing but the sandbox's empty network namespace: every other
+family fails with EPERM — AF_UNIX because a pathname socket (a root daemon's, in a 0777
+directory) is reached through the filesystem, which neither Landlock nor the network namespace
+rules; AF_VSOCK because its port space is the host's; netlink, packet, AF_ALG and the rest for
+their kernel surface. socketpair() is allowed for AF_UNIX stream and seqpacket pairs (Python's
+multiprocessing.Pipe, asyncio): those stay connected to each other. A datagram pair is denied,
+since either end may connect() or sendto() a pathname socket. Another architecture kills the
+process; the x32 ABI on x86-64 fails with EPERM: the table below holds x86-64 numbers only.
 """
 from __future__ import annotations
 
@@ -28,14 +35,16 @@ DENIED_SYSCALLS = {
     "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
     "mount_setattr": 442, "quotactl_fd": 443,
 }
-_NR_CLONE, _NR_CLONE3, _NR_SECCOMP = 56, 435, 317
+_NR_CLONE, _NR_CLONE3, _NR_SECCOMP, _NR_SOCKET, _NR_SOCKETPAIR = 56, 435, 317, 41, 53
 _X32_SYSCALL_BIT = 0x40000000
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _CLONE_NEW_FLAGS = 0x7E020080  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET|NEWTIME
+_AF_UNIX, _AF_INET, _AF_INET6 = 1, 2, 10
+_SOCK_STREAM, _SOCK_SEQPACKET, _SOCK_TYPE_MASK = 1, 5, 0xF  # the type without SOCK_CLOEXEC/NONBLOCK
 
-_LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_LD_W_ABS, _AND_K, _JEQ, _JGE, _JSET, _RET = 0x20, 0x54, 0x15, 0x35, 0x45, 0x06
 _RET_ALLOW, _RET_ERRNO, _RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
-_OFF_NR, _OFF_ARCH, _OFF_ARG0 = 0, 4, 16  # struct seccomp_data; arg0's low word on little-endian
+_OFF_NR, _OFF_ARCH, _OFF_ARG0, _OFF_ARG1 = 0, 4, 16, 24  # struct seccomp_data; args' low words (little-endian)
 _FILTER_FLAG_TSYNC = 1
 
 
@@ -54,9 +63,12 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
 def build_program() -> bytes:
     """The BPF program as bytes; each jump offset counts instructions after the jumping one."""
     denied = sorted(DENIED_SYSCALLS.values())
-    # layout: header (5) · one JEQ per denied call · clone3 · clone (3) · ALLOW · EPERM · ENOSYS
+    # layout: header (5) · one JEQ per denied call · clone3 · clone (3) · socket (4) · socketpair (7)
+    #         · ALLOW · EPERM · ENOSYS
     n_checks = len(denied)
-    allow_at = 5 + n_checks + 1 + 3
+    socket_at = 5 + n_checks + 1 + 3
+    socketpair_at = socket_at + 4
+    allow_at = socketpair_at + 7
     eperm_at, enosys_at = allow_at + 1, allow_at + 2
     prog = [
         _insn(_LD_W_ABS, 0, 0, _OFF_ARCH),
@@ -65,16 +77,37 @@ def build_program() -> bytes:
         _insn(_LD_W_ABS, 0, 0, _OFF_NR),
         _insn(_JGE, eperm_at - 5, 0, _X32_SYSCALL_BIT),
     ]
-    for nr in denied:
+
+    def jump(jt_to: int | None, jf_to: int | None, code: int, k: int) -> None:
+        """A conditional jump to absolute positions; None falls through to the next instruction."""
         here = len(prog)
-        prog.append(_insn(_JEQ, eperm_at - here - 1, 0, nr))
-    here = len(prog)
-    prog.append(_insn(_JEQ, enosys_at - here - 1, 0, _NR_CLONE3))
-    here = len(prog)
-    prog.append(_insn(_JEQ, 0, allow_at - here - 1, _NR_CLONE))
+        jt = 0 if jt_to is None else jt_to - here - 1
+        jf = 0 if jf_to is None else jf_to - here - 1
+        assert 0 <= jt <= 255 and 0 <= jf <= 255
+        prog.append(_insn(code, jt, jf, k))
+
+    for nr in denied:
+        jump(eperm_at, None, _JEQ, nr)
+    jump(enosys_at, None, _JEQ, _NR_CLONE3)
+    # clone: any CLONE_NEW* flag in arg0 → EPERM
+    jump(None, socket_at, _JEQ, _NR_CLONE)
     prog.append(_insn(_LD_W_ABS, 0, 0, _OFF_ARG0))
-    here = len(prog)
-    prog.append(_insn(_JSET, eperm_at - here - 1, 0, _CLONE_NEW_FLAGS))
+    jump(eperm_at, allow_at, _JSET, _CLONE_NEW_FLAGS)
+    # socket: the family (arg0) must be AF_INET or AF_INET6
+    assert len(prog) == socket_at
+    jump(None, socketpair_at, _JEQ, _NR_SOCKET)
+    prog.append(_insn(_LD_W_ABS, 0, 0, _OFF_ARG0))
+    jump(allow_at, None, _JEQ, _AF_INET)
+    jump(allow_at, eperm_at, _JEQ, _AF_INET6)
+    # socketpair: AF_UNIX (arg0), and a stream or seqpacket type (arg1, flags masked off)
+    assert len(prog) == socketpair_at
+    jump(None, allow_at, _JEQ, _NR_SOCKETPAIR)
+    prog.append(_insn(_LD_W_ABS, 0, 0, _OFF_ARG0))
+    jump(None, eperm_at, _JEQ, _AF_UNIX)
+    prog.append(_insn(_LD_W_ABS, 0, 0, _OFF_ARG1))
+    prog.append(_insn(_AND_K, 0, 0, _SOCK_TYPE_MASK))
+    jump(allow_at, None, _JEQ, _SOCK_STREAM)
+    jump(allow_at, eperm_at, _JEQ, _SOCK_SEQPACKET)
     assert len(prog) == allow_at
     prog += [_insn(_RET, 0, 0, _RET_ALLOW), _insn(_RET, 0, 0, _RET_ERRNO | errno.EPERM),
              _insn(_RET, 0, 0, _RET_ERRNO | errno.ENOSYS)]
