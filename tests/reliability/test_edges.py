@@ -93,7 +93,9 @@ def test_keys_in_urls_never_reach_the_logs(caplog):
 
 def test_limits_on_n_prompts_and_messages(client):
     r = client.post("/v1/completions", json={"prompt": "Hi", "n": 2000, "max_tokens": 2})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"  # the edge's cap (test_counts.py)
+    r = client.post("/v1/completions", json={"prompt": "Hi", "n": 100, "max_tokens": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"  # inside it, the engine's --max-best-of
     r = client.post("/v1/completions", json={"prompt": ["Hi"] * 65, "max_tokens": 1})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],

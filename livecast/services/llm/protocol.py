@@ -7,13 +7,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from livecast.engine import SamplingParams
 from livecast.services.edge import EdgeModel
 from livecast.services.errors import APIError
 
 
+# Every count a body carries is capped here, by pydantic, before anything is built for it: a
+# request naming n=1e9 is a 400 with the cap in its message, never a billion objects. The
+# engine's own limits (--max-best-of, --max-prompts, the KV cache) are checked after, inside these.
+MAX_CHOICES = 128  # n, best_of; above any sane --max-best-of (default 32)
+MAX_TOP_LOGPROBS = 20
+MAX_STOP = 16  # stop strings (OpenAI: 4)
+MAX_TOKEN_LIST = 4096  # stop_token_ids, logit_bias entries
+MAX_MESSAGES = 4096
+MAX_TOOLS = 128  # OpenAI's limit
+Count = Annotated[int, Field(le=MAX_CHOICES)]  # the lower bound is SamplingParams', with its message
 Text = Annotated[str, Field(min_length=1)]  # the schema says what the engine needs: no empty prompts
 TokenIds = Annotated[list[int], Field(min_length=1)]
 
@@ -23,7 +33,7 @@ class SamplingFields(EdgeModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    n: int = 1
+    n: Count = 1
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -33,13 +43,20 @@ class SamplingFields(EdgeModel):
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: Annotated[list[int], Field(max_length=MAX_TOKEN_LIST)] | None = None
     max_tokens: int | None = None
     min_tokens: int | None = None
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
-    logit_bias: dict[str, float] | None = None  # OpenAI's shape: token id (as a string) -> bias
+    logit_bias: Annotated[dict[str, float], Field(max_length=MAX_TOKEN_LIST)] | None = None  # OpenAI's shape: token id (as a string) -> bias
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(stop)}")
+        return stop
 
     def sampling_params(self, *, max_tokens: int | None, **extra: Any) -> SamplingParams:
         """Raises APIError(400) naming the parameter when a value is out of range."""
@@ -121,13 +138,13 @@ class ResponseFormat(EdgeModel):
 
 class ChatCompletionRequest(SamplingFields):
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
-    tools: list[Tool] | None = None
+    top_logprobs: int | None = Field(default=None, le=MAX_TOP_LOGPROBS)
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
@@ -142,8 +159,8 @@ class CompletionRequest(SamplingFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
     echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
+    logprobs: int | None = Field(default=None, le=MAX_TOP_LOGPROBS)
+    best_of: Count | None = None
     response_format: ResponseFormat | None = None
     cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot_route.py
 
@@ -164,7 +181,7 @@ class TGIParameters(EdgeModel):
     repetition_penalty: float | None = None
     frequency_penalty: float | None = None
     seed: int | None = None
-    stop: list[str] = Field(default_factory=list)
+    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP)
     details: bool = False
     return_full_text: bool = False
     grammar: TGIGrammar | None = None
@@ -179,10 +196,10 @@ class TGIRequest(EdgeModel):
 class TokenizeRequest(EdgeModel):
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(default=None, max_length=MAX_MESSAGES)
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
-    tools: list[Tool] | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=MAX_TOOLS)
 
 
 class DetokenizeRequest(EdgeModel):
@@ -195,5 +212,5 @@ class WSGenerate(SamplingFields):
     type: Literal["generate"]
     id: str | int
     prompt: str | None = None
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = 256

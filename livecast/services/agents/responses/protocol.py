@@ -5,11 +5,11 @@ check them and name the exact field that is wrong.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from livecast.services.llm.protocol import SamplingFields
+from livecast.services.llm.protocol import MAX_MESSAGES, MAX_TOOLS, SamplingFields
 
 Metadata = dict[str, str]
 
@@ -40,9 +40,9 @@ class ConversationRef(BaseModel):
 
 class ResponseCreate(SamplingFields):
     model: str | None = None
-    input: str | list[Any] = Field(default_factory=list)
+    input: str | Annotated[list[Any], Field(max_length=MAX_MESSAGES)] = Field(default_factory=list)
     instructions: str | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
     previous_response_id: str | None = None
@@ -54,7 +54,7 @@ class ResponseCreate(SamplingFields):
     max_output_tokens: int | None = Field(default=None, ge=1)
     max_tool_calls: int | None = Field(default=None, ge=1)
     metadata: Metadata | None = Field(default=None, max_length=16)
-    include: list[str] | None = None
+    include: list[str] | None = Field(default=None, max_length=16)
     truncation: Literal["auto", "disabled"] = "disabled"
     cot: dict[str, Any] | None = None  # livecast's Chain-of-Thought extension (docs/API.md)
     user: str | None = None

@@ -97,6 +97,7 @@ async def file_content(request: Request, file_id: str):
 
 
 # -- embeddings --------------------------------------------------------------------------------------
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit
 class EmbeddingsRequest(BaseModel):
     input: Any
     model: str | None = None
@@ -117,6 +118,8 @@ def _inputs(value: Any) -> list[str] | list[list[int]]:
     if not isinstance(value, list) or not value:
         raise APIError(400, "input must be a string, a list of strings, a list of token ids or a list of "
                        "token-id lists, and not empty", param="input")
+    if len(value) > MAX_EMBEDDING_INPUTS:
+        raise APIError(400, f"at most {MAX_EMBEDDING_INPUTS} inputs per request, got {len(value)}", param="input")
     if all(isinstance(v, str) for v in value):
         if any(not v for v in value):
             raise APIError(400, "input must not contain empty strings", param="input")

@@ -26,6 +26,8 @@ from livecast.services.runtime.threads import on_own_thread
 
 logger = logging.getLogger("livecast.retrieval")
 MAX_SEARCH_RESULTS = 50
+MAX_SEARCH_QUERIES = 16  # counts capped before any embedding or SQL is built for them
+MAX_SEARCH_STORES = 16
 
 
 @dataclass(slots=True)
@@ -110,8 +112,11 @@ class RetrievalService:
         queries = [query] if isinstance(query, str) else list(query)
         if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
             raise APIError(400, "query must be a non-empty string or list of non-empty strings", param="query")
-        if not vector_store_ids:
-            raise APIError(400, "vector_store_ids must not be empty", param="vector_store_ids")
+        if len(queries) > MAX_SEARCH_QUERIES:
+            raise APIError(400, f"at most {MAX_SEARCH_QUERIES} queries per search, got {len(queries)}", param="query")
+        if not vector_store_ids or len(vector_store_ids) > MAX_SEARCH_STORES:
+            raise APIError(400, f"vector_store_ids must name 1..{MAX_SEARCH_STORES} stores, got {len(vector_store_ids)}",
+                           param="vector_store_ids")
         if not 1 <= max_num_results <= MAX_SEARCH_RESULTS:
             raise APIError(400, f"max_num_results must be in 1..{MAX_SEARCH_RESULTS}", param="max_num_results")
         if not 0.0 <= score_threshold <= 1.0:
