@@ -50,3 +50,13 @@ def make_tiny_llama(path, tokenizer_src, *, seed=0, model_type="llama", **overri
 @pytest.fixture(scope="session")
 def tiny_llama_path(tmp_path_factory, smollm2_path):
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_path)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the whole session (started only if a test asks for it)."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()

@@ -44,8 +44,8 @@ def light_agents() -> dict:
     import tempfile
 
     from livecast.services.agents.config import AgentsConfig
-    from livecast.services.agents.retrieval.service import RetrievalConfig
-    from livecast.services.agents.sandbox.service import SandboxConfig
+    from livecast.services.retrieval.service import RetrievalConfig
+    from livecast.services.sandbox.service import SandboxConfig
 
     return {"agents": AgentsConfig(data_dir=tempfile.mkdtemp(prefix="livecast-agents-")),
             "sandbox": SandboxConfig(enabled=False), "retrieval": RetrievalConfig(embedding_model="none")}

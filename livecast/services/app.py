@@ -21,11 +21,11 @@ from livecast.services import health
 from livecast.services.auth import APIKeyGuard
 from livecast.services.agents.db import open_database
 from livecast.services.agents.lifespan import agents_service
-from livecast.services.agents.retrieval.routes import router as retrieval_router
-from livecast.services.agents.retrieval.service import retrieval_service
+from livecast.services.retrieval.routes import router as retrieval_router
+from livecast.services.retrieval.service import retrieval_service
 from livecast.services.agents.routes import ROUTERS as AGENTS_ROUTERS
-from livecast.services.agents.sandbox.routes import router as sandbox_router
-from livecast.services.agents.sandbox.service import containers_service
+from livecast.services.sandbox.routes import router as sandbox_router
+from livecast.services.sandbox.service import containers_service
 from livecast.services.errors import APIError, install_error_handlers, openapi_with_errors
 from livecast.services.logs import redact_secrets
 from livecast.services.llm.routes import chat, completions, generate, models, tokenize, ws

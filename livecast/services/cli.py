@@ -22,7 +22,7 @@ BENCHMARKS = {
 # Subcommands that own their argument parsing: `livecast NAME …` → module.main(argv).
 COMMANDS = {
     "serve": "livecast.services.serve",
-    "sandbox": "livecast.services.agents.sandbox.cli",
+    "sandbox": "livecast.services.sandbox.cli",
     "cot": "livecast.services.llm.cot.cli",
     "quantize": "livecast.engine.quant.cli",
     "generate": "livecast.engine.cli",

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from livecast.engine import EngineConfig
 from livecast.services.agents.config import AgentsConfig
-from livecast.services.agents.retrieval.service import RetrievalConfig
-from livecast.services.agents.sandbox.service import SandboxConfig
+from livecast.services.retrieval.service import RetrievalConfig
+from livecast.services.sandbox.service import SandboxConfig
 from livecast.services.llm.config import LLMConfig
 from livecast.services.media.config import DiffusionConfig
 from livecast.services.runtime.memory import MemoryConfig

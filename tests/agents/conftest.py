@@ -52,16 +52,6 @@ ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "enum": 
 
 
 # -- the store's two backends --------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def postgres():
-    """One real PostgreSQL server for the whole session (started only if a test asks for it)."""
-    from tests.agents.postgres import PostgresServer
-
-    server = PostgresServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path) -> str:
     """An empty store on each backend: a SQLite file under tmp_path, or a new PostgreSQL database."""

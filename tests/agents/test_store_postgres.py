@@ -15,12 +15,12 @@ import pytest
 
 from livecast.services.agents.config import AgentsConfig
 from livecast.services.agents.db import mask_url, open_database
-from livecast.services.agents.retrieval.files import FileStore
-from livecast.services.agents.retrieval.index import ChunkIndex
-from livecast.services.agents.retrieval.vector_stores import VectorStores
+from livecast.services.retrieval.files import FileStore
+from livecast.services.retrieval.index import ChunkIndex
+from livecast.services.retrieval.vector_stores import VectorStores
 from livecast.services.agents.store import AgentStore
 from tests.agents.conftest import agents_settings
-from tests.agents.postgres import free_port
+from tests.postgres import free_port
 from tests.services.conftest import running_server, tiny_settings
 
 

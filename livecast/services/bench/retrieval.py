@@ -5,7 +5,7 @@ throughput; and the cost of brute-force dense scoring at larger chunk counts.
 The corpus goes through the real service (parse → chunk → embed → SQLite/FTS5) in a temporary data
 directory; each mode is the same hybrid search with one half's weight set to 0. A question's rank
 is where its file first appears among the hits. Default data: the evaluation set shipped in
-`services/agents/retrieval/eval` (34 documents; 60 paraphrased questions and 12 keyword queries,
+`services/retrieval/eval` (34 documents; 60 paraphrased questions and 12 keyword queries,
 told apart by an optional "kind" field that also splits the scores).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from livecast.services.bench.report import report
 
-EVAL_DIR = Path(__file__).resolve().parents[1] / "agents" / "retrieval" / "eval"
+EVAL_DIR = Path(__file__).resolve().parents[1] / "retrieval" / "eval"
 MODES = {"bm25": (0.0, 1.0), "dense": (1.0, 0.0), "hybrid": (1.0, 1.0)}
 DEPTH = 20  # hits per question; a file absent from them counts as rank infinity (reciprocal rank 0)
 
@@ -42,7 +42,7 @@ def scores(ranks: list[float]) -> dict[str, float]:
 
 async def evaluate(corpus: Path, queries: list[dict], embedding_model: str | None, device: str = "cpu") -> dict:
     from livecast.services.agents.db import Database
-    from livecast.services.agents.retrieval.service import RetrievalConfig, retrieval_service
+    from livecast.services.retrieval.service import RetrievalConfig, retrieval_service
 
     paths = sorted(p for p in corpus.iterdir() if p.is_file())
     with tempfile.TemporaryDirectory() as data_dir:

@@ -63,8 +63,8 @@ def kv_bytes_per_token(model: Path) -> int:
 def make_settings(model: Path, kv_tokens: int, data_dir: str):
     from livecast.engine import EngineConfig
     from livecast.services.agents.config import AgentsConfig
-    from livecast.services.agents.retrieval.service import RetrievalConfig
-    from livecast.services.agents.sandbox.service import SandboxConfig
+    from livecast.services.retrieval.service import RetrievalConfig
+    from livecast.services.sandbox.service import SandboxConfig
     from livecast.services.llm.config import LLMConfig
     from livecast.services.settings import ServerSettings
 

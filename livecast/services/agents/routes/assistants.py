@@ -10,7 +10,7 @@ from livecast.services.agents.assistants.objects import message_object, text_par
 from livecast.services.agents.assistants.protocol import (AssistantCreate, AssistantUpdate, MessageCreate, MetadataUpdate,
                                                  ThreadCreate)
 from livecast.services.agents.deps import get_agents
-from livecast.services.agents.retrieval.pagination import list_object
+from livecast.services.retrieval.pagination import list_object
 from livecast.services.agents.store import new_id
 from livecast.services.agents.tools import build_toolset
 from livecast.services.errors import APIError

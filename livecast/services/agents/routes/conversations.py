@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 
 from livecast.services.agents.deps import get_agents
-from livecast.services.agents.retrieval.pagination import list_object
+from livecast.services.retrieval.pagination import list_object
 from livecast.services.agents.responses.items import normalize_input
 from livecast.services.agents.responses.protocol import ConversationCreate, ConversationUpdate, ItemsCreate
 from livecast.services.agents.store import new_id

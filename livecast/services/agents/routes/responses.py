@@ -6,7 +6,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 
 from livecast.services.agents.deps import get_agents
-from livecast.services.agents.retrieval.pagination import list_object
+from livecast.services.retrieval.pagination import list_object
 from livecast.services.agents.responses.protocol import ResponseCreate
 from livecast.services.llm.streaming import sse_response, until_disconnected
 

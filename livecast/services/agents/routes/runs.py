@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from livecast.services.agents.assistants.protocol import (MetadataUpdate, RunCreate, SubmitToolOutputs, ThreadAndRunCreate,
                                                  ThreadCreate)
 from livecast.services.agents.deps import get_agents
-from livecast.services.agents.retrieval.pagination import list_object
+from livecast.services.retrieval.pagination import list_object
 from livecast.services.agents.routes.assistants import create_thread_now
 from livecast.services.errors import APIError
 from livecast.services.llm.streaming import SSE_HEADERS, sse, until_disconnected

@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 
-from livecast.services.agents.retrieval.pagination import page
+from livecast.services.retrieval.pagination import page
 from livecast.services.errors import APIError
 
 _clock_lock = threading.Lock()

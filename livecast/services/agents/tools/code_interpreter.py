@@ -1,5 +1,5 @@
 """The `code_interpreter` built-in: the model writes Python as a `code_interpreter(code)` call, the
-sandbox pool (`app.state.containers`, services.agents.sandbox) runs it, and the output item is a
+sandbox pool (`app.state.containers`, services.sandbox) runs it, and the output item is a
 `code_interpreter_call` with the code, its container and its logs."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The `file_search` built-in: the model writes a `file_search(query)` call, the retrieval room
-(`app.state.retrieval`, services.agents.retrieval) searches the tool's vector stores, the hits go
+(`app.state.retrieval`, services.retrieval) searches the tool's vector stores, the hits go
 into the model's context, and the answer cites every file they came from.
 
 The output item is a `file_search_call` (`queries`, `status`, and `results` when the request
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 
-from livecast.services.agents.retrieval.filters import validate_filter
-from livecast.services.agents.retrieval.service import MAX_SEARCH_RESULTS
+from livecast.services.retrieval.filters import validate_filter
+from livecast.services.retrieval.service import MAX_SEARCH_RESULTS
 from livecast.services.errors import APIError
 
 MAX_QUERY_CHARS = 128

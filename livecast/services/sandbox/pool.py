@@ -16,8 +16,8 @@ import secrets
 import time
 from pathlib import Path
 
-from livecast.services.agents.sandbox.container import Container, ContainerSpec, ExecResult, pick_uid
-from livecast.services.agents.sandbox.files import ContainerFile
+from livecast.services.sandbox.container import Container, ContainerSpec, ExecResult, pick_uid
+from livecast.services.sandbox.files import ContainerFile
 
 logger = logging.getLogger("livecast.sandbox")
 

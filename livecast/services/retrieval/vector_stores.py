@@ -11,9 +11,9 @@ import json
 import time
 from typing import Callable
 
-from livecast.services.agents.retrieval.chunking import ChunkingStrategy
-from livecast.services.agents.retrieval.files import new_id
-from livecast.services.agents.retrieval.pagination import page
+from livecast.services.retrieval.chunking import ChunkingStrategy
+from livecast.services.retrieval.files import new_id
+from livecast.services.retrieval.pagination import page
 from livecast.services.errors import APIError
 
 STATUSES = ("in_progress", "completed", "failed", "cancelled")

@@ -8,10 +8,10 @@ import tempfile
 
 import pytest
 
-from livecast.services.agents.sandbox.pool import ContainerNotFound, ContainerPool
-from livecast.services.agents.sandbox.probe import probe
-from livecast.services.agents.sandbox.service import SandboxConfig, container_spec, make_root
-from tests.agents.sandbox.conftest import TEST_CONFIG
+from livecast.services.sandbox.pool import ContainerNotFound, ContainerPool
+from livecast.services.sandbox.probe import probe
+from livecast.services.sandbox.service import SandboxConfig, container_spec, make_root
+from tests.sandbox.conftest import TEST_CONFIG
 
 
 def _pool(**overrides) -> ContainerPool:

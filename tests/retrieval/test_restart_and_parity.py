@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.agents.retrieval.conftest import Running
+from tests.retrieval.conftest import Running
 
 
 def test_a_new_service_on_the_same_data_dir_keeps_everything(tmp_path):

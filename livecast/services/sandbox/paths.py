@@ -16,7 +16,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from livecast.services.agents.sandbox import landlock
+from livecast.services.sandbox import landlock
 
 _SYSTEM_READ = ("/usr/lib", "/lib", "/lib64", "/usr/lib64", "/usr/share/zoneinfo", "/etc/ld.so.cache",
                 "/etc/localtime", "/dev/urandom", "/dev/zero")

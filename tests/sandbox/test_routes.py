@@ -11,10 +11,10 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from livecast.services.agents.sandbox import routes
-from livecast.services.agents.sandbox.service import SandboxConfig, containers_service
+from livecast.services.sandbox import routes
+from livecast.services.sandbox.service import SandboxConfig, containers_service
 from livecast.services.errors import install_error_handlers
-from tests.agents.sandbox.conftest import TEST_CONFIG
+from tests.sandbox.conftest import TEST_CONFIG
 from tests.live_server import LiveServer
 
 
@@ -88,7 +88,7 @@ def test_disabled_interpreter_answers_503():
 
 
 def _cli(args: list[str], code: str) -> tuple[int, dict]:
-    done = subprocess.run([sys.executable, "-m", "livecast.services.agents.sandbox.cli", *args], input=code,
+    done = subprocess.run([sys.executable, "-m", "livecast.services.sandbox.cli", *args], input=code,
                           capture_output=True, text=True, timeout=60)
     return done.returncode, json.loads(done.stdout) if done.stdout else {"stderr": done.stderr}
 

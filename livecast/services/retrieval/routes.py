@@ -12,10 +12,10 @@ from starlette.datastructures import UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from livecast.services.agents.retrieval.files import PURPOSES, file_object
-from livecast.services.agents.retrieval.pagination import list_object
-from livecast.services.agents.retrieval.service import get_retrieval
-from livecast.services.agents.retrieval.store_routes import router as store_router
+from livecast.services.retrieval.files import PURPOSES, file_object
+from livecast.services.retrieval.pagination import list_object
+from livecast.services.retrieval.service import get_retrieval
+from livecast.services.retrieval.store_routes import router as store_router
 from livecast.services.errors import APIError
 
 router = APIRouter()

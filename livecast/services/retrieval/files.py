@@ -10,7 +10,7 @@ import secrets
 import time
 from pathlib import Path
 
-from livecast.services.agents.retrieval.pagination import page
+from livecast.services.retrieval.pagination import page
 from livecast.services.errors import APIError
 
 MAX_FILES_PAGE = 10000  # OpenAI's files list allows far longer pages than other lists

@@ -5,7 +5,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.agents.retrieval.conftest import MAX_FILE_BYTES, tiny_pdf
+from tests.retrieval.conftest import MAX_FILE_BYTES, tiny_pdf
 
 
 def test_files_upload_list_get_content_delete(live):

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
-from livecast.services.agents.retrieval.embeddings import EmbeddingBatcher, EmbeddingResult
-from livecast.services.agents.retrieval.files import FileStore
-from livecast.services.agents.retrieval.filters import matches, validate_filter
-from livecast.services.agents.retrieval.index import ChunkIndex
-from livecast.services.agents.retrieval.ingest import Ingestor
-from livecast.services.agents.retrieval.vector_stores import VectorStores
+from livecast.services.retrieval.embeddings import EmbeddingBatcher, EmbeddingResult
+from livecast.services.retrieval.files import FileStore
+from livecast.services.retrieval.filters import matches, validate_filter
+from livecast.services.retrieval.index import ChunkIndex
+from livecast.services.retrieval.ingest import Ingestor
+from livecast.services.retrieval.vector_stores import VectorStores
 from livecast.services.errors import APIError
 from livecast.services.runtime.threads import on_own_thread
 

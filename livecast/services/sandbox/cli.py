@@ -12,8 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from livecast.services.agents.sandbox.container import Container, pick_uid
-from livecast.services.agents.sandbox.service import SandboxConfig, check_support, container_spec, make_root
+from livecast.services.sandbox.container import Container, pick_uid
+from livecast.services.sandbox.service import SandboxConfig, check_support, container_spec, make_root
 
 _DEFAULTS = SandboxConfig()
 

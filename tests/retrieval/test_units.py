@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
-from livecast.services.agents.retrieval.chunking import ChunkingStrategy, chunk_text, embedding_windows
-from livecast.services.agents.retrieval.embeddings import EmbeddingBatcher
-from livecast.services.agents.retrieval.filters import matches, validate_filter
-from livecast.services.agents.retrieval.parsers import ParseError, extract_text
+from livecast.services.retrieval.chunking import ChunkingStrategy, chunk_text, embedding_windows
+from livecast.services.retrieval.embeddings import EmbeddingBatcher
+from livecast.services.retrieval.filters import matches, validate_filter
+from livecast.services.retrieval.parsers import ParseError, extract_text
 from livecast.services.errors import APIError
 
 

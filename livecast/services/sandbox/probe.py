@@ -7,7 +7,7 @@ import os
 import platform
 from dataclasses import dataclass
 
-from livecast.services.agents.sandbox import landlock, namespaces, seccomp
+from livecast.services.sandbox import landlock, namespaces, seccomp
 
 LAYERS = ("namespaces", "landlock", "seccomp")
 

@@ -6,7 +6,7 @@ import json
 import openai
 import pytest
 
-from tests.agents.retrieval.conftest import EVAL_DIR
+from tests.retrieval.conftest import EVAL_DIR
 
 # hard paraphrases from the evaluation set: few of the answer's own words
 PARAPHRASES = {
@@ -132,7 +132,7 @@ def test_removing_a_file_removes_its_chunks_from_search(live):
 
 
 def test_pdf_is_parsed_and_searchable(live):
-    from tests.agents.retrieval.conftest import tiny_pdf
+    from tests.retrieval.conftest import tiny_pdf
 
     client = live.client
     f = client.files.create(file=("memo.pdf", tiny_pdf("The annual staff picnic moves to the riverside park.")),

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
-from livecast.services.agents.sandbox.pool import ContainerNotFound, ContainerPool, PoolFull
+from livecast.services.sandbox.pool import ContainerNotFound, ContainerPool, PoolFull
 from livecast.services.errors import APIError
 
 router = APIRouter()

@@ -14,8 +14,8 @@ import logging
 
 import numpy as np
 
-from livecast.services.agents.retrieval.chunking import ChunkingStrategy, chunk_text, embedding_windows
-from livecast.services.agents.retrieval.parsers import ParseError, extract_text
+from livecast.services.retrieval.chunking import ChunkingStrategy, chunk_text, embedding_windows
+from livecast.services.retrieval.parsers import ParseError, extract_text
 from livecast.services.errors import APIError
 
 logger = logging.getLogger("livecast.retrieval")

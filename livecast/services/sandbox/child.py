@@ -22,7 +22,7 @@ import signal
 import sys
 import traceback
 
-from livecast.services.agents.sandbox import capture, landlock, limits, namespaces, seccomp
+from livecast.services.sandbox import capture, landlock, limits, namespaces, seccomp
 
 
 def _send(fd: int, message: dict) -> None:

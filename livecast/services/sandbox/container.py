@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from livecast.services.agents.sandbox import files as cfiles
-from livecast.services.agents.sandbox import limits
-from livecast.services.agents.sandbox.files import ContainerFile, FileIndex
+from livecast.services.sandbox import files as cfiles
+from livecast.services.sandbox import limits
+from livecast.services.sandbox.files import ContainerFile, FileIndex
 
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[4])
-_BOOT = ("import sys; sys.path.insert(0, {root!r}); from livecast.services.agents.sandbox.child import main; "
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[3])
+_BOOT = ("import sys; sys.path.insert(0, {root!r}); from livecast.services.sandbox.child import main; "
          "sys.path.pop(0); main({ctl_in}, {ctl_out})")
 _START_TIMEOUT_S = 60.0
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from livecast.services.agents.sandbox import limits, seccomp
+from livecast.services.sandbox import limits, seccomp
 
 
 def _need(support, layer: str) -> None:
@@ -32,8 +32,8 @@ def _need(support, layer: str) -> None:
 @pytest.fixture(scope="module")
 def shared(spec, sandbox_root):
     """One container for the attempts that leave it alive (a fresh start costs ~0.3 s)."""
-    from livecast.services.agents.sandbox.container import Container, pick_uid
-    from livecast.services.agents.sandbox.service import SandboxConfig
+    from livecast.services.sandbox.container import Container, pick_uid
+    from livecast.services.sandbox.service import SandboxConfig
     container = Container("cntr_shared", sandbox_root / "shared", spec, pick_uid(SandboxConfig().uid_base))
     container.start()
     yield container
@@ -338,7 +338,7 @@ def test_cli_sandbox_cannot_reach_a_host_unix_socket(support, host_unix_socket):
     if support.missing:
         pytest.skip("the CLI refuses to run without every layer (see test_probe)")
     server, path = host_unix_socket
-    done = subprocess.run([sys.executable, "-m", "livecast.services.agents.sandbox.cli", "run", "-"],
+    done = subprocess.run([sys.executable, "-m", "livecast.services.sandbox.cli", "run", "-"],
                           input=_UNIX_ATTACK.format(kind=int(server.type), path=path),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from livecast.services.agents.sandbox import paths
-from livecast.services.agents.sandbox.container import ContainerSpec
-from livecast.services.agents.sandbox.limits import Limits
-from livecast.services.agents.sandbox.pool import ContainerPool
-from livecast.services.agents.sandbox.probe import Support, probe
+from livecast.services.sandbox import paths
+from livecast.services.sandbox.container import ContainerSpec
+from livecast.services.sandbox.limits import Limits
+from livecast.services.sandbox.pool import ContainerPool
+from livecast.services.sandbox.probe import Support, probe
 
 logger = logging.getLogger("livecast.sandbox")
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from livecast.services.agents.retrieval.pagination import list_object
-from livecast.services.agents.retrieval.service import RetrievalService, get_retrieval
+from livecast.services.retrieval.pagination import list_object
+from livecast.services.retrieval.service import RetrievalService, get_retrieval
 from livecast.services.errors import APIError
 
 router = APIRouter(prefix="/v1/vector_stores")
