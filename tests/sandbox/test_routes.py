@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from contextlib import asynccontextmanager
 
 import httpx
@@ -74,6 +75,37 @@ def test_bad_requests_name_their_parameter(server):
         assert bad.status_code == 400 and "minutes" in bad.json()["error"]["param"]
         missing = http.get("/v1/containers/cntr_nope/files")
         assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+
+
+def _run_in(server, container_id: str, code: str):
+    """A call in a container of the live server, as the run loop makes it (blocking, from this thread)."""
+    return server.app.state.containers.container(container_id).run(textwrap.dedent(code), 20.0)
+
+
+def test_a_deep_directory_tree_does_not_break_the_container(server):
+    """Finding 5: 1,200 nested directories made every later call, the file listing and DELETE fail
+    (RecursionError in os.walk and shutil.rmtree), and DELETE left the directories on disk."""
+    with server.http() as http:
+        cid = http.post("/v1/containers", json={"name": "deep"}).json()["id"]
+        directory = server.app.state.containers.container(cid).directory
+        result = _run_in(server, cid, """
+            import os
+            for _ in range(1200):
+                os.mkdir('d'); os.chdir('d')
+            open('deep.txt', 'w').write('x')
+            os.chdir('/mnt/data')
+            open('top.txt', 'w').write('y')
+        """)
+        assert result.exit_code == 0 and "stopped early" in result.stderr, result.stderr
+        assert [f.path for f in result.files] == ["/mnt/data/top.txt"]
+        assert _run_in(server, cid, "print('alive')").stdout == "alive\n"
+        listing = http.get(f"/v1/containers/{cid}/files")
+        assert listing.status_code == 200, listing.text
+        assert [f["path"] for f in listing.json()["data"]] == ["/mnt/data/top.txt"]
+        deleted = http.delete(f"/v1/containers/{cid}")
+        assert deleted.status_code == 200, deleted.text
+        assert not directory.exists()
+        assert http.get(f"/v1/containers/{cid}").status_code == 404
 
 
 def test_disabled_interpreter_answers_503():

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from livecast.services.sandbox.container import Container, pick_uid
+from livecast.services.sandbox.files import remove_tree
 from livecast.services.sandbox.service import SandboxConfig, check_support, container_spec, make_root
 
 _DEFAULTS = SandboxConfig()
@@ -64,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"livecast sandbox: the sandbox failed: {exc}", file=sys.stderr)
         return 2
     finally:
-        if container is not None:
-            container.close()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            if container is not None:
+                container.close()
+            remove_tree(root)
+        except OSError as exc:
+            print(f"livecast sandbox: could not remove {root}: {exc}", file=sys.stderr)
     print(json.dumps({"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.exit_code,
                       "timed_out": result.timed_out, "limit": result.limit,
                       "files": [f.path for f in result.files]}))

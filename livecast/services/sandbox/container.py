@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -134,8 +133,10 @@ class Container:
         self.process = None
 
     def close(self) -> None:
+        """Kill every process, then remove the directory completely — or raise IncompleteRemoval
+        (an OSError) naming what is left, so a caller never reports a half-done delete as done."""
         self.kill()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        cfiles.remove_tree(str(self.directory))
 
     def pids(self) -> list[int]:
         """Every live process of this container, found by walking /proc's children lists."""
@@ -191,6 +192,9 @@ class Container:
         if self.files.total_bytes() > self.spec.disk_limit_bytes:
             result = self._over_disk(result, changed)
             changed = []
+        if self.files.truncated:
+            result.stderr += f"note: the listing of {cfiles.MOUNT_POINT} stopped early ({self.files.truncated}); " \
+                             "files past that point are not listed\n"
         result.files, result.images = changed, [f for f in changed if f.is_image]
         result.container_id, result.duration_ms = self.id, (time.monotonic() - started) * 1000
         self.last_active_at = time.time()

@@ -7,6 +7,7 @@ leave the working directory, and reads are bounded in size.
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import stat
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 
 MOUNT_POINT = "/mnt/data"  # where the code sees its working directory
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".bmp")
-_MAX_ENTRIES = 10_000  # a scan stops here: a million empty files must not stall the server
+MAX_ENTRIES = 10_000  # a scan stops here: a million empty files must not stall the server
+MAX_DEPTH = 64  # and does not go deeper: a tree 1,200 levels deep must not break the server
+logger = logging.getLogger("livecast.sandbox")
 
 
 @dataclass(slots=True)
@@ -29,7 +32,13 @@ class ContainerFile:
 
     @property
     def path(self) -> str:
-        return f"{MOUNT_POINT}/{self.relpath}"
+        """As the code sees it; a name that is not UTF-8 shows U+FFFD where its bytes were (the
+        file itself is still found by `relpath`, which keeps them)."""
+        return f"{MOUNT_POINT}/{display_name(self.relpath)}"
+
+    @property
+    def name(self) -> str:
+        return display_name(self.relpath.rsplit("/", 1)[-1])
 
     @property
     def is_image(self) -> bool:
@@ -48,23 +57,139 @@ def check_name(name: str) -> str:
     return name
 
 
-def scan(workdir: str) -> dict[str, tuple[int, int]]:
-    """relpath -> (bytes, mtime_ns) of the regular files under `workdir`, links not followed."""
-    found: dict[str, tuple[int, int]] = {}
+class ScanResult(dict):
+    """relpath -> (bytes, mtime_ns); `truncated` says why the scan stopped early, if it did."""
+    truncated: str | None = None
+
+
+def scan(workdir: str, max_entries: int = MAX_ENTRIES, max_depth: int = MAX_DEPTH) -> ScanResult:
+    """relpath -> (bytes, mtime_ns) of the regular files under `workdir`, links not followed.
+
+    Iterative (a stack of directory fds, at most `max_depth` deep — never Python recursion, which
+    a tree 1,200 levels deep exhausts), every directory opened with O_NOFOLLOW from its parent's
+    fd, and bounded: past `max_entries` entries or below `max_depth` levels the scan stops and
+    says so in `truncated` instead of failing. Names are kept as the OS gives them (undecodable
+    bytes as surrogates); `display_name` turns them into valid text."""
+    found = ScanResult()
     seen = 0
-    for dirpath, dirnames, filenames in os.walk(workdir, followlinks=False):
-        for name in filenames:
-            seen += 1
-            if seen > _MAX_ENTRIES:
-                return found
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(full)
-            except OSError:
+    root_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    stack: list[tuple[int, str, os.DirEntry | None]] = []
+    try:
+        stack.append((root_fd, "", os.scandir(root_fd)))
+        while stack:
+            dir_fd, prefix, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                entries.close()
+                stack.pop()
+                if dir_fd != root_fd:
+                    os.close(dir_fd)
                 continue
+            seen += 1
+            if seen > max_entries:
+                found.truncated = f"more than {max_entries} entries"
+                break
+            relpath = prefix + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if len(stack) >= max_depth:
+                        found.truncated = found.truncated or f"directories nested deeper than {max_depth} levels"
+                        continue
+                    child_fd = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                       dir_fd=dir_fd)
+                    try:
+                        child_entries = os.scandir(child_fd)
+                    except OSError:
+                        os.close(child_fd)
+                        raise
+                    stack.append((child_fd, relpath + "/", child_entries))
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # gone or swapped meanwhile, or unreadable: not a file of ours
             if stat.S_ISREG(st.st_mode):
-                found[os.path.relpath(full, workdir)] = (st.st_size, st.st_mtime_ns)
+                found[relpath] = (st.st_size, st.st_mtime_ns)
+    finally:
+        for dir_fd, _, entries in stack:
+            entries.close()
+            if dir_fd != root_fd:
+                os.close(dir_fd)
+        os.close(root_fd)
     return found
+
+
+def display_name(relpath: str) -> str:
+    """A path as valid text: bytes that are not UTF-8 (kept as surrogates) become U+FFFD."""
+    return relpath.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class IncompleteRemoval(OSError):
+    """A directory tree could not be removed completely; what is left is named."""
+
+
+def remove_tree(path: str) -> None:
+    """Remove `path` and everything under it, however deep, without following links, or raise
+    IncompleteRemoval. shutil.rmtree recurses (a tree 1,200 levels deep raises RecursionError
+    half-way) and its error handling is all or nothing; this walks with one directory fd at a
+    time, going down by name (O_NOFOLLOW) and up through "..", checked against the inode it came
+    from, so a directory moved meanwhile stops the removal instead of leading it elsewhere.
+    Meant for trees no process writes to any more (the container is killed first)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    st = os.fstat(fd)
+    identities = [(st.st_dev, st.st_ino)]  # of the directories from `path` down to the current one
+    names: list[str] = []
+    failed: set[tuple[int, int, str]] = set()  # (dev, ino of the directory, name): not retried
+    try:
+        while True:
+            child = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    key = (*identities[-1], entry.name)
+                    if key in failed:
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                            dir_fd=fd)
+                            names.append(entry.name)
+                            break
+                        os.unlink(entry.name, dir_fd=fd)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        failed.add(key)
+                        logger.warning("cannot remove %r under %s: %s", entry.name, path, exc)
+            if child is not None:
+                os.close(fd)
+                fd = child
+                st = os.fstat(fd)
+                identities.append((st.st_dev, st.st_ino))
+                continue
+            if not names:
+                break
+            parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            st = os.fstat(parent)
+            os.close(fd)
+            fd = parent
+            identities.pop()
+            if (st.st_dev, st.st_ino) != identities[-1]:
+                raise IncompleteRemoval(f"{path}: a directory moved during removal")
+            name = names.pop()
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed.add((*identities[-1], name))
+                logger.warning("cannot remove directory %r under %s: %s", name, path, exc)
+    finally:
+        os.close(fd)
+    if failed:
+        raise IncompleteRemoval(f"{path}: {len(failed)} entries could not be removed")
+    os.rmdir(path)
 
 
 def _open_beneath(workdir: str, relpath: str, flags: int, mode: int = 0o600) -> int:
@@ -122,6 +247,7 @@ class FileIndex:
 
     def __init__(self) -> None:
         self.by_path: dict[str, ContainerFile] = {}
+        self.truncated: str | None = None  # why the last scan stopped early, if it did
 
     def record(self, relpath: str, size: int, mtime_ns: int, source: str) -> ContainerFile:
         file = self.by_path.get(relpath)
@@ -134,6 +260,7 @@ class FileIndex:
     def sync(self, workdir: str) -> list[ContainerFile]:
         """Pick up what the code wrote; return the files new or changed since the last sync."""
         current = scan(workdir)
+        self.truncated = current.truncated
         for gone in set(self.by_path) - set(current):
             del self.by_path[gone]
         changed = []

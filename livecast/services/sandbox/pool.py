@@ -30,6 +30,11 @@ class PoolFull(RuntimeError):
     """Every live container is running a call; none can be evicted."""
 
 
+class DeleteFailed(RuntimeError):
+    """A container's processes are gone but its files could not all be removed: it stays listed
+    (a later DELETE retries), so the API never reports as deleted what is still on disk."""
+
+
 class Entry:
     __slots__ = ("container", "name", "idle_expiry_s", "lock")
 
@@ -71,7 +76,10 @@ class ContainerPool:
         while not self._spares.empty():
             doomed.append(self._spares.get_nowait())
         self.entries.clear()
-        await asyncio.gather(*(asyncio.to_thread(c.close) for c in doomed))
+        results = await asyncio.gather(*(asyncio.to_thread(c.close) for c in doomed), return_exceptions=True)
+        for container, outcome in zip(doomed, results):
+            if isinstance(outcome, BaseException):
+                logger.error("container %s: not removed completely at shutdown: %s", container.id, outcome)
 
     # ---- containers ----------------------------------------------------------------------
     def _new_container(self) -> Container:
@@ -81,7 +89,10 @@ class ContainerPool:
         try:
             container.start()
         except BaseException:
-            container.close()
+            try:
+                container.close()
+            except OSError:
+                logger.exception("container %s: not removed after a failed start", container_id)
             raise
         return container
 
@@ -106,12 +117,18 @@ class ContainerPool:
         return entry.to_openai()
 
     async def _make_room(self) -> None:
+        stuck: set[str] = set()  # could not be removed: not tried twice
         while len(self.entries) >= self.max_containers:
-            victim = next((cid for cid, e in self.entries.items() if not e.lock.locked()), None)
+            victim = next((cid for cid, e in self.entries.items() if not e.lock.locked() and cid not in stuck), None)
             if victim is None:
                 raise PoolFull(f"all {self.max_containers} containers are busy")
             logger.info("evicting least recently used container %s", victim)
-            await self.delete(victim)
+            try:
+                await self.delete(victim)
+            except DeleteFailed:
+                stuck.add(victim)
+            except ContainerNotFound:
+                pass  # deleted meanwhile
 
     def _entry(self, container_id: str) -> Entry:
         entry = self.entries.get(container_id)
@@ -131,12 +148,19 @@ class ContainerPool:
         return sorted((e.to_openai() for e in self.entries.values()), key=lambda c: c["created_at"])
 
     async def delete(self, container_id: str) -> None:
-        """Kill every process of the container and remove its files."""
+        """Kill every process of the container and remove its files: all of them, or the entry
+        goes back into the table and DeleteFailed says what is left."""
         entry = self.entries.pop(container_id, None)
         if entry is None:
             raise ContainerNotFound(f"no container {container_id!r}")
         async with entry.lock:  # a call in flight ends first (bounded by its timeout)
-            await asyncio.to_thread(entry.container.close)
+            try:
+                await asyncio.to_thread(entry.container.close)
+            except OSError as exc:
+                logger.error("container %s: processes killed, files not all removed: %s", container_id, exc)
+                self.entries.setdefault(container_id, entry)
+                raise DeleteFailed(f"container {container_id}: its processes are stopped but its files could not "
+                                   f"all be removed ({exc}); it is kept, retry the delete") from None
 
     def container(self, container_id: str) -> Container:
         """For tests and diagnostics: the live Container object."""
@@ -185,7 +209,10 @@ class ContainerPool:
             for cid, entry in list(self.entries.items()):
                 if not entry.lock.locked() and now - entry.container.last_active_at > entry.idle_expiry_s:
                     logger.info("container %s expired after %.0f s idle", cid, entry.idle_expiry_s)
-                    await self.delete(cid)
+                    try:
+                        await self.delete(cid)
+                    except (DeleteFailed, ContainerNotFound):
+                        pass  # logged by delete / deleted meanwhile; the reaper goes on
 
     async def _keep_spares(self) -> None:
         while True:

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
-from livecast.services.sandbox.pool import ContainerNotFound, ContainerPool, PoolFull
+from livecast.services.sandbox.pool import ContainerNotFound, ContainerPool, DeleteFailed, PoolFull
 from livecast.services.errors import APIError
 
 router = APIRouter()
@@ -91,6 +91,8 @@ async def delete_container(container_id: str, pool: ContainerPool = Depends(get_
         await pool.delete(container_id)
     except ContainerNotFound as exc:
         raise _not_found(exc) from None
+    except DeleteFailed as exc:
+        raise APIError(500, str(exc), code="container_delete_failed") from None
     return {"id": container_id, "object": "container.deleted", "deleted": True}
 
 

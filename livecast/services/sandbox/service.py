@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import AsyncIterator
 
 from livecast.services.sandbox import paths
 from livecast.services.sandbox.container import ContainerSpec
+from livecast.services.sandbox.files import remove_tree
 from livecast.services.sandbox.limits import Limits
 from livecast.services.sandbox.pool import ContainerPool
 from livecast.services.sandbox.probe import Support, probe
@@ -125,4 +125,7 @@ async def containers_service(config: SandboxConfig) -> AsyncIterator[ContainerPo
     finally:
         await pool.close()
         if owned:
-            shutil.rmtree(root, ignore_errors=True)
+            try:
+                remove_tree(root)
+            except OSError as exc:
+                logger.error("code interpreter: %s not removed completely: %s", root, exc)
