@@ -108,6 +108,26 @@ def test_a_deep_directory_tree_does_not_break_the_container(server):
         assert http.get(f"/v1/containers/{cid}").status_code == 404
 
 
+def test_a_file_name_that_is_not_utf8_is_listed(server):
+    """Finding 9: a file named with bytes that are not UTF-8 made GET …/files a 500 until renamed."""
+    with server.http() as http:
+        cid = http.post("/v1/containers", json={"name": "latin1"}).json()["id"]
+        try:
+            result = _run_in(server, cid, "open(b'caf\\xe9.txt', 'wb').write(b'latin-1 name')")
+            assert result.exit_code == 0, result.stderr
+            assert [f.path for f in result.files] == ["/mnt/data/caf\ufffd.txt"]
+            listing = http.get(f"/v1/containers/{cid}/files")
+            assert listing.status_code == 200, listing.text
+            [file] = listing.json()["data"]
+            assert file["path"] == "/mnt/data/caf\ufffd.txt" and file["bytes"] == 12
+            content = http.get(f"/v1/containers/{cid}/files/{file['id']}/content")
+            assert content.status_code == 200 and content.content == b"latin-1 name"
+            assert http.delete(f"/v1/containers/{cid}/files/{file['id']}").status_code == 200
+            assert _run_in(server, cid, "import os; os.listdir(b'.')").stdout == "[]\n"
+        finally:
+            http.delete(f"/v1/containers/{cid}")
+
+
 def test_disabled_interpreter_answers_503():
     live = LiveServer(_app(enabled=False)).start()
     try:

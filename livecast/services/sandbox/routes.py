@@ -143,7 +143,7 @@ async def container_file_content(container_id: str, file_id: str, pool: Containe
     except (OSError, ValueError) as exc:
         raise APIError(400, f"file {file_id} cannot be read: {exc}", param="file_id") from None
     return Response(data, media_type="application/octet-stream",
-                    headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(file.relpath.rsplit('/', 1)[-1])}"})
+                    headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(file.name)}"})
 
 
 @router.delete("/v1/containers/{container_id}/files/{file_id}")
