@@ -79,6 +79,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     app = FastAPI(title="livecast", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.shell = settings.shell()  # what the rooms read (services.core), never the settings
     app.state.registry = CollectorRegistry()  # per app, never the process-global one
     app.state.llm = app.state.diffusion = app.state.runtime = None
     app.state.agents = app.state.containers = app.state.retrieval = None

@@ -17,6 +17,7 @@ from livecast.services.llm.config import LLMConfig
 from livecast.services.media.config import DiffusionConfig
 from livecast.services.runtime.memory import MemoryConfig
 from livecast.services.runtime.policy import RuntimePolicy
+from livecast.services.core import Shell
 from livecast.services.scale.config import ScaleConfig
 
 
@@ -65,6 +66,10 @@ class ServerSettings:
     @property
     def origins(self) -> set[str]:
         return {o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()}
+
+    def shell(self) -> Shell:
+        """The values the rooms may read (services.core), apart from every room's config."""
+        return Shell(self.api_key, frozenset(self.origins), self.retry_after_s, self.max_body_bytes)
 
     # the rooms, in the order the CLI lists their flags
     SECTIONS = {"LLM engine": "engine", "LLM service": "llm", "diffusion": "diffusion",

@@ -26,11 +26,6 @@ _DROPPED = {b"host", b"origin", b"connection", b"upgrade", b"sec-websocket-key",
 log = logging.getLogger(__name__)
 
 
-class _Origins:  # the part of ServerSettings that origin_error reads
-    def __init__(self, origins: set[str]) -> None:
-        self.origins = origins
-
-
 async def _deny(send, scope, status: int, body: bytes, headers: list) -> None:
     """Refuse the handshake: with the HTTP status where the server can send one, else close 1008."""
     if "websocket.http.response" in scope.get("extensions", {}):
@@ -43,7 +38,7 @@ async def _deny(send, scope, status: int, body: bytes, headers: list) -> None:
 async def bridge_websocket(ingress, scope, receive, send) -> None:
     if (await receive())["type"] != "websocket.connect":
         return
-    error = origin_error(HTTPConnection(scope), _Origins(ingress.origins))
+    error = origin_error(HTTPConnection(scope), ingress.origins)
     if error is not None:
         return await _deny(send, scope, error.status, json.dumps(error.body()).encode(),
                            [(b"content-type", b"application/json")])

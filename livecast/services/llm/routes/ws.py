@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from fastapi import APIRouter, Depends, WebSocket
 from pydantic import ValidationError
 
-from livecast.services.deps import admit_websocket, get_settings
+from livecast.services.deps import admit_websocket, get_shell
 from livecast.services.llm.deps import get_llm
 from livecast.services.errors import APIError, validation_error
 from livecast.services.llm.service import LLMService
 from livecast.services.edge import has_lone_surrogate
 from livecast.services.llm.protocol import WSGenerate
-from livecast.services.settings import ServerSettings
+from livecast.services.core import Shell
 
 router = APIRouter()
 
@@ -30,9 +30,9 @@ _OUTBOX_SIZE = 256
 
 
 @router.websocket("/v1/ws/generate")
-async def ws_generate(websocket: WebSocket, settings: ServerSettings = Depends(get_settings),
+async def ws_generate(websocket: WebSocket, shell: Shell = Depends(get_shell),
                       llm: LLMService = Depends(get_llm)):
-    if not await admit_websocket(websocket, settings):
+    if not await admit_websocket(websocket, shell):
         return
     if llm.ws_connections >= llm.max_ws_connections:
         await websocket.close(code=1013, reason="too many WebSocket connections; try again later")
@@ -40,7 +40,7 @@ async def ws_generate(websocket: WebSocket, settings: ServerSettings = Depends(g
     await websocket.accept()
     llm.ws_connections += 1
     try:
-        await _Session(websocket, llm, settings.max_body_bytes).run()
+        await _Session(websocket, llm, shell.max_body_bytes).run()
     finally:
         llm.ws_connections -= 1
 

@@ -21,13 +21,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from livecast.services.deps import admit_websocket, get_settings
+from livecast.services.deps import admit_websocket, get_shell
 from livecast.services.media.deps import get_diffusion
 from livecast.services.media.imageio import MEDIA_TYPES, decode_image, encode_image, image_format
 from livecast.services.media.pump import FramePump
 from livecast.services.media.service import DiffusionService, ServiceBusy
 from livecast.services.media.stream_settings import StreamSettings, param_error_name
-from livecast.services.settings import ServerSettings
+from livecast.services.core import Shell
 
 router = APIRouter()
 
@@ -35,9 +35,9 @@ MODES = ("img2img", "txt2img")
 
 
 @router.websocket("/v1/ws/frames")
-async def ws_frames(websocket: WebSocket, settings: ServerSettings = Depends(get_settings),
+async def ws_frames(websocket: WebSocket, shell: Shell = Depends(get_shell),
                     service: DiffusionService = Depends(get_diffusion)):
-    if not await admit_websocket(websocket, settings):
+    if not await admit_websocket(websocket, shell):
         return
     await websocket.accept()
     if service.frame_clients >= service.config.max_frame_clients:

@@ -19,13 +19,13 @@ import PIL.ImageOps
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from pydantic import ConfigDict, Field
 
-from livecast.services.deps import get_settings
+from livecast.services.deps import get_shell
 from livecast.services.edge import EdgeModel
 from livecast.services.errors import APIError, overloaded
 from livecast.services.media.deps import get_diffusion, settings_error
 from livecast.services.media.imageio import decode_image, encode_image, image_format
 from livecast.services.media.service import DiffusionService, ServiceBusy
-from livecast.services.settings import ServerSettings
+from livecast.services.core import Shell
 
 router = APIRouter()
 
@@ -52,14 +52,14 @@ class ImageGenerationRequest(EdgeModel):
 
 @router.post("/v1/images/generations")
 async def create_image(body: ImageGenerationRequest, service: DiffusionService = Depends(get_diffusion),
-                       server: ServerSettings = Depends(get_settings)):
+                       shell: Shell = Depends(get_shell)):
     fmt = _check_formats(body.response_format, body.output_format)
     width, height = _parse_size(body.size, service)
     settings = _settings(body.prompt, body.negative_prompt, body.guidance_scale, body.num_inference_steps,
                          width, height)
     settings["strength"] = 1.0  # txt2img denoises from pure noise: every step runs, whatever the count
     jobs = [({**settings, "seed": seed}, None) for seed in _seeds(body.seed, body.n)]
-    return await _respond(service, jobs, body.prompt, fmt, server.retry_after_s)
+    return await _respond(service, jobs, body.prompt, fmt, shell.retry_after_s)
 
 
 @router.post("/v1/images/edits")
@@ -70,7 +70,7 @@ async def edit_image(image: UploadFile = File(...), prompt: str = Form(..., min_
                      negative_prompt: str = Form("", max_length=4000), guidance_scale: float | None = Form(None),
                      num_inference_steps: int = Form(DEFAULT_STEPS, ge=1, le=50), mask: UploadFile | None = File(None),
                      model: str | None = Form(None), service: DiffusionService = Depends(get_diffusion),
-                     server: ServerSettings = Depends(get_settings)):
+                     shell: Shell = Depends(get_shell)):
     if mask is not None:
         raise APIError(400, "mask is not supported: the whole image is edited", param="mask")
     fmt = _check_formats(response_format, output_format)
@@ -85,7 +85,7 @@ async def edit_image(image: UploadFile = File(...), prompt: str = Form(..., min_
     settings = _settings(prompt, negative_prompt, guidance_scale, num_inference_steps, width, height)
     settings["strength"] = strength
     jobs = [({**settings, "seed": s}, picture) for s in _seeds(seed, n)]
-    return await _respond(service, jobs, prompt, fmt, server.retry_after_s)
+    return await _respond(service, jobs, prompt, fmt, shell.retry_after_s)
 
 
 def _load_input(data: bytes, size: tuple[int, int] | None) -> PIL.Image.Image:

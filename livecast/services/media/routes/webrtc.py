@@ -10,13 +10,13 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from livecast.services.deps import get_settings
+from livecast.services.deps import get_shell
 from livecast.services.errors import APIError, overloaded
 from livecast.services.media.deps import get_diffusion, settings_error
 from livecast.services.media.service import DiffusionService, ServiceBusy
 from livecast.services.media.stream_settings import StreamSettings
 from livecast.services.media.webrtc import OfferError, SessionLimit
-from livecast.services.settings import ServerSettings
+from livecast.services.core import Shell
 
 router = APIRouter()
 
@@ -35,14 +35,14 @@ class WebRTCAnswer(BaseModel):
 
 @router.post("/v1/webrtc/offer", response_model=WebRTCAnswer)
 async def webrtc_offer(offer: WebRTCOffer, service: DiffusionService = Depends(get_diffusion),
-                       settings: ServerSettings = Depends(get_settings)):
+                       shell: Shell = Depends(get_shell)):
     try:
         return await service.video.answer(offer.sdp, offer.type, offer.stream_kwargs({"sdp", "type", "passthrough"}),
                                           passthrough=offer.passthrough)
     except SessionLimit as exc:
-        raise overloaded(str(exc), settings.retry_after_s, "too_many_sessions") from exc
+        raise overloaded(str(exc), shell.retry_after_s, "too_many_sessions") from exc
     except ServiceBusy as exc:
-        raise overloaded(str(exc), settings.retry_after_s) from exc
+        raise overloaded(str(exc), shell.retry_after_s) from exc
     except OfferError as exc:
         raise APIError(400, str(exc), param="sdp", code="invalid_sdp") from exc
     except ValueError as exc:
