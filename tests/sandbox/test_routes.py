@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import httpx
@@ -124,6 +126,31 @@ def test_a_file_name_that_is_not_utf8_is_listed(server):
             assert content.status_code == 200 and content.content == b"latin-1 name"
             assert http.delete(f"/v1/containers/{cid}/files/{file['id']}").status_code == 200
             assert _run_in(server, cid, "import os; os.listdir(b'.')").stdout == "[]\n"
+        finally:
+            http.delete(f"/v1/containers/{cid}")
+
+
+def test_concurrent_deletes_of_one_file_give_one_200_and_404s(server):
+    """Finding 10: 8 concurrent DELETEs of one container file gave 500s (FileNotFoundError)."""
+    with server.http() as http:
+        cid = http.post("/v1/containers", json={"name": "race"}).json()["id"]
+        try:
+            clients = [server.http() for _ in range(8)]
+            for client in clients:
+                assert client.get(f"/v1/containers/{cid}").status_code == 200  # connected before the race
+            for round_ in range(3):
+                fid = http.post(f"/v1/containers/{cid}/files", files={"file": ("f.txt", b"x")}).json()["id"]
+                start = threading.Barrier(8)
+
+                def delete(client):
+                    start.wait()
+                    return client.delete(f"/v1/containers/{cid}/files/{fid}").status_code
+
+                with ThreadPoolExecutor(8) as workers:
+                    codes = sorted(workers.map(delete, clients))
+                assert codes == [200] + [404] * 7, (round_, codes)
+            for client in clients:
+                client.close()
         finally:
             http.delete(f"/v1/containers/{cid}")
 

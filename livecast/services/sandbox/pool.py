@@ -185,21 +185,48 @@ class ContainerPool:
         async with entry.lock:
             return await asyncio.to_thread(entry.container.list_files)
 
+    @staticmethod
+    def _find(container: Container, container_id: str, file_id: str) -> ContainerFile:
+        """Blocking, under the entry's lock: the file as the directory is now."""
+        container.files.sync(str(container.workdir))
+        file = container.files.get(file_id)
+        if file is None:
+            raise ContainerNotFound(f"no file {file_id!r} in container {container_id!r}")
+        return file
+
     async def file(self, container_id: str, file_id: str) -> ContainerFile:
-        for file in await self.list_files(container_id):
-            if file.id == file_id:
-                return file
-        raise ContainerNotFound(f"no file {file_id!r} in container {container_id!r}")
-
-    async def read_file(self, container_id: str, file_id: str) -> tuple[ContainerFile, bytes]:
-        file = await self.file(container_id, file_id)
-        return file, await asyncio.to_thread(self._entry(container_id).container.read, file)
-
-    async def delete_file(self, container_id: str, file_id: str) -> None:
-        file = await self.file(container_id, file_id)
         entry = self._entry(container_id)
         async with entry.lock:
-            await asyncio.to_thread(entry.container.delete_file, file)
+            return await asyncio.to_thread(self._find, entry.container, container_id, file_id)
+
+    async def read_file(self, container_id: str, file_id: str) -> tuple[ContainerFile, bytes]:
+        entry = self._entry(container_id)
+
+        def read() -> tuple[ContainerFile, bytes]:
+            file = self._find(entry.container, container_id, file_id)
+            try:
+                return file, entry.container.read(file)
+            except FileNotFoundError:  # removed by a background process of the code meanwhile
+                raise ContainerNotFound(f"no file {file_id!r} in container {container_id!r}") from None
+
+        async with entry.lock:
+            return await asyncio.to_thread(read)
+
+    async def delete_file(self, container_id: str, file_id: str) -> None:
+        """Look up and unlink under one hold of the lock: of concurrent deletes of one file, one
+        succeeds and the others find no file (404), never a FileNotFoundError (500)."""
+        entry = self._entry(container_id)
+
+        def delete() -> None:
+            file = self._find(entry.container, container_id, file_id)
+            try:
+                entry.container.delete_file(file)
+            except FileNotFoundError:
+                entry.container.files.by_path.pop(file.relpath, None)
+                raise ContainerNotFound(f"no file {file_id!r} in container {container_id!r}") from None
+
+        async with entry.lock:
+            await asyncio.to_thread(delete)
 
     # ---- background ----------------------------------------------------------------------
     async def _reap_idle(self) -> None:
