@@ -80,10 +80,3 @@ class BlockAllocator:
     def evictable_ids(self) -> list[int]:
         """Cached, unreferenced blocks in eviction order (first evicted first)."""
         return list(self._evictable)
-
-    def reset_prefix_cache(self) -> None:
-        for block_id in list(self._evictable):
-            self._by_hash.pop(self.block_hashes[block_id], None)
-            self.block_hashes[block_id] = None
-            self._free.append(block_id)
-        self._evictable.clear()

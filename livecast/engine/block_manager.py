@@ -72,9 +72,6 @@ class BlockManager:
         needed = max(0, -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size) - len(table))
         return needed + (1 if self._needs_cow(seq, table) else 0)
 
-    def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
-        return self.device.num_free - self.num_blocks_needed(seq, num_new_tokens) >= 0
-
     def _needs_cow(self, seq: Sequence, table: list[int]) -> bool:
         offset = seq.num_computed_tokens % self.block_size
         index = seq.num_computed_tokens // self.block_size
@@ -118,9 +115,6 @@ class BlockManager:
         for block_id in self.cpu_tables.pop(seq.seq_id, []):
             self.cpu.free(block_id)
         self._hashes.pop(seq.seq_id, None)
-
-    def has_blocks(self, seq: Sequence) -> bool:
-        return seq.seq_id in self.block_tables or seq.seq_id in self.cpu_tables
 
     # -- swapping ----------------------------------------------------------------------------
     def _unique(self, tables: list[list[int]]) -> list[int]:

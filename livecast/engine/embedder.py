@@ -82,10 +82,6 @@ class Embedder:
             out = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return out["input_ids"], [tuple(span) for span in out["offset_mapping"]]
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model sees for `text`, with [CLS]/[SEP], capped at `max_seq_length`."""
-        return min(len(self.tokenize(text)) + 2, self.max_seq_length)
-
     # -- embeddings -----------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> torch.Tensor:
         """(len(texts), dim) float32, L2-normalised; texts past `max_seq_length` are truncated."""

@@ -59,14 +59,6 @@ class SchedulerOutput:
     blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)
     num_preempted: int = 0
 
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.scheduled or self.blocks_to_swap_out or self.blocks_to_swap_in)
-
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
@@ -102,9 +94,6 @@ class Scheduler:
                 queue.remove(group)
         for seq in group.seqs:
             self.block_manager.free(seq)
-
-    def free_seq(self, seq: Sequence) -> None:
-        self.block_manager.free(seq)
 
     def drop_finished(self) -> list[SequenceGroup]:
         done = [g for g in self.running if g.finished]

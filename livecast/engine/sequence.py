@@ -88,17 +88,9 @@ class SequenceGroup:
     def is_beam(self) -> bool:
         return isinstance(self.params, BeamSearchParams)
 
-    @property
-    def num_target_seqs(self) -> int:
-        return self.params.beam_width if self.is_beam else self.params.best_of
-
     def unfinished_seqs(self) -> list[Sequence]:
         return [s for s in self.seqs if not s.finished]
 
     @property
     def finished(self) -> bool:
         return all(s.finished for s in self.seqs)
-
-    @property
-    def in_prefill(self) -> bool:
-        return any(s.num_computed_tokens < s.num_prompt_tokens for s in self.unfinished_seqs())

@@ -90,14 +90,6 @@ def dequantize_q8(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return (c.reshape(n, k // BLOCK, BLOCK).float() * _rows(scales).float()[..., None]).reshape(n, k)
 
 
-def q4_gemm_reference(x: torch.Tensor, packed, scales, mins, group_size: int) -> torch.Tensor:
-    return x.float() @ dequantize_q4(packed, scales, mins, group_size).t()
-
-
-def q8_gemm_reference(x: torch.Tensor, codes, scales) -> torch.Tensor:
-    return x.float() @ dequantize_q8(codes, scales).t()
-
-
 def _check_x(x: torch.Tensor, k: int) -> torch.Tensor:
     if x.dim() != 2 or x.shape[1] != k:
         raise ValueError(f"x must be (rows, {k}), got {tuple(x.shape)}")
