@@ -24,6 +24,7 @@ from livecast.services.agents.lifespan import agents_service
 from livecast.services.retrieval.routes import router as retrieval_router
 from livecast.services.retrieval.service import retrieval_service
 from livecast.services.agents.routes import ROUTERS as AGENTS_ROUTERS
+from livecast.services.agents.tools import ToolRooms
 from livecast.services.sandbox.routes import router as sandbox_router
 from livecast.services.sandbox.service import containers_service
 from livecast.services.errors import APIError, install_error_handlers, openapi_with_errors
@@ -60,7 +61,8 @@ async def lifespan(app: FastAPI):
             app.state.retrieval = await stack.enter_async_context(retrieval_service(dataclasses.replace(
                 settings.retrieval, data_dir=settings.agents.data_dir, batcher_thread=False), db, settings.retry_after_s))
             app.state.agents = await stack.enter_async_context(
-                agents_service(settings.agents, app.state.llm, db, app.state, settings.retry_after_s))
+                agents_service(settings.agents, app.state.llm, db, ToolRooms(app.state.containers, app.state.retrieval),
+                               settings.retry_after_s))
         llm, diffusion, retrieval = app.state.llm, app.state.diffusion, app.state.retrieval
         embeddings = (retrieval.batcher,) if retrieval is not None and retrieval.batcher is not None else ()
         # entered last, so it stops first: no engine is stepped while its room closes

@@ -1,9 +1,8 @@
-"""The agents room: `agents_service(config, llm, db, state)` builds the store, the Responses and
+"""The agents room: `agents_service(config, llm, db, tools)` builds the store, the Responses and
 Assistants services and the retention sweeper; routes reach it as `app.state.agents`.
 
-`state` is the app's state, where the built-in tools find their engines (`state.containers` for
-the code interpreter, `state.retrieval` for file search) at request time, so those rooms can start
-before or after this one.
+`tools` holds the peer rooms the built-in tools run on (the sandbox's containers for the code
+interpreter, retrieval for file search), typed, started before this room.
 """
 from __future__ import annotations
 
@@ -17,14 +16,15 @@ from livecast.services.agents.background import Background
 from livecast.services.agents.config import AgentsConfig
 from livecast.services.agents.responses.service import Responses
 from livecast.services.agents.store import AgentStore
+from livecast.services.agents.tools import ToolRooms
 from livecast.services.llm.service import LLMService
 
 logger = logging.getLogger("livecast.agents")
 
 
 class AgentsService:
-    def __init__(self, config: AgentsConfig, llm: LLMService, db, state, retry_after_s: int = 1) -> None:
-        self.config, self.llm, self.db, self.state = config, llm, db, state
+    def __init__(self, config: AgentsConfig, llm: LLMService, db, tools: ToolRooms, retry_after_s: int = 1) -> None:
+        self.config, self.llm, self.db, self.tools = config, llm, db, tools
         self.store = AgentStore(db, config)
         self.background = Background(config.max_background, retry_after_s)
         self.responses = Responses(self)
@@ -46,13 +46,13 @@ class AgentsService:
 
 
 @asynccontextmanager
-async def agents_service(config: AgentsConfig, llm: LLMService | None, db, state,
+async def agents_service(config: AgentsConfig, llm: LLMService | None, db, tools: ToolRooms,
                          retry_after_s: int = 1) -> AsyncIterator[AgentsService | None]:
     if llm is None:
         logger.warning("agents: the LLM room is off, so the Responses and Assistants APIs answer 503")
         yield None
         return
-    service = AgentsService(config, llm, db, state, retry_after_s)
+    service = AgentsService(config, llm, db, tools, retry_after_s)
     await asyncio.to_thread(service.store.sweep)
     sweeper = asyncio.create_task(service.sweep_forever(), name="agents:sweeper")
     try:

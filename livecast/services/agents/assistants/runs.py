@@ -39,7 +39,7 @@ class Runs:
             raise APIError(400, f"Thread {thread_id} already has an active run.", param="thread_id")
         tools = body.tools if body.tools is not None else assistant["tools"]
         resolved = with_resources(tools, assistant.get("tool_resources"), thread.get("tool_resources"))
-        build_toolset(resolved, self.agents.state).choice(body.tool_choice)  # 400s now, not a failed run later
+        build_toolset(resolved, self.agents.tools).choice(body.tool_choice)  # 400s now, not a failed run later
         instructions = body.instructions if body.instructions is not None else assistant["instructions"]
         if body.additional_instructions:
             instructions = "\n\n".join(filter(None, [instructions, body.additional_instructions]))
@@ -156,7 +156,7 @@ class Runs:
         tools = with_resources(run["tools"], assistant.get("tool_resources"),
                                self.store.threads.require(thread_id).get("tool_resources"))
         return RunLoop(self.llm, LoopRequest(
-            items=items, toolset=build_toolset(tools, self.agents.state), tool_choice=tool_choice,
+            items=items, toolset=build_toolset(tools, self.agents.tools), tool_choice=tool_choice,
             make_params=sampling.sampling_params, instructions=run["instructions"],
             parallel_tool_calls=run["parallel_tool_calls"], text_format=text_format, max_output_tokens=max_tokens,
             truncation="auto"), run["id"])

@@ -45,7 +45,7 @@ class Responses:
         new_items = normalize_input(body.input)
         context = self.context(body)
         check_call_outputs(context, new_items)
-        toolset = build_toolset(body.tools, self.agents.state)
+        toolset = build_toolset(body.tools, self.agents.tools)
         response_id = new_id("resp")
         loop = self._loop(body, context + new_items, toolset, response_id)
         response = self._object(response_id, body, toolset)

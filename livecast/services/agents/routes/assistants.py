@@ -26,7 +26,7 @@ def _deleted(object_id: str, kind: str) -> dict:
 # -- assistants -----------------------------------------------------------------------------------
 def _check_assistant(agents, body) -> None:
     agents.llm.check_model(body.model)
-    build_toolset(body.tools, agents.state)
+    build_toolset(body.tools, agents.tools)
     if isinstance(body.response_format, str) and body.response_format != "auto":
         raise APIError(400, "response_format must be 'auto' or an object", param="response_format")
 

@@ -9,12 +9,24 @@ built-in registers a factory in `BUILTINS`; the loop does not change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from livecast.services.agents.tools.code_interpreter import CodeInterpreter
 from livecast.services.agents.tools.file_search import FileSearch
 from livecast.services.errors import APIError
 from livecast.services.llm.tools import ToolChoice, resolve_tool_choice
+
+if TYPE_CHECKING:
+    from livecast.services.retrieval.service import RetrievalService
+    from livecast.services.sandbox.pool import ContainerPool
+
+
+@dataclass(slots=True, frozen=True)
+class ToolRooms:
+    """The peer rooms the built-in tools run on, each None where that room is off: the sandbox's
+    container pool for the code interpreter, retrieval for file search."""
+    containers: ContainerPool | None = None
+    retrieval: RetrievalService | None = None
 
 
 class BuiltinTool(Protocol):
@@ -35,8 +47,8 @@ class BuiltinTool(Protocol):
         """`output_text` annotations for a message the model wrote after this run's calls (e.g. citations)."""
 
 
-# tool type -> factory(tool spec as the client sent it, the app's state) -> BuiltinTool
-BUILTINS: dict[str, Callable[[dict, object], BuiltinTool]] = {"code_interpreter": CodeInterpreter.from_spec,
+# tool type -> factory(tool spec as the client sent it, the rooms) -> BuiltinTool
+BUILTINS: dict[str, Callable[[dict, ToolRooms], BuiltinTool]] = {"code_interpreter": CodeInterpreter.from_spec,
                                                                "file_search": FileSearch.from_spec}
 
 
@@ -62,7 +74,7 @@ class ToolSet:
         return resolve_tool_choice([{"type": "function", "function": f} for f in self.functions], tool_choice)
 
 
-def build_toolset(tools: list[dict] | None, state, param: str = "tools") -> ToolSet:
+def build_toolset(tools: list[dict] | None, rooms: ToolRooms, param: str = "tools") -> ToolSet:
     """`tools` in the Responses (flat) or Assistants (`{"function": {…}}`) shape."""
     toolset = ToolSet()
     for i, tool in enumerate(tools or []):
@@ -73,7 +85,7 @@ def build_toolset(tools: list[dict] | None, state, param: str = "tools") -> Tool
                 raise APIError(400, f"{param}[{i}].name is required for a function tool", param=f"{param}[{i}].name")
             toolset.functions.append({k: v for k, v in spec.items() if v is not None})
         elif kind in BUILTINS:
-            builtin = BUILTINS[kind](tool, state)
+            builtin = BUILTINS[kind](tool, rooms)
             toolset.builtins[builtin.function["name"]] = builtin
         else:
             known = ["function", *BUILTINS]

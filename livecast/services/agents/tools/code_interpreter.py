@@ -1,5 +1,5 @@
 """The `code_interpreter` built-in: the model writes Python as a `code_interpreter(code)` call, the
-sandbox pool (`app.state.containers`, services.sandbox) runs it, and the output item is a
+sandbox pool (`ToolRooms.containers`, services.sandbox) runs it, and the output item is a
 `code_interpreter_call` with the code, its container and its logs."""
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ class CodeInterpreter:
         self.pool, self.container_id = pool, container_id  # None: a fresh container on the first call
 
     @classmethod
-    def from_spec(cls, tool: dict, state) -> "CodeInterpreter":
-        pool = getattr(state, "containers", None)
+    def from_spec(cls, tool: dict, rooms) -> "CodeInterpreter":
+        pool = rooms.containers
         if pool is None:
             raise APIError(400, "code_interpreter is not enabled on this server", param="tools",
                            code="code_interpreter_disabled")

@@ -1,5 +1,5 @@
 """The `file_search` built-in: the model writes a `file_search(query)` call, the retrieval room
-(`app.state.retrieval`, services.retrieval) searches the tool's vector stores, the hits go
+(`ToolRooms.retrieval`, services.retrieval) searches the tool's vector stores, the hits go
 into the model's context, and the answer cites every file they came from.
 
 The output item is a `file_search_call` (`queries`, `status`, and `results` when the request
@@ -41,11 +41,11 @@ class FileSearch:
         self.cited: dict[str, str] = {}  # file_id -> filename of every hit given to the model, best first
 
     @classmethod
-    def from_spec(cls, tool: dict, state) -> "FileSearch":
+    def from_spec(cls, tool: dict, rooms) -> "FileSearch":
         """Responses' flat `{"type": "file_search", "vector_store_ids", "max_num_results", "filters",
         "ranking_options"}` or Assistants' `{"type": "file_search", "file_search": {…}}` (its stores come
         from `tool_resources`, see `with_resources`); 4xx naming the bad field."""
-        retrieval = getattr(state, "retrieval", None)
+        retrieval = rooms.retrieval
         if retrieval is None or retrieval.embedder is None:
             raise APIError(400, "file_search is not enabled on this server (it needs the retrieval room and an "
                                 "embedding model)", param="tools", code="file_search_disabled")
