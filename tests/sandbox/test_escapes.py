@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -416,3 +417,76 @@ def test_seccomp_program_decisions():
     for (nr, *args), expected in cases.items():
         assert _verdict(program, nr, *args) == expected, (nr, args)
     assert _verdict(program, 0, arch=0x40000003) == kill  # i386
+
+
+_FORGE = """
+import fcntl, os, stat
+for fd in range(3, 64):  # the write-only pipe that is not stdout or stderr: the control pipe
+    try:
+        if fd > 2 and stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+            os.write(fd, PAYLOAD)
+    except OSError:
+        pass
+"""
+_FAKE_RESULT = {"type": "result", "stdout": "forged\n", "stderr": "", "exit_code": 0, "limit": None,
+                "truncated": False}
+
+
+@pytest.mark.parametrize("payload", [
+    b"[]\n",  # valid JSON, not an object: was AttributeError "'list' object has no attribute 'get'"
+    b"not json\n",
+    json.dumps({"type": "result"}).encode() + b"\n",  # fields missing
+    json.dumps({**_FAKE_RESULT, "id": 99}).encode() + b"\n",  # another call's result
+    json.dumps({**_FAKE_RESULT, "exit_code": "0", "id": 1}).encode() + b"\n",  # a field of the wrong type
+    json.dumps({"type": "exit", "code": [], "signal": "x", "cpu_s": None}).encode() + b"\n",
+], ids=["list", "not-json", "missing-fields", "wrong-id", "wrong-type", "bad-exit"])
+def test_forged_control_messages_kill_and_replace_the_interpreter(make_container, payload):
+    """Finding 11: the code can find its write-only control pipe and forge messages; the server
+    crashed (AttributeError) or handed the next call the previous call's result."""
+    container = make_container()
+    assert run(container, "x = 1").exit_code == 0
+    forged = run(container, "PAYLOAD = " + repr(payload) + _FORGE + "import time; time.sleep(0.3)")
+    assert forged.limit == limits.CRASH and "control protocol" in forged.stderr, forged
+    assert forged.stdout == "" and not container.alive  # killed, not trusted
+    after = run(container, "print('fresh', 'x' in dir())")
+    assert after.exit_code == 0 and after.stdout == "fresh False\n", after  # a new interpreter, same files
+
+
+def test_a_forged_result_never_answers_a_later_call(make_container):
+    """A forged result carrying the right call id fools only its own call; the real one, arriving
+    after it, is out of turn: the next call gets a clear error, never the previous result."""
+    container = make_container()
+    code = ("import json, sys\n"
+            "frame = sys._getframe()\n"
+            "while 'request' not in frame.f_locals:\n    frame = frame.f_back\n"
+            "call = frame.f_locals['request']\n"
+            "PAYLOAD = (json.dumps({**" + repr(_FAKE_RESULT) + ", 'id': call['id']}) + '\\n').encode()\n"
+            + _FORGE + "import time; time.sleep(0.3)\nprint('real')")
+    fooled = run(container, code)
+    assert fooled.stdout == "forged\n"  # it fooled itself, as documented
+    time.sleep(0.5)
+    following = run(container, "print('second')")
+    assert following.stdout != "real\n" and following.limit == limits.CRASH, following
+    assert run(container, "print('third')").stdout == "third\n"
+
+
+def test_cli_survives_a_forged_control_message():
+    done = subprocess.run([sys.executable, "-m", "livecast.services.sandbox.cli", "run", "-"],
+                          input="PAYLOAD = b'[]\\n'" + _FORGE, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["limit"] == "crash" and "control protocol" in out["stderr"]
+
+
+def test_control_pipes_are_not_inherited_by_programs_the_code_starts(shared):
+    """Only 0, 1 and 2 reach a program the code execs; the control pipes are close-on-exec."""
+    result = run(shared, """
+        import os
+        def inheritable(fd):
+            try:
+                return os.get_inheritable(fd)
+            except OSError:
+                return False
+        print([fd for fd in range(3, 256) if inheritable(fd)])
+    """)
+    assert result.stdout == "[]\n", result

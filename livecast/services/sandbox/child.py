@@ -1,8 +1,10 @@
 """The sandbox's bootstrap and interpreter: `python -I -c "…child.main(ctl_in, ctl_out)"`.
 
 Protocol, one JSON object per line. Server → child: the spec (first line), then
-`{"op": "exec", "code", "cpu_s"}`. Child → server: `{"type": "ready", "layers"}` once confined,
-`{"type": "result", "stdout", "stderr", "exit_code", "limit", "truncated"}` per call,
+`{"op": "exec", "id", "code", "cpu_s"}`. Child → server: `{"type": "ready", "layers"}` once confined,
+`{"type": "result", "id", "stdout", "stderr", "exit_code", "limit", "truncated"}` per call (the
+call's id echoed; the server checks every field — user code runs in this process and can write
+to the pipe too, so a forged or stale message gets the interpreter killed and replaced),
 `{"type": "error", "message"}` if setup fails, and `{"type": "exit", "code", "signal", "cpu_s"}`
 from the outer process once the interpreter is gone.
 
@@ -35,8 +37,20 @@ def _open_path(path: str) -> int:
     return os.open(path, os.O_PATH | os.O_CLOEXEC)
 
 
+def _close_other_fds(keep: tuple[int, ...]) -> None:
+    """Close every descriptor above 2 but `keep`, and keep those from any program the code starts:
+    the server passes only the two control pipes, but nothing else may reach user code by mistake."""
+    low = 3
+    for fd in sorted(set(keep)):
+        os.closerange(low, fd)
+        os.set_inheritable(fd, False)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
 def main(ctl_in: int, ctl_out: int) -> None:
     try:
+        _close_other_fds((ctl_in, ctl_out))
         spec = json.loads(os.fdopen(os.dup(ctl_in), "rb").readline())
         layers = spec["layers"]
         # 1. open every path the policy names while this process may still see it
@@ -130,7 +144,7 @@ def _serve(requests, ctl_out: int, output_limit_bytes: int) -> None:
         stdout, stderr, truncated = cap.result()
         if truncated and limit is None:
             limit = limits.OUTPUT
-        _send(ctl_out, {"type": "result", "stdout": stdout, "stderr": stderr, "exit_code": exit_code,
+        _send(ctl_out, {"type": "result", "id": request.get("id"), "stdout": stdout, "stderr": stderr, "exit_code": exit_code,
                         "limit": limit, "truncated": truncated})
 
 

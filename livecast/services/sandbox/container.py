@@ -28,6 +28,10 @@ _BOOT = ("import sys; sys.path.insert(0, {root!r}); from livecast.services.sandb
 _START_TIMEOUT_S = 60.0
 
 
+class ProtocolError(ValueError):
+    """The child sent something the protocol does not allow: it is killed and replaced."""
+
+
 def pick_uid(uid_base: int) -> int:
     """A root server gives each container its own outside uid (random: no two servers on a host
     need to agree), so files, signals and process counts of two containers never mix."""
@@ -99,10 +103,14 @@ class Container:
                 "limits": self.spec.limits.to_json(), "fs": self.spec.fs_policy, "layers": list(self.spec.layers),
                 "landlock_abi": self.spec.landlock_abi, "preload": list(self.spec.preload),
                 "output_limit_bytes": self.spec.output_limit_bytes}
+        self._calls = 0
         self._write(spec)
-        message = self._read(time.monotonic() + _START_TIMEOUT_S)
+        try:
+            message = self._read(time.monotonic() + _START_TIMEOUT_S)
+        except ProtocolError as exc:
+            message = {"type": "error", "message": str(exc)}
         if message is None or message.get("type") != "ready":
-            detail = (message or {}).get("message", "no answer")
+            detail = str((message or {}).get("message", "no answer"))[:4000]
             self.kill()
             raise RuntimeError(f"sandbox failed to start: {detail}")
 
@@ -156,22 +164,55 @@ class Container:
             data = data[os.write(self._to_child, data):]
 
     def _read(self, deadline: float) -> dict | None:
-        """The next message, or None at EOF or past the deadline. A line longer than two outputs
-        plus slack is a child gone wrong: treated as EOF."""
+        """The next message, or None at EOF or past the deadline. Raises ProtocolError for a line
+        longer than two outputs plus slack, or one that is not a JSON object: the code can write
+        to this pipe (it runs in the process that holds it), so nothing read here is trusted."""
         max_line = 8 * self.spec.output_limit_bytes + 65536
         while b"\n" not in self._buffer:
             timeout = deadline - time.monotonic()
             if timeout <= 0 or not select.select([self._from_child], [], [], timeout)[0]:
                 return None
             chunk = os.read(self._from_child, 1 << 16)
-            if not chunk or len(self._buffer) > max_line:
+            if not chunk:
                 return None
+            if len(self._buffer) + len(chunk) > max_line:
+                raise ProtocolError(f"a message longer than {max_line} bytes")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         try:
-            return json.loads(line)
-        except ValueError:
-            return None
+            message = json.loads(line)
+        except (ValueError, RecursionError):
+            raise ProtocolError("a line that is not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ProtocolError(f"a {type(message).__name__} where an object with a type was expected")
+        return message
+
+    def _pending(self) -> bool:
+        """Whether the child wrote something nobody asked for (it must be silent between calls)."""
+        return bool(self._buffer) or bool(select.select([self._from_child], [], [], 0)[0])
+
+    def _valid_result(self, message: dict, call_id: int) -> ExecResult:
+        """A `result` message checked field by field, or ProtocolError."""
+        max_text = self.spec.output_limit_bytes + 256  # the kept bytes plus the truncation note
+        stdout, stderr, exit_code = message.get("stdout"), message.get("stderr"), message.get("exit_code")
+        limit, truncated = message.get("limit"), message.get("truncated")
+        if message.get("id") != call_id:
+            raise ProtocolError(f"a result for call {message.get('id')!r} during call {call_id}")
+        if not (isinstance(stdout, str) and isinstance(stderr, str) and len(stdout) <= max_text
+                and len(stderr) <= max_text):
+            raise ProtocolError("a result whose stdout or stderr is not bounded text")
+        if type(exit_code) is not int or not -(1 << 31) <= exit_code < (1 << 31):
+            raise ProtocolError("a result whose exit_code is not an integer")
+        if not (limit is None or (isinstance(limit, str) and limit in limits.NAMES)) or type(truncated) is not bool:
+            raise ProtocolError("a result with an unknown limit or truncation flag")
+        return ExecResult(stdout, stderr, exit_code, False, limit)
+
+    def _violation(self, exc: "ProtocolError") -> ExecResult:
+        """The child broke the protocol (forged or malformed messages): kill and replace it."""
+        self.kill()
+        return ExecResult("", f"the interpreter was killed: it broke the sandbox's control protocol ({exc}); "
+                              "the next call starts a fresh interpreter on the same files\n",
+                          -signal.SIGKILL, False, limits.CRASH)
 
     # ---- calls ---------------------------------------------------------------------------
     def run(self, code: str, timeout_s: float, cpu_s: int | None = None) -> ExecResult:
@@ -181,13 +222,18 @@ class Container:
             self.kill()
             self.start()
         cpu_s = min(cpu_s or self.spec.limits.cpu_s_per_call, self.spec.limits.cpu_s_total)
-        self._write({"op": "exec", "code": code, "cpu_s": cpu_s})
-        message = self._read(started + timeout_s)
-        if message is not None and message.get("type") == "result":
-            result = ExecResult(str(message["stdout"]), str(message["stderr"]), int(message["exit_code"]), False,
-                                message["limit"] if message["limit"] in limits.NAMES else None)
-        else:
-            result = self._ended(message, timed_out=message is None and time.monotonic() >= started + timeout_s)
+        self._calls += 1
+        try:
+            if self._pending():
+                raise ProtocolError("a message between calls")
+            self._write({"op": "exec", "id": self._calls, "code": code, "cpu_s": cpu_s})
+            message = self._read(started + timeout_s)
+            if message is not None and message["type"] == "result":
+                result = self._valid_result(message, self._calls)
+            else:
+                result = self._ended(message, timed_out=message is None and time.monotonic() >= started + timeout_s)
+        except ProtocolError as exc:
+            result = self._violation(exc)
         changed = self.files.sync(str(self.workdir))
         if self.files.total_bytes() > self.spec.disk_limit_bytes:
             result = self._over_disk(result, changed)
@@ -207,10 +253,13 @@ class Container:
             return ExecResult("", "killed: wall-clock timeout\n", -signal.SIGKILL, True, limits.TIMEOUT)
         # the outer process reports the inner one's end just before it exits
         exit_message = message if message and message.get("type") == "exit" else {}
-        signum = exit_message.get("signal")
-        code = int(exit_message.get("code", -signal.SIGKILL))
+        signum, code, cpu_s = exit_message.get("signal"), exit_message.get("code"), exit_message.get("cpu_s")
+        if exit_message and not (type(code) is int and -256 < code < 256 and (signum is None or (
+                type(signum) is int and 0 < signum < 65)) and type(cpu_s) in (int, float)):
+            raise ProtocolError("a malformed exit message")
+        code = code if exit_message else -signal.SIGKILL
         if signum:
-            limit = limits.classify_signal(signum, exit_message.get("cpu_s", 0.0), self.spec.limits.cpu_s_total)
+            limit = limits.classify_signal(signum, cpu_s, self.spec.limits.cpu_s_total)
             return ExecResult("", f"interpreter killed by signal {signum} ({limit})\n", code, False, limit)
         return ExecResult("", f"interpreter exited with code {code}\n", code, False, None)
 
