@@ -9,6 +9,7 @@ namespace covers those).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -490,3 +491,27 @@ def test_control_pipes_are_not_inherited_by_programs_the_code_starts(shared):
         print([fd for fd in range(3, 256) if inheritable(fd)])
     """)
     assert result.stdout == "[]\n", result
+
+
+def test_tmpdir_counts_against_the_disk_limit(spec, sandbox_root):
+    """Finding 4: $TMPDIR (the scratch directory, outside /mnt/data) had no disk limit: 6 × 240 MiB
+    written there persisted across calls. Here 6 × 1 MiB against a 4 MiB limit."""
+    from livecast.services.sandbox.container import Container, pick_uid
+    from livecast.services.sandbox.service import SandboxConfig
+    small = dataclasses.replace(spec, disk_limit_bytes=4 << 20)
+    container = Container("cntr_tmpdir", sandbox_root / "tmpdir", small, pick_uid(SandboxConfig().uid_base))
+    container.start()
+    try:
+        assert run(container, "import os; os.environ['TMPDIR'] != '/mnt/data'").stdout == "True\n"
+        filled = run(container, """
+            import os, tempfile
+            for i in range(6):
+                with open(os.path.join(tempfile.gettempdir(), f'fill{i}'), 'wb') as f:
+                    f.write(b'x' * (1 << 20))
+        """)
+        assert filled.limit == limits.DISK and "disk limit" in filled.stderr, filled
+        left = run(container, "import os, tempfile; sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith('fill'))")
+        assert left.stdout == "[]\n", left
+        assert run(container, "print('ok')").limit is None  # within the limit again
+    finally:
+        container.close()

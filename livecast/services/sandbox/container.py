@@ -76,6 +76,7 @@ class Container:
         self.directory = directory
         self.workdir, self.scratch = directory / "data", directory / "tmp"
         self.files = FileIndex()
+        self.scratch_files = FileIndex()  # $TMPDIR, MPLCONFIGDIR: not listed, but counted against the disk limit
         self.created_at = self.last_active_at = time.time()
         self.process: subprocess.Popen | None = None
         for path in (directory, self.workdir, self.scratch):
@@ -235,8 +236,9 @@ class Container:
         except ProtocolError as exc:
             result = self._violation(exc)
         changed = self.files.sync(str(self.workdir))
-        if self.files.total_bytes() > self.spec.disk_limit_bytes:
-            result = self._over_disk(result, changed)
+        scratch_changed = self.scratch_files.sync(str(self.scratch))
+        if self.files.total_bytes() + self.scratch_files.total_bytes() > self.spec.disk_limit_bytes:
+            result = self._over_disk(result, changed, scratch_changed)
             changed = []
         if self.files.truncated:
             result.stderr += f"note: the listing of {cfiles.MOUNT_POINT} stopped early ({self.files.truncated}); " \
@@ -263,13 +265,17 @@ class Container:
             return ExecResult("", f"interpreter killed by signal {signum} ({limit})\n", code, False, limit)
         return ExecResult("", f"interpreter exited with code {code}\n", code, False, None)
 
-    def _over_disk(self, result: ExecResult, changed: list[ContainerFile]) -> ExecResult:
-        for file in changed:
-            try:
-                cfiles.unlink_beneath(str(self.workdir), file.relpath)
-            except OSError:
-                pass
+    def _over_disk(self, result: ExecResult, changed: list[ContainerFile],
+                   scratch_changed: list[ContainerFile]) -> ExecResult:
+        """The working directory and the scratch directory ($TMPDIR) share one disk limit."""
+        for directory, files in ((self.workdir, changed), (self.scratch, scratch_changed)):
+            for file in files:
+                try:
+                    cfiles.unlink_beneath(str(directory), file.relpath)
+                except OSError:
+                    pass
         self.files.sync(str(self.workdir))
+        self.scratch_files.sync(str(self.scratch))
         note = f"files written by this call removed: the container's disk limit of " \
                f"{self.spec.disk_limit_bytes >> 20} MiB was exceeded\n"
         return ExecResult(result.stdout, result.stderr + note, result.exit_code or 1, result.timed_out, limits.DISK)
