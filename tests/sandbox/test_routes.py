@@ -182,6 +182,15 @@ def test_cli_run_prints_one_json_object():
     assert rc == 0 and out["limit"] == "memory" and out["exit_code"] == 1
 
 
+def test_cli_probe_reports_the_limits_in_force():
+    done = subprocess.run([sys.executable, "-m", "livecast.services.sandbox.cli", "probe"], capture_output=True,
+                          text=True, timeout=60)
+    limits = json.loads(done.stdout)["limits"]
+    assert limits["oom_score_adj"]["sandbox"] == 1000 and limits["oom_score_adj"]["server"] < 1000
+    assert limits["per_container"]["disk_covers"] == ["/mnt/data", "$TMPDIR"] and limits["cgroup"] is None
+    assert limits["per_process"]["memory_mb"] == SandboxConfig().memory_mb
+
+
 def test_probe_reports_every_layer(support):
     """This CI kernel (6.x, root in a VM) has all three layers; a kernel without one must say so."""
     assert support.missing == (), support.describe()

@@ -48,9 +48,25 @@ def _close_other_fds(keep: tuple[int, ...]) -> None:
     os.closerange(low, 1 << 20)
 
 
+OOM_SCORE_ADJ = 1000  # the most: under memory pressure the kernel kills sandboxed processes before the server
+
+
+def _first_to_be_killed() -> None:
+    """Rlimits bound each process, not a container's sum: if the host runs out of memory, the
+    kernel's OOM killer should pick sandboxed code, never the server. Written while this process
+    may still hold CAP_SYS_RESOURCE (a root server), it is also the floor the code cannot lower;
+    every process the code starts inherits it."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(OOM_SCORE_ADJ))
+    except OSError:
+        pass  # no /proc here: the rlimits still hold
+
+
 def main(ctl_in: int, ctl_out: int) -> None:
     try:
         _close_other_fds((ctl_in, ctl_out))
+        _first_to_be_killed()
         spec = json.loads(os.fdopen(os.dup(ctl_in), "rb").readline())
         layers = spec["layers"]
         # 1. open every path the policy names while this process may still see it
