@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "livecast"
 # composition roots may import the settings: they build whole apps from them
-COMPOSERS = {"livecast.services.app", "livecast.services.serve", "livecast.services.cli", "livecast.services.settings"}
+COMPOSERS = {"livecast.services.app", "livecast.services.rooms", "livecast.services.serve", "livecast.services.cli", "livecast.services.settings"}
 COMPOSING_ROOMS = ("livecast.services.scale.", "livecast.services.bench.")  # launch replicas / servers
 ROOMS = ("llm", "media", "runtime", "agents", "sandbox", "retrieval")
 

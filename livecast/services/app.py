@@ -1,14 +1,10 @@
-"""The FastAPI app: `create_app(settings)` mounts each room's routes; the lifespan owns the engines.
-
-Rooms: `services.llm` (OpenAI/TGI/WebSocket text), `services.media` (WebRTC, frames, images),
-`services.runtime` (the one loop that steps every engine on the device). Each room is switched
-by its `enable_*` setting, built by an async context manager entered on the lifespan's exit
-stack (stored on `app.state.<room>`), and reached by routes through the room's `deps`. /health
-reports each as `app.state.<room>.health()` or null.
+"""The FastAPI app: `create_app(settings)` walks the table of rooms (services.rooms), mounting
+the routers of each room that is on; the lifespan starts their services in the table's order and
+stops them in reverse. Each room's service lands on `app.state.<room>` (None when off) and routes
+reach it through the room's `deps`. /health reports the engines' rooms and the runtime.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -19,61 +15,26 @@ from prometheus_client import CollectorRegistry
 
 from livecast.services import health
 from livecast.services.auth import APIKeyGuard
-from livecast.services.agents.db import open_database
-from livecast.services.agents.lifespan import agents_service
-from livecast.services.retrieval.routes import router as retrieval_router
-from livecast.services.retrieval.service import retrieval_service
-from livecast.services.agents.routes import ROUTERS as AGENTS_ROUTERS
-from livecast.services.agents.tools import ToolRooms
-from livecast.services.sandbox.routes import router as sandbox_router
-from livecast.services.sandbox.service import containers_service
 from livecast.services.errors import APIError, install_error_handlers, openapi_with_errors
 from livecast.services.logs import redact_secrets
-from livecast.services.llm.routes import chat, completions, generate, models, tokenize, ws
-from livecast.services.llm.service import llm_service
-from livecast.services.media.lifespan import media_service
-from livecast.services.media.routes import frames, images, webrtc
-from livecast.services.runtime.lifespan import device_runtime
-from livecast.services.runtime.memory import plan_memory
+from livecast.services.rooms import ROOMS
 from livecast.services.settings import ServerSettings
 
-LLM_ROUTERS = (models.router, chat.router, completions.router, generate.router, tokenize.router, ws.router)
-MEDIA_ROUTERS = (webrtc.router, frames.router, images.router)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: ServerSettings = app.state.settings
-    registry = app.state.registry
     async with AsyncExitStack() as stack:
-        # media first: on CUDA the KV cache is sized from what its models leave free
-        if settings.enable_diffusion:
-            app.state.diffusion = await stack.enter_async_context(media_service(settings.diffusion, registry))
-        if settings.enable_llm:
-            engine_config = plan_memory(settings.engine, settings.memory, app.state.diffusion)
-            app.state.llm = await stack.enter_async_context(
-                llm_service(engine_config, settings.llm, registry, settings.retry_after_s))
-        if settings.enable_agents:
-            db = open_database(settings.agents.store_url, settings.agents.data_dir)
-            stack.callback(db.close)
-            app.state.containers = await stack.enter_async_context(containers_service(settings.sandbox))
-            app.state.retrieval = await stack.enter_async_context(retrieval_service(dataclasses.replace(
-                settings.retrieval, data_dir=settings.agents.data_dir, batcher_thread=False), db, settings.retry_after_s))
-            app.state.agents = await stack.enter_async_context(
-                agents_service(settings.agents, app.state.llm, db, ToolRooms(app.state.containers, app.state.retrieval),
-                               settings.retry_after_s))
-        llm, diffusion, retrieval = app.state.llm, app.state.diffusion, app.state.retrieval
-        embeddings = (retrieval.batcher,) if retrieval is not None and retrieval.batcher is not None else ()
-        # entered last, so it stops first: no engine is stepped while its room closes
-        app.state.runtime = await stack.enter_async_context(device_runtime(
-            llm.engine if llm is not None else None, diffusion.batcher if diffusion is not None else None,
-            settings.runtime, registry, others=embeddings))
+        for room in ROOMS:
+            if room.enabled(settings):
+                setattr(app.state, room.name, await stack.enter_async_context(room.start(settings, app.state)))
         try:
             yield
         finally:
-            app.state.llm = app.state.diffusion = app.state.runtime = None
-            app.state.agents = app.state.containers = app.state.retrieval = None
+            for room in ROOMS:
+                setattr(app.state, room.name, None)
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -83,23 +44,18 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.shell = settings.shell()  # what the rooms read (services.core), never the settings
     app.state.registry = CollectorRegistry()  # per app, never the process-global one
-    app.state.llm = app.state.diffusion = app.state.runtime = None
-    app.state.agents = app.state.containers = app.state.retrieval = None
+    for room in ROOMS:
+        setattr(app.state, room.name, None)
     install_error_handlers(app)
     app.openapi = openapi_with_errors(app)
     redact_secrets("uvicorn.access", "uvicorn.error")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(APIKeyGuard, api_key=settings.api_key)  # outermost: no body is read without the key
     app.include_router(health.router)
-    if settings.enable_llm:
-        for router in LLM_ROUTERS:
-            app.include_router(router)
-    if settings.enable_diffusion:
-        for router in MEDIA_ROUTERS:
-            app.include_router(router)
-    if settings.enable_agents:
-        for router in (*AGENTS_ROUTERS, sandbox_router, retrieval_router):
-            app.include_router(router)
+    for room in ROOMS:
+        if room.enabled(settings):
+            for router in room.routers:
+                app.include_router(router)
     app.router.default = _web_pages(app.router.default)
     return app
 
