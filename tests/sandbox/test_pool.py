@@ -127,3 +127,53 @@ async def test_uploads_are_visible_and_links_are_not_followed():
         assert (await pool.run(cid, "import os; sorted(os.listdir())")).stdout == "['hard.csv', 'link']\n"
     finally:
         await _close(pool)
+
+
+async def test_a_delete_that_cannot_remove_everything_is_reported_and_kept():
+    """Finding 5: DELETE used to fail half-way (a 500 while the container vanished from the API,
+    its directories left on disk). Now removal is complete, or the container stays listed and the
+    failure is reported, and a retry finishes it."""
+    from livecast.services.sandbox import files as cfiles
+    from livecast.services.sandbox.pool import DeleteFailed
+    pool = _pool()
+    await pool.start()
+    try:
+        cid = (await pool.run(None, "import os\nos.makedirs('a/b/c')\nopen('a/b/c/f', 'w').write('x')")).container_id
+        directory = pool.container(cid).directory
+        real_unlink = os.unlink
+        def failing_unlink(path, *args, **kwargs):
+            if path == "f":
+                raise PermissionError(1, "Operation not permitted")
+            return real_unlink(path, *args, **kwargs)
+        cfiles.os.unlink = failing_unlink
+        try:
+            with pytest.raises(DeleteFailed, match="could not all be removed"):
+                await pool.delete(cid)
+        finally:
+            cfiles.os.unlink = real_unlink
+        assert pool.get(cid)["id"] == cid and (directory / "data/a/b/c/f").exists()
+        await pool.delete(cid)
+        assert not directory.exists() and cid not in pool.entries
+    finally:
+        await _close(pool)
+
+
+def test_remove_tree_handles_deep_trees_and_refuses_to_follow_links(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("k")
+    from livecast.services.sandbox import files as cfiles
+    top = tmp_path / "tree"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1500):  # deeper than Python's recursion limit, and than PATH_MAX allows by path
+        os.mkdir("dddddd", dir_fd=fd)
+        next_fd = os.open("dddddd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = next_fd
+    os.symlink(str(outside), "link", dir_fd=fd)
+    os.close(fd)
+    cfiles.remove_tree(str(top))
+    assert not top.exists() and (outside / "keep").read_text() == "k"
+    found = cfiles.scan(str(tmp_path))
+    assert found.truncated is None and list(found) == ["outside/keep"]
