@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from livecast.kernels.cpu import cpu_flags
+
 logger = logging.getLogger("livecast.kernels")
 
 SOURCE_DIR = Path(__file__).parent
@@ -42,17 +44,6 @@ _reason: str | None = None
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LIVECAST_CACHE") or Path.home() / ".cache" / "livecast") / "kernels"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _compiler() -> str | None:
