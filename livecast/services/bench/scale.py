@@ -30,8 +30,8 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from livecast.engine.model_loader import resolve_model
+from livecast.services.bench.latency import WORDS, one_request
 from livecast.services.bench.report import report
-from livecast.services.bench.serving import WORDS, one_request
 from livecast.services.scale.routing import POLICIES
 
 MODEL_NAME = "bench"
@@ -63,7 +63,7 @@ def kv_bytes_per_token(model: Path) -> int:
 def make_settings(model: Path, kv_tokens: int, data_dir: str):
     from livecast.engine import EngineConfig
     from livecast.services.agents.config import AgentsConfig
-    from livecast.services.retrieval.service import RetrievalConfig
+    from livecast.services.retrieval.config import RetrievalConfig
     from livecast.services.sandbox.service import SandboxConfig
     from livecast.services.llm.config import LLMConfig
     from livecast.services.settings import ServerSettings

@@ -12,37 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 
 import httpx
 
+from livecast.services.bench.latency import WORDS, one_request, summarize
 from livecast.services.bench.report import report
 from livecast.services.bench.server import start_server, stop_server
-
-WORDS = ("the of and to in is was for on that with as by at from his her they this which be have are an not one "
-         "had you or were their all we there been has when who will more no if out so said what up its about into "
-         "than them can only other new some could time these two may then do first any my now such like our over "
-         "man me even most made after also did many before must through back years where much your way well down "
-         "should because each just those people how too little state good very make world still own see men work "
-         "long get here between both life being under never day same another know while last might us great old "
-         "year off come since against go came right used take three river music city light story garden voice").split()
-
-
-@dataclass(slots=True)
-class Result:
-    ok: bool = False
-    prompt_tokens: int = 0
-    output_tokens: int = 0
-    ttft_s: float = 0.0
-    e2e_s: float = 0.0
-    itl_s: list[float] = field(default_factory=list)
-    error: str = ""
+from livecast.services.bench.streams import compare
 
 
 def build_workload(http: httpx.Client, num: int, input_len: int, output_len: int, seed: int) -> list[tuple]:
@@ -55,37 +35,6 @@ def build_workload(http: httpx.Client, num: int, input_len: int, output_len: int
         ids = http.post("/tokenize", json={"prompt": text, "add_special_tokens": False}).raise_for_status().json()
         work.append((ids["tokens"][:n], rng.randint(max(1, output_len // 2), output_len * 3 // 2)))
     return work
-
-
-async def one_request(client: httpx.AsyncClient, model: str, prompt: list[int], max_tokens: int) -> Result:
-    result = Result()
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
-    start = last = time.perf_counter()
-    try:
-        async with client.stream("POST", "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                result.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
-                return result
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                now = time.perf_counter()
-                if chunk.get("usage"):
-                    result.prompt_tokens = chunk["usage"]["prompt_tokens"]
-                    result.output_tokens = chunk["usage"]["completion_tokens"]
-                if chunk.get("choices") and chunk["choices"][0]["text"]:
-                    if result.ttft_s == 0.0:
-                        result.ttft_s = now - start
-                    else:
-                        result.itl_s.append(now - last)
-                    last = now
-        result.e2e_s = time.perf_counter() - start
-        result.ok = result.output_tokens > 0
-    except (httpx.HTTPError, ValueError) as exc:
-        result.error = repr(exc)
-    return result
 
 
 async def run_rate(url: str, model: str, work: list[tuple], rate: float, seed: int, api_key: str | None) -> dict:
@@ -102,28 +51,6 @@ async def run_rate(url: str, model: str, work: list[tuple], rate: float, seed: i
         results = await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
     return summarize(rate, results, duration)
-
-
-def _stats(values: list[float]) -> dict:
-    if not values:
-        return {"mean_ms": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
-    return {"mean_ms": 1e3 * statistics.fmean(values), "p50_ms": 1e3 * statistics.median(values), "p99_ms": 1e3 * p99}
-
-
-def summarize(rate: float, results: list[Result], duration: float) -> dict:
-    done = [r for r in results if r.ok]
-    output = sum(r.output_tokens for r in done)
-    tpot = [(r.e2e_s - r.ttft_s) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
-    return {"request_rate": rate, "num_requests": len(results), "completed": len(done),
-            "errors": sorted({r.error for r in results if not r.ok})[:3], "duration_s": duration,
-            "request_throughput": len(done) / duration, "output_throughput": output / duration,
-            "total_token_throughput": (output + sum(r.prompt_tokens for r in done)) / duration,
-            "mean_prompt_tokens": statistics.fmean([r.prompt_tokens for r in done]) if done else 0.0,
-            "mean_output_tokens": output / len(done) if done else 0.0,
-            "ttft": _stats([r.ttft_s for r in done]), "tpot": _stats(tpot),
-            "itl": _stats([gap for r in done for gap in r.itl_s]), "e2e": _stats([r.e2e_s for r in done])}
 
 
 def start_bench_server(args):
@@ -159,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.peer_llama_server or args.streams:
         from livecast.engine.model_loader import default_gguf_path
-        from livecast.services.bench.streams import compare
 
         args.streams = args.streams or "1,4,16"
         if args.peer_llama_server and args.model and not args.model.endswith(".gguf"):

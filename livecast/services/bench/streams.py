@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from livecast.services.bench.latency import WORDS, one_request, summarize
 from livecast.services.bench.llama_server import llama_server_version, start_llama_server
 from livecast.services.bench.report import report
-from livecast.services.bench.serving import WORDS, one_request, summarize
 
 
 @dataclass(frozen=True, slots=True)
