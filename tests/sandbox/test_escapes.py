@@ -548,3 +548,13 @@ def test_sandboxed_processes_are_the_oom_killers_first_choice(shared):
     lowered = run(shared, "open('/proc/self/oom_score_adj', 'w').write('-1000')")
     assert lowered.exit_code == 1 and "Error" in lowered.stderr
     shared.kill()  # the sleeper goes with the interpreter; the next call starts a fresh one
+
+
+def test_an_interpreter_that_died_between_calls_is_replaced_without_an_error(make_container):
+    """The outer process's `exit` message is the one thing allowed between calls: a background
+    thread that kills the interpreter after its call must not look like a protocol violation."""
+    container = make_container()
+    run(container, "import os, threading, time\nthreading.Thread(target=lambda: (time.sleep(0.1), os._exit(3))).start()")
+    time.sleep(0.5)
+    again = run(container, "print('fresh')")
+    assert again.stdout == "fresh\n" and again.limit is None, again

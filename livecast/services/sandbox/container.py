@@ -79,6 +79,7 @@ class Container:
         self.scratch_files = FileIndex()  # $TMPDIR, MPLCONFIGDIR: not listed, but counted against the disk limit
         self.created_at = self.last_active_at = time.time()
         self.process: subprocess.Popen | None = None
+        self._calls = 0  # the id of the latest call, echoed by the child's result
         for path in (directory, self.workdir, self.scratch):
             path.mkdir(mode=0o700)
             if os.geteuid() == 0:
@@ -104,7 +105,6 @@ class Container:
                 "limits": self.spec.limits.to_json(), "fs": self.spec.fs_policy, "layers": list(self.spec.layers),
                 "landlock_abi": self.spec.landlock_abi, "preload": list(self.spec.preload),
                 "output_limit_bytes": self.spec.output_limit_bytes}
-        self._calls = 0
         self._write(spec)
         try:
             message = self._read(time.monotonic() + _START_TIMEOUT_S)
@@ -225,9 +225,19 @@ class Container:
         cpu_s = min(cpu_s or self.spec.limits.cpu_s_per_call, self.spec.limits.cpu_s_total)
         self._calls += 1
         try:
-            if self._pending():
-                raise ProtocolError("a message between calls")
-            self._write({"op": "exec", "id": self._calls, "code": code, "cpu_s": cpu_s})
+            if self._pending():  # only the outer process's word that the interpreter died may come unasked
+                early = self._read(time.monotonic() + 1.0)
+                if early is not None and early["type"] != "exit":
+                    raise ProtocolError(f"a {early['type']!r} message between calls")
+                self.kill()
+                self.start()
+            request = {"op": "exec", "id": self._calls, "code": code, "cpu_s": cpu_s}
+            try:
+                self._write(request)
+            except BrokenPipeError:  # the interpreter died just now, before saying so: replace it
+                self.kill()
+                self.start()
+                self._write(request)
             message = self._read(started + timeout_s)
             if message is not None and message["type"] == "result":
                 result = self._valid_result(message, self._calls)
