@@ -44,7 +44,7 @@ def light_agents() -> dict:
     import tempfile
 
     from livecast.services.agents.config import AgentsConfig
-    from livecast.services.retrieval.service import RetrievalConfig
+    from livecast.services.retrieval.config import RetrievalConfig
     from livecast.services.sandbox.service import SandboxConfig
 
     return {"agents": AgentsConfig(data_dir=tempfile.mkdtemp(prefix="livecast-agents-")),

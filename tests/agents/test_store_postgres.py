@@ -15,7 +15,7 @@ import pytest
 
 from livecast.services.agents.config import AgentsConfig
 from livecast.services.agents.db import mask_url, open_database
-from livecast.services.retrieval.files import FileStore
+from livecast.services.retrieval.file_store import FileStore
 from livecast.services.retrieval.index import ChunkIndex
 from livecast.services.retrieval.vector_stores import VectorStores
 from livecast.services.agents.store import AgentStore

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from livecast.services.agents.db import open_database
 from livecast.services import retrieval as retrieval_package
 from livecast.services.retrieval.routes import router
-from livecast.services.retrieval.service import RetrievalConfig, retrieval_service
+from livecast.services.retrieval.config import RetrievalConfig
+from livecast.services.retrieval.service import retrieval_service
 from livecast.services.errors import install_error_handlers
 from tests.live_server import LiveServer
 

@@ -42,7 +42,8 @@ def scores(ranks: list[float]) -> dict[str, float]:
 
 async def evaluate(corpus: Path, queries: list[dict], embedding_model: str | None, device: str = "cpu") -> dict:
     from livecast.services.agents.db import Database
-    from livecast.services.retrieval.service import RetrievalConfig, retrieval_service
+    from livecast.services.retrieval.config import RetrievalConfig
+    from livecast.services.retrieval.service import retrieval_service
 
     paths = sorted(p for p in corpus.iterdir() if p.is_file())
     with tempfile.TemporaryDirectory() as data_dir:

@@ -10,8 +10,8 @@ import secrets
 import time
 from pathlib import Path
 
-from livecast.services.retrieval.pagination import page
 from livecast.services.errors import APIError
+from livecast.services.retrieval.pagination import page
 
 MAX_FILES_PAGE = 10000  # OpenAI's files list allows far longer pages than other lists
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")

@@ -14,9 +14,13 @@ import logging
 
 import numpy as np
 
-from livecast.services.retrieval.chunking import ChunkingStrategy, chunk_text, embedding_windows
-from livecast.services.retrieval.parsers import ParseError, extract_text
 from livecast.services.errors import APIError
+from livecast.services.retrieval.chunking import (
+    ChunkingStrategy,
+    chunk_text,
+    embedding_windows,
+)
+from livecast.services.retrieval.parsers import ParseError, extract_text
 
 logger = logging.getLogger("livecast.retrieval")
 

@@ -11,46 +11,24 @@ import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
+from livecast.services.errors import APIError
+from livecast.services.retrieval.config import RetrievalConfig
 from livecast.services.retrieval.embeddings import EmbeddingBatcher, EmbeddingResult
-from livecast.services.retrieval.files import FileStore
+from livecast.services.retrieval.file_store import FileStore
 from livecast.services.retrieval.filters import matches, validate_filter
 from livecast.services.retrieval.index import ChunkIndex
 from livecast.services.retrieval.ingest import Ingestor
 from livecast.services.retrieval.vector_stores import VectorStores
-from livecast.services.errors import APIError
 from livecast.services.runtime.threads import on_own_thread
 
 logger = logging.getLogger("livecast.retrieval")
 MAX_SEARCH_RESULTS = 50
 MAX_SEARCH_QUERIES = 16  # counts capped before any embedding or SQL is built for them
 MAX_SEARCH_STORES = 16
-
-
-@dataclass(slots=True)
-class RetrievalConfig:
-    data_dir: str = ""  # files go under data_dir/files; the app sets it from AgentsConfig.data_dir
-    max_file_bytes: int = field(default=512 * 1024 * 1024, metadata={  # OpenAI's cap per file
-        "flag": "--max-file-mb", "unit": "MiB", "help": "larger uploads to /v1/files get 413"})
-    embedding_model: str | None = field(default=None, metadata={
-        "help": "embedding model folder; none turns embeddings off (default: the packaged all-MiniLM-L6-v2)"})
-    device: str = "cpu"
-    ingestion_concurrency: int = field(default=8, metadata={  # small files only batch well together
-        "help": "files being ingested into vector stores at once"})
-    max_batch_inputs: int = 64  # texts per embedding model call
-    max_queued_inputs: int = 8192  # texts waiting for the embedder before callers get a 503
-    batcher_thread: bool = True  # False: the device runtime steps `service.batcher` (runtime.others)
-
-    def __post_init__(self) -> None:
-        if self.max_file_bytes < 1:
-            raise ValueError("max_file_bytes must be positive")
-        if not 1 <= self.ingestion_concurrency <= 64:
-            raise ValueError("ingestion_concurrency must be in 1..64")
-        if not 1 <= self.max_batch_inputs <= self.max_queued_inputs:
-            raise ValueError("need 1 <= max_batch_inputs <= max_queued_inputs")
 
 
 @dataclass(slots=True)
@@ -148,14 +126,6 @@ class RetrievalService:
                           attributes.get((c.vector_store_id, c.file_id), {}), c.text, c.vector_store_id)
                 for c in ranked if c.score >= score_threshold]
 
-
-def get_retrieval(request) -> RetrievalService:
-    """The running service for a route; 503 where the app was built without one."""
-    service = getattr(request.app.state, "retrieval", None)
-    if service is None:
-        raise APIError(503, "retrieval (files, embeddings, vector stores) is not running on this server",
-                       code="retrieval_unavailable")
-    return service
 
 
 def _load_embedder(config: RetrievalConfig):

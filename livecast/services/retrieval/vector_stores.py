@@ -11,10 +11,10 @@ import json
 import time
 from typing import Callable
 
-from livecast.services.retrieval.chunking import ChunkingStrategy
-from livecast.services.retrieval.files import new_id
-from livecast.services.retrieval.pagination import page
 from livecast.services.errors import APIError
+from livecast.services.retrieval.chunking import ChunkingStrategy
+from livecast.services.retrieval.file_store import new_id
+from livecast.services.retrieval.pagination import page
 
 STATUSES = ("in_progress", "completed", "failed", "cancelled")
 MAX_KEYS, MAX_KEY_CHARS, MAX_VALUE_CHARS = 16, 64, 512

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from livecast.services.agents.config import AgentsConfig
-from livecast.services.retrieval.service import RetrievalConfig
+from livecast.services.retrieval.config import RetrievalConfig
 from tests.agents.conftest import ANSWER
 from tests.services.conftest import running_server, tiny_settings
 

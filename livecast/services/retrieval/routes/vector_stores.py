@@ -7,9 +7,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from livecast.services.retrieval.pagination import list_object
-from livecast.services.retrieval.service import RetrievalService, get_retrieval
 from livecast.services.errors import APIError
+from livecast.services.retrieval.deps import get_retrieval
+from livecast.services.retrieval.pagination import list_object
+from livecast.services.retrieval.service import RetrievalService
 
 router = APIRouter(prefix="/v1/vector_stores")
 Order = Literal["asc", "desc"]
