@@ -1,12 +1,12 @@
-"""An app under a real uvicorn on 127.0.0.1 (a free port, held from the start), in a thread."""
+"""An app under a real uvicorn on 127.0.0.1 (a free port, held from the start), in a thread: the
+same ServerThread a scale replica serves its app with."""
 from __future__ import annotations
 
 import socket
-import threading
-import time
 
 import httpx
-import uvicorn
+
+from livecast.services.scale.server_thread import ServerThread
 
 
 class LiveServer:
@@ -17,22 +17,18 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with other runs
         port = self.sock.getsockname()[1]
         self.url, self.ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread: ServerThread | None = None
 
     def start(self):
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
+        self.thread = ServerThread(self.app, self.sock, name="live server", ws_max_size=16 << 20, timeout_s=120)
         return self
 
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.alive
+
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
+        self.thread.stop(join_s=30)
 
     def http(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
@@ -45,7 +41,7 @@ def light_agents() -> dict:
 
     from livecast.services.agents.config import AgentsConfig
     from livecast.services.retrieval.config import RetrievalConfig
-    from livecast.services.sandbox.service import SandboxConfig
+    from livecast.services.sandbox.config import SandboxConfig
 
     return {"agents": AgentsConfig(data_dir=tempfile.mkdtemp(prefix="livecast-agents-")),
             "sandbox": SandboxConfig(enabled=False), "retrieval": RetrievalConfig(embedding_model="none")}

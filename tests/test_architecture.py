@@ -15,7 +15,7 @@ PACKAGE = ROOT / "livecast"
 # composition roots may import the settings: they build whole apps from them
 COMPOSERS = {"livecast.services.app", "livecast.services.rooms", "livecast.services.serve", "livecast.services.cli", "livecast.services.settings"}
 COMPOSING_ROOMS = ("livecast.services.scale.", "livecast.services.bench.")  # launch replicas / servers
-ROOMS = ("llm", "media", "runtime", "agents", "sandbox", "retrieval")
+ROOMS = ("llm", "media", "runtime", "agents", "sandbox", "retrieval", "scale")
 
 
 def _name(path: Path) -> str:
@@ -82,3 +82,16 @@ def test_no_room_imports_the_settings():
     wrong = [m for m, targets in graph.items() if "livecast.services.settings" in targets
              and m not in COMPOSERS and not m.startswith(COMPOSING_ROOMS)]
     assert wrong == []
+
+
+def test_every_serving_room_has_the_same_face():
+    # runtime (no routes: it steps the engines) and scale (it launches whole apps) are not serving rooms
+    for room in ("llm", "media", "agents", "sandbox", "retrieval"):
+        folder = PACKAGE / "services" / room
+        faces = [folder / "config.py", folder / "service.py", folder / "deps.py", folder / "routes" / "__init__.py"]
+        assert [f.relative_to(PACKAGE) for f in faces if not f.is_file()] == [], room
+
+
+def test_no_two_test_files_share_a_name():
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -1,7 +1,7 @@
 """livecast's paged-attention LLM engine."""
 from livecast.engine.config import EngineConfig
 from livecast.engine.llm_engine import LLMEngine, QueueFullError
-from livecast.engine.outputs import CompletionOutput, RequestOutput
+from livecast.engine.request_output import CompletionOutput, RequestOutput
 from livecast.engine.sampling_params import BeamSearchParams, SamplingParams
 
 __all__ = ["EngineConfig", "LLMEngine", "QueueFullError", "CompletionOutput", "RequestOutput",

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 from livecast.engine.config import EngineConfig
 from livecast.engine.llm_engine import LLMEngine, QueueFullError
-from livecast.engine.outputs import CompletionOutput, RequestOutput
+from livecast.engine.request_output import CompletionOutput, RequestOutput
 from livecast.engine.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger("livecast.engine")

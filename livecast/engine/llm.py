@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from livecast.engine.config import EngineConfig
 from livecast.engine.llm_engine import LLMEngine
-from livecast.engine.outputs import RequestOutput
+from livecast.engine.request_output import RequestOutput
 from livecast.engine.sampling_params import BeamSearchParams, SamplingParams
 
 Prompt = str | list[int]

@@ -13,9 +13,9 @@ from livecast.engine.model_input import build_model_input
 from livecast.engine.model_loader import eos_token_ids, iter_weights, load_config, load_tokenizer, resolve_model
 from livecast.engine.model_runner import ModelRunner
 from livecast.engine.models.llama import LlamaForCausalLM
-from livecast.engine.output_processor import OutputProcessor
-from livecast.engine.outputs import CompletionOutput, RequestOutput
-from livecast.engine.postprocess import Postprocessor
+from livecast.engine.sequence_updates import OutputProcessor
+from livecast.engine.request_output import CompletionOutput, RequestOutput
+from livecast.engine.sample_step import Postprocessor
 from livecast.engine.sampling_params import BeamSearchParams, SamplingParams
 from livecast.engine.scheduler import Scheduler, SchedulerConfig
 from livecast.engine.sequence import Sequence, SequenceGroup, SequenceStatus

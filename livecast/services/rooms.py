@@ -12,16 +12,16 @@ from typing import Any, AsyncContextManager, Callable
 from fastapi import APIRouter
 
 from livecast.services.agents.db import open_database
-from livecast.services.agents.lifespan import agents_service
+from livecast.services.agents.service import agents_service
 from livecast.services.agents.routes import ROUTERS as AGENTS_ROUTERS
 from livecast.services.agents.tools import ToolRooms
 from livecast.services.llm.routes import chat, completions, generate, models, tokenize, ws
 from livecast.services.llm.service import llm_service
-from livecast.services.media.lifespan import media_service
+from livecast.services.media.service import media_service
 from livecast.services.media.routes import frames, images, webrtc
 from livecast.services.retrieval.routes import router as retrieval_router
 from livecast.services.retrieval.service import retrieval_service
-from livecast.services.runtime.lifespan import device_runtime
+from livecast.services.runtime.service import device_runtime
 from livecast.services.runtime.memory import plan_memory
 from livecast.services.sandbox.routes import router as sandbox_router
 from livecast.services.sandbox.service import containers_service

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from livecast.engine import EngineConfig
 from livecast.services.agents.config import AgentsConfig
 from livecast.services.retrieval.config import RetrievalConfig
-from livecast.services.sandbox.service import SandboxConfig
+from livecast.services.sandbox.config import SandboxConfig
 from livecast.services.llm.config import LLMConfig
 from livecast.services.media.config import DiffusionConfig
 from livecast.services.runtime.memory import MemoryConfig

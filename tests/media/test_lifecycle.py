@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from aiortc import RTCPeerConnection
 
-import livecast.services.media.webrtc
+import livecast.services.media.video_sessions
 from livecast.services.media.config import DiffusionConfig
 from livecast.services.media.service import DiffusionService
 from livecast.services.runtime.loop import DeviceRuntime
@@ -18,7 +18,7 @@ from tests.media.test_webrtc_api import wait_drained
 
 
 async def test_offer_that_never_connects_is_closed(media_server, monkeypatch):
-    monkeypatch.setattr(livecast.services.media.webrtc, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(livecast.services.media.video_sessions, "CONNECT_TIMEOUT_S", 1.0)
     pc = RTCPeerConnection()
     pc.addTrack(MovingPattern())
     await pc.setLocalDescription(await pc.createOffer())
@@ -51,7 +51,7 @@ async def test_shutdown_closes_every_peer():
             assert client.pc.connectionState == "closed"
     finally:
         await asyncio.gather(*(c.close() for c in clients))
-        if server.thread.is_alive():
+        if server.alive:
             server.stop()
 
 

@@ -43,5 +43,5 @@ def test_pytest_collects_from_the_root_both_ways():
     # ... and so does the venv's `pytest` script, on the suites that import transformers and diffusers
     pytest_bin = Path(sys.executable).parent / "pytest"
     done = _run([str(pytest_bin), "--collect-only", "-q", "-p", "no:cacheprovider", "tests/streamdiff",
-                 "tests/engine/test_parity.py", "tests/packaging"])
+                 "tests/engine/test_hf_parity.py", "tests/packaging"])
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

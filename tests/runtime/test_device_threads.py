@@ -1,4 +1,4 @@
-"""Model loading runs on a thread that exits (see services.runtime.lifespan.on_own_thread)."""
+"""Model loading runs on a thread that exits (see services.runtime.threads.on_own_thread)."""
 from __future__ import annotations
 
 import threading

@@ -15,7 +15,8 @@ import pytest
 
 from livecast.services.sandbox.container import Container, pick_uid
 from livecast.services.sandbox.probe import probe
-from livecast.services.sandbox.service import SandboxConfig, container_spec
+from livecast.services.sandbox.config import SandboxConfig
+from livecast.services.sandbox.service import container_spec
 
 # small limits, so each breach is quick to reach
 TEST_CONFIG = dict(cpu_s=2, cpu_s_total=60, memory_mb=1024, max_processes=32, max_file_mb=64, max_open_files=64,

@@ -35,7 +35,7 @@ def _need(support, layer: str) -> None:
 def shared(spec, sandbox_root):
     """One container for the attempts that leave it alive (a fresh start costs ~0.3 s)."""
     from livecast.services.sandbox.container import Container, pick_uid
-    from livecast.services.sandbox.service import SandboxConfig
+    from livecast.services.sandbox.config import SandboxConfig
     container = Container("cntr_shared", sandbox_root / "shared", spec, pick_uid(SandboxConfig().uid_base))
     container.start()
     yield container
@@ -497,7 +497,7 @@ def test_tmpdir_counts_against_the_disk_limit(spec, sandbox_root):
     """Finding 4: $TMPDIR (the scratch directory, outside /mnt/data) had no disk limit: 6 × 240 MiB
     written there persisted across calls. Here 6 × 1 MiB against a 4 MiB limit."""
     from livecast.services.sandbox.container import Container, pick_uid
-    from livecast.services.sandbox.service import SandboxConfig
+    from livecast.services.sandbox.config import SandboxConfig
     small = dataclasses.replace(spec, disk_limit_bytes=4 << 20)
     container = Container("cntr_tmpdir", sandbox_root / "tmpdir", small, pick_uid(SandboxConfig().uid_base))
     container.start()

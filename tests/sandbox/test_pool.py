@@ -10,7 +10,8 @@ import pytest
 
 from livecast.services.sandbox.pool import ContainerNotFound, ContainerPool
 from livecast.services.sandbox.probe import probe
-from livecast.services.sandbox.service import SandboxConfig, container_spec, make_root
+from livecast.services.sandbox.config import SandboxConfig
+from livecast.services.sandbox.service import container_spec, make_root
 from tests.sandbox.conftest import TEST_CONFIG
 
 

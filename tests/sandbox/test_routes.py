@@ -15,7 +15,8 @@ import pytest
 from fastapi import FastAPI
 
 from livecast.services.sandbox import routes
-from livecast.services.sandbox.service import SandboxConfig, containers_service
+from livecast.services.sandbox.config import SandboxConfig
+from livecast.services.sandbox.service import containers_service
 from livecast.services.errors import install_error_handlers
 from tests.sandbox.conftest import TEST_CONFIG
 from tests.live_server import LiveServer

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from livecast.services.llm.chat_template import render_chat
-from livecast.services.llm.tools import ToolCallParser
+from livecast.services.llm.function_calls import ToolCallParser
 
 WEATHER = {"type": "object",
            "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]},

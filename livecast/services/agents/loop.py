@@ -21,7 +21,7 @@ from livecast.services.agents.store import new_id
 from livecast.services.agents.tools import ToolSet
 from livecast.services.errors import APIError
 from livecast.services.llm.service import LLMService
-from livecast.services.llm.tools import ToolCallParser, ToolChoice
+from livecast.services.llm.function_calls import ToolCallParser, ToolChoice
 
 
 @dataclass(slots=True)

@@ -64,7 +64,7 @@ def make_settings(model: Path, kv_tokens: int, data_dir: str):
     from livecast.engine import EngineConfig
     from livecast.services.agents.config import AgentsConfig
     from livecast.services.retrieval.config import RetrievalConfig
-    from livecast.services.sandbox.service import SandboxConfig
+    from livecast.services.sandbox.config import SandboxConfig
     from livecast.services.llm.config import LLMConfig
     from livecast.services.settings import ServerSettings
 

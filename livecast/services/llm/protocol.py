@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, field_validator
 
 from livecast.engine import SamplingParams
-from livecast.services.edge import EdgeModel
+from livecast.services.request_base import EdgeModel
 from livecast.services.errors import APIError
 
 

@@ -20,7 +20,7 @@ from livecast.services.errors import APIError
 
 MatcherFactory = Callable[[], xgr.GrammarMatcher]
 
-# Hermes/Qwen tool-call convention; services.llm.chat_template renders it and services.llm.tools parses it
+# Hermes/Qwen tool-call convention; services.llm.chat_template renders it and services.llm.function_calls parses it
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 # JSON is generated compact (`{"a": 1, "b": [2, 3]}`, as json.dumps writes it): free whitespace
 # lets a weak model pad its output with newlines and tabs until max_tokens

@@ -3,6 +3,8 @@
 Every route that makes pictures (WebRTC video, WebSocket frames, the images API) opens a batcher
 stream, submits frames and awaits the batcher's futures with `asyncio.wrap_future`; no model work
 ever runs on the event loop. The device runtime steps the batcher (services.runtime).
+`media_service(config, registry)` is the room's lifespan: load the pipeline, serve, and on the way
+out close every video session once, then fail frames still waiting.
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
 import PIL.Image
 from prometheus_client import CollectorRegistry
@@ -18,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from livecast.services.media.config import DiffusionConfig
 from livecast.services.media.metrics import DiffusionMetrics, LiveCollector
 from livecast.services.media.stream_settings import SETTABLE, StreamSettings
+from livecast.services.runtime.threads import on_own_thread
 from livecast.streamdiff import StreamBatcher, StreamPipeline
 from livecast.streamdiff.config import StreamParams
 from livecast.streamdiff.image import Frame
@@ -40,7 +44,7 @@ class DiffusionService:
         self.metrics = DiffusionMetrics(registry or CollectorRegistry())
         self._collector = LiveCollector(self)
         self.metrics.registry.register(self._collector)
-        self.video = None  # services.media.webrtc.VideoSessions, attached by the media lifespan
+        self.video = None  # services.media.video_sessions.VideoSessions, attached by the media lifespan
         self.frame_clients = 0  # open /v1/ws/frames sockets
         self._params: dict[str, dict[str, Any]] = {}  # what each stream was last set to
         self._started = False
@@ -150,3 +154,24 @@ def _settings(params: StreamParams) -> dict[str, Any]:
     if values["t_index_list"] is not None:
         values["t_index_list"] = list(values["t_index_list"])
     return values
+
+
+@asynccontextmanager
+async def media_service(config: DiffusionConfig, registry: CollectorRegistry) -> AsyncIterator[DiffusionService]:
+    from livecast.services.media.ice import use_loopback_only
+    from livecast.services.media.jitterbuffer import reassemble_on_marker
+    from livecast.services.media.video_sessions import VideoSessions  # aiortc is only needed once the side is enabled
+
+    reassemble_on_marker()
+    if config.ice_loopback:
+        use_loopback_only()
+    pipe = await on_own_thread(config.load_pipeline)  # not an executor thread: see on_own_thread
+    service = DiffusionService(pipe, config, registry)
+    service.video = VideoSessions(service, config.max_video_sessions, latency_probe=config.latency_probe)
+    service.start()
+    logger.info("diffusion: serving %s", service.model_info)
+    try:
+        yield service
+    finally:
+        await service.video.close_all()
+        await service.stop()

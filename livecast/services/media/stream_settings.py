@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError
 
-from livecast.services.edge import EdgeModel
+from livecast.services.request_base import EdgeModel
 
 
 class StreamSettings(EdgeModel):

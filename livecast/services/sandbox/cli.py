@@ -14,7 +14,8 @@ from pathlib import Path
 from livecast.services.sandbox.container import Container, pick_uid
 from livecast.services.sandbox.child import OOM_SCORE_ADJ
 from livecast.services.sandbox.files import MAX_DEPTH, MAX_ENTRIES, remove_tree
-from livecast.services.sandbox.service import SandboxConfig, check_support, container_spec, make_root
+from livecast.services.sandbox.config import SandboxConfig
+from livecast.services.sandbox.service import check_support, container_spec, make_root
 
 _DEFAULTS = SandboxConfig()
 

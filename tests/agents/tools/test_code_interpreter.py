@@ -13,7 +13,7 @@ import warnings
 import pytest
 
 from livecast.services.agents.config import AgentsConfig
-from livecast.services.sandbox.service import SandboxConfig
+from livecast.services.sandbox.config import SandboxConfig
 from tests.services.conftest import running_server, tiny_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -142,7 +142,7 @@ def test_the_fused_stack_under_preemption_on_smollm2(mode):
     """The default Q4_1 engine with a KV pool so small that sequences are preempted: every request
     finishes, nothing leaks, and the first tokens equal the torch path's under the same pressure."""
     from livecast.engine import LLM, SamplingParams
-    from tests.engine.test_parity import BLOCK_BYTES_FP32, PROMPTS
+    from tests.engine.test_hf_parity import BLOCK_BYTES_FP32, PROMPTS
 
     llm = LLM(quantization="gguf", weight_kernel="int4", kv_cache_memory=24 * BLOCK_BYTES_FP32,
               max_num_batched_tokens=128, max_num_seqs=8, preemption_mode=mode,

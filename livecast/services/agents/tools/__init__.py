@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 from livecast.services.agents.tools.code_interpreter import CodeInterpreter
 from livecast.services.agents.tools.file_search import FileSearch
 from livecast.services.errors import APIError
-from livecast.services.llm.tools import ToolChoice, resolve_tool_choice
+from livecast.services.llm.function_calls import ToolChoice, resolve_tool_choice
 
 if TYPE_CHECKING:
     from livecast.services.retrieval.service import RetrievalService

@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass, replace
 
 from livecast.engine.llm_engine import LLMEngine
-from livecast.engine.outputs import RequestOutput
+from livecast.engine.request_output import RequestOutput
 from livecast.engine.sampling_params import SamplingParams
 
 _ids = itertools.count()

@@ -18,7 +18,7 @@ from livecast.services.llm.cot_route import chat_cot
 from livecast.services.llm.service import LLMService
 from livecast.services.llm.protocol import ChatCompletionRequest
 from livecast.services.llm.streaming import sse_response, until_disconnected
-from livecast.services.llm.tools import ToolCallParser, ToolChoice, resolve_tool_choice
+from livecast.services.llm.function_calls import ToolCallParser, ToolChoice, resolve_tool_choice
 
 router = APIRouter()
 

@@ -20,7 +20,7 @@ from livecast.services.deps import admit_websocket, get_shell
 from livecast.services.llm.deps import get_llm
 from livecast.services.errors import APIError, validation_error
 from livecast.services.llm.service import LLMService
-from livecast.services.edge import has_lone_surrogate
+from livecast.services.request_base import has_lone_surrogate
 from livecast.services.llm.protocol import WSGenerate
 from livecast.services.core import Shell
 

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from pydantic import ConfigDict, Field
 
 from livecast.services.deps import get_shell
-from livecast.services.edge import EdgeModel
+from livecast.services.request_base import EdgeModel
 from livecast.services.errors import APIError, overloaded
 from livecast.services.media.deps import get_diffusion, settings_error
 from livecast.services.media.imageio import decode_image, encode_image, image_format

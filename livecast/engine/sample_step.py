@@ -12,7 +12,7 @@ import torch
 
 from livecast.engine.block_manager import BlockManager
 from livecast.engine.model_input import ModelInput
-from livecast.engine.output_processor import OutputProcessor
+from livecast.engine.sequence_updates import OutputProcessor
 from livecast.engine.sampler import SamplerOutput, SamplingRow, sample
 from livecast.engine.sequence import Sequence, SequenceGroup
 

@@ -11,21 +11,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from starlette.requests import HTTPConnection
 
+from livecast.services.sandbox.deps import get_pool
 from livecast.services.sandbox.pool import ContainerNotFound, ContainerPool, DeleteFailed, PoolFull
 from livecast.services.errors import APIError
 
 router = APIRouter()
 _MAX_UPLOAD_BYTES = 512 << 20  # the multipart parser spools to disk; the container's own limit is checked after
-
-
-def get_pool(conn: HTTPConnection) -> ContainerPool:
-    pool = getattr(conn.app.state, "containers", None)
-    if pool is None:
-        raise APIError(503, "the code interpreter is not enabled on this server (see its startup log)",
-                       code="code_interpreter_disabled")
-    return pool
 
 
 class ExpiresAfter(BaseModel):

@@ -7,7 +7,7 @@ import torch
 
 from livecast.engine.block_manager import BlockManager
 from livecast.engine.detokenizer import Detokenizer
-from livecast.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from livecast.engine.request_output import CompletionOutput, RequestMetrics, RequestOutput
 from livecast.engine.sampling_params import BeamSearchParams, SamplingParams
 from livecast.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
