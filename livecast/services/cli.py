@@ -23,7 +23,7 @@ BENCHMARKS = {
 COMMANDS = {
     "serve": "livecast.services.serve",
     "sandbox": "livecast.services.sandbox.cli",
-    "cot": "livecast.services.llm.cot.cli",
+    "cot": "livecast.services.llm.cot.offline.cli",
     "quantize": "livecast.engine.quant.cli",
     "generate": "livecast.engine.cli",
     "chat": "livecast.engine.cli",

@@ -4,8 +4,8 @@ import re
 import numpy as np
 import pytest
 
-from livecast.services.llm.cot.autocot import (AutoCotConfig, build_demos, candidates_by_cluster, cluster,
-                                         rejection_reason)
+from livecast.services.llm.cot.offline.autocot import (AutoCotConfig, build_demos, candidates_by_cluster, cluster,
+                                                       rejection_reason)
 from livecast.services.llm.cot.demos import load_demo_set, save_demo_set
 
 LONG = "Bus " + " ".join(["word"] * 60) + " how many people ride the bus?"

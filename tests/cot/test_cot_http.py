@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 from livecast.engine import EngineConfig
 from livecast.services.llm.config import LLMConfig
 from livecast.services.llm.cot import CotSpec, build_prompt, load_demo_set, split_rationale_answer
-from livecast.services.llm.cot.dataset import SHIPPED_FEWSHOT
-from livecast.services.llm.cot_serving import RationaleStream
+from livecast.services.llm.cot.offline.dataset import SHIPPED_FEWSHOT
+from livecast.services.llm.cot.serving import RationaleStream
 from livecast.services.llm.service import llm_service
 from tests.services.conftest import running_server, tiny_settings
 

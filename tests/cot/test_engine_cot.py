@@ -6,11 +6,11 @@ import pytest
 
 from livecast.engine import EngineConfig, LLMEngine, SamplingParams
 from livecast.services.llm.cot.answers import majority_vote
-from livecast.services.llm.cot.dataset import SHIPPED_FEWSHOT
+from livecast.services.llm.cot.offline.dataset import SHIPPED_FEWSHOT
 from livecast.services.llm.cot.demos import load_demo_set
 from livecast.services.llm.cot.prompts import build_prompt
 from livecast.services.llm.cot.runner import EngineDriver, run_cot
-from livecast.services.llm.cot.selfconsistency import measure_kv_sharing
+from livecast.services.llm.cot.offline.selfconsistency import measure_kv_sharing
 from livecast.services.llm.cot.spec import CotError, CotSpec
 
 QUESTION = "A baker made 24 muffins and sold 15. How many muffins are left?"
@@ -71,7 +71,7 @@ def test_same_demos_hit_the_prefix_cache(engine):
 
 def test_cot_build_cli_end_to_end(tiny_llama_path, tmp_path, capsys):
     pytest.importorskip("sklearn")
-    from livecast.services.llm.cot import cli
+    from livecast.services.llm.cot.offline import cli
 
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"question": f"Sam has {i} apples and buys {i + 2} more. How many?"})
@@ -89,7 +89,7 @@ def test_cot_build_cli_end_to_end(tiny_llama_path, tmp_path, capsys):
 
 
 def test_real_embeddings_cluster_by_topic():
-    from livecast.services.llm.cot.autocot import cluster, minilm_embed
+    from livecast.services.llm.cot.offline.autocot import cluster, minilm_embed
 
     topics = [["How many apples does Sam have after buying 3 more apples?",
                "Mia picks 12 apples and eats 2 apples. How many apples are left?",
@@ -104,7 +104,7 @@ def test_real_embeddings_cluster_by_topic():
 
 
 def test_cot_build_cli_bad_input(tmp_path, capsys):
-    from livecast.services.llm.cot import cli
+    from livecast.services.llm.cot.offline import cli
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

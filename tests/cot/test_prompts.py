@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from livecast.services.llm.cot.dataset import SHIPPED_DATASET, SHIPPED_FEWSHOT, load_questions
+from livecast.services.llm.cot.offline.dataset import SHIPPED_DATASET, SHIPPED_FEWSHOT, load_questions
 from livecast.services.llm.cot.demos import Demo, load_demo_set, load_named_sets
 from livecast.services.llm.cot.prompts import answer_prompt, build_prompt
 from livecast.services.llm.cot.spec import CotError, CotSpec

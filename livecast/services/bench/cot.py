@@ -19,7 +19,7 @@ import sys
 import time
 
 from livecast.services.llm.cot.answers import answers_match, normalize_gold
-from livecast.services.llm.cot.dataset import SHIPPED_FEWSHOT, Problem, load_questions
+from livecast.services.llm.cot.offline.dataset import SHIPPED_FEWSHOT, Problem, load_questions
 from livecast.services.llm.cot.demos import Demo, load_demo_set
 from livecast.services.llm.cot.runner import EngineDriver, run_cot
 from livecast.services.llm.cot.spec import MAX_CHAINS, CotSpec
@@ -92,7 +92,7 @@ async def run_mode(driver: EngineDriver, mode: str, problems: list[Problem], dem
 def auto_demos(llm, problems: list[Problem], args) -> tuple[list[Demo], float]:
     if args.auto_demos:
         return load_demo_set(args.auto_demos).demos, 0.0
-    from livecast.services.llm.cot.autocot import AutoCotConfig, build_demos, engine_generate_many, minilm_embed
+    from livecast.services.llm.cot.offline.autocot import AutoCotConfig, build_demos, engine_generate_many, minilm_embed
 
     start = time.perf_counter()
     config = AutoCotConfig(num_clusters=min(args.clusters, len(problems)), seed=args.seed, max_tokens=args.max_tokens)
@@ -110,8 +110,8 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from livecast.engine.llm import LLM
-    from livecast.services.llm.cot.cli import default_dtype
-    from livecast.services.llm.cot.selfconsistency import measure_kv_sharing
+    from livecast.services.llm.cot.offline.cli import default_dtype
+    from livecast.services.llm.cot.offline.selfconsistency import measure_kv_sharing
 
     llm = LLM(model=args.model, dtype=args.dtype or default_dtype())
     engine, rows, per_mode, records, extra = llm.engine, [], {}, [], {}

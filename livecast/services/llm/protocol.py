@@ -148,7 +148,7 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
-    cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot_route.py
+    cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot/route.py
 
 
 # -- completions -------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(default=None, le=MAX_TOP_LOGPROBS)
     best_of: Count | None = None
     response_format: ResponseFormat | None = None
-    cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot_route.py
+    cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot/route.py
 
 
 # -- TGI -----------------------------------------------------------------------------------------

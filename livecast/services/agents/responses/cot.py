@@ -12,8 +12,8 @@ from livecast.services.agents.responses.items import message_item
 from livecast.services.agents.store import new_id
 from livecast.services.errors import APIError
 from livecast.services.llm.cot import CotError, CotSpec
-from livecast.services.llm.cot_route import answer_text, cot_extension, cot_params
-from livecast.services.llm.cot_serving import CotCall, invalid_cot
+from livecast.services.llm.cot.route import answer_text, cot_extension, cot_params
+from livecast.services.llm.cot.serving import CotCall, invalid_cot
 
 
 class CotLoop:

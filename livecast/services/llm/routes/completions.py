@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from livecast.engine import CompletionOutput, RequestOutput
 from livecast.services.llm.deps import get_llm
 from livecast.services.errors import APIError
-from livecast.services.llm.cot_route import completion_cot
+from livecast.services.llm.cot.route import completion_cot
 from livecast.services.llm.service import LLMService
 from livecast.services.llm.protocol import CompletionRequest
 from livecast.services.llm.streaming import merge, open_all, sse_response, until_disconnected

@@ -24,7 +24,7 @@ from livecast.engine import SamplingParams
 from livecast.services.errors import APIError
 from livecast.services.llm.cot import CotError, CotResult, CotSpec
 from livecast.services.llm.cot.runner import RATIONALE_MAX_TOKENS, SELF_CONSISTENCY_TEMPERATURE
-from livecast.services.llm.cot_serving import CotCall, invalid_cot
+from livecast.services.llm.cot.serving import CotCall, invalid_cot
 from livecast.services.llm.protocol import ChatCompletionRequest, CompletionRequest
 from livecast.services.llm.service import LLMService
 from livecast.services.llm.streaming import sse_response, until_disconnected

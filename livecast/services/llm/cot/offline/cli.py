@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from livecast.services.llm.cot.autocot import AutoCotConfig, build_demos, engine_generate_many, minilm_embed
-from livecast.services.llm.cot.dataset import load_questions
+from livecast.services.llm.cot.offline.autocot import AutoCotConfig, build_demos, engine_generate_many, minilm_embed
+from livecast.services.llm.cot.offline.dataset import load_questions
 from livecast.services.llm.cot.demos import save_demo_set
 
 DEFAULTS = AutoCotConfig()

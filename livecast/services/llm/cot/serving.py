@@ -3,7 +3,7 @@
 Every generation of a CoT request (the rationale stage with its n chains, Kojima's answer stage)
 is an ordinary engine request through `open_stream`, so latency metrics, queue limits and
 disconnect-aborts apply as to any completion, and demo prefixes hit the prefix cache. Used by
-the chat and completions routes (`cot_route`) and reusable by any other route:
+the chat and completions routes (`cot.route`) and reusable by any other route:
 
     result = await run_request_cot(llm, spec, question, params, chat=True)    # → CotResult
     call = CotCall(llm, spec, question, params, chat=True, system=[...])      # streaming:
