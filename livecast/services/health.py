@@ -11,15 +11,18 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request):
-    """`{"status", "llm": {…} | null, "diffusion": {…} | null, "runtime": {…} | null}`: a side is
-    null when disabled; 503 when an enabled side is not healthy. `runtime` is the device loop that
-    steps both: its policy and counters."""
+    """`{"status", "llm": {…} | null, "diffusion": {…} | null, "runtime": {…} | null, "sandbox": {…} |
+    null}`: a side is null when disabled; 503 when an enabled side is not healthy. `runtime` is the
+    device loop that steps both: its policy and counters; `sandbox` the code interpreter's layers and
+    the limits in force (per process, per container, OOM scores; no cgroup)."""
     state = request.app.state
     sides = {"llm": getattr(state, "llm", None), "diffusion": getattr(state, "diffusion", None)}
     body = {name: side.health() if side is not None else None for name, side in sides.items()}
     healthy = all(part is None or part.get("healthy", True) for part in body.values())
     runtime = getattr(state, "runtime", None)
     body["runtime"] = runtime.health() if runtime is not None else None
+    containers = getattr(state, "containers", None)  # the code interpreter: its layers and the limits in force
+    body["sandbox"] = containers.health() if containers is not None else None
     return JSONResponse({"status": "ok" if healthy else "error", **body}, status_code=200 if healthy else 503)
 
 

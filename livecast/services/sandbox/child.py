@@ -48,7 +48,6 @@ def _close_other_fds(keep: tuple[int, ...]) -> None:
     os.closerange(low, 1 << 20)
 
 
-OOM_SCORE_ADJ = 1000  # the most: under memory pressure the kernel kills sandboxed processes before the server
 
 
 def _first_to_be_killed() -> None:
@@ -58,7 +57,7 @@ def _first_to_be_killed() -> None:
     every process the code starts inherits it."""
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(OOM_SCORE_ADJ))
+            f.write(str(limits.OOM_SCORE_ADJ))
     except OSError:
         pass  # no /proc here: the rlimits still hold
 

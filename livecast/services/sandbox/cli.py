@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 from livecast.services.sandbox.container import Container, pick_uid
-from livecast.services.sandbox.child import OOM_SCORE_ADJ
-from livecast.services.sandbox.files import MAX_DEPTH, MAX_ENTRIES, remove_tree
+from livecast.services.sandbox.files import remove_tree
 from livecast.services.sandbox.config import SandboxConfig
-from livecast.services.sandbox.service import check_support, container_spec, make_root
+from livecast.services.sandbox.service import check_support, container_spec, limits_in_force, make_root
 
 _DEFAULTS = SandboxConfig()
 
@@ -32,27 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run even if this kernel lacks a sandbox layer (never do this for untrusted code)")
     sub.add_parser("probe", help="say which sandbox layers this kernel supports")
     return parser
-
-
-def _server_oom_score_adj() -> int | None:
-    try:
-        with open("/proc/self/oom_score_adj") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-def limits_in_force(config: SandboxConfig) -> dict:
-    """What bounds a container with this configuration, and what does not (no cgroup)."""
-    return {"per_process": {"memory_mb": config.memory_mb, "file_mb": config.max_file_mb,
-                            "open_files": config.max_open_files, "cpu_s_per_call": config.cpu_s,
-                            "cpu_s_total": config.cpu_s_total},
-            "per_container": {"processes_and_threads": config.max_processes, "disk_mb": config.disk_mb,
-                              "disk_covers": ["/mnt/data", "$TMPDIR"], "output_bytes_per_stream": config.output_limit_bytes,
-                              "timeout_s": config.timeout_s, "scan_max_entries": MAX_ENTRIES,
-                              "scan_max_depth": MAX_DEPTH},
-            "oom_score_adj": {"sandbox": OOM_SCORE_ADJ, "server": _server_oom_score_adj()},
-            "cgroup": None}  # memory and pids are bounded per process, not per container (docs/SECURITY.md)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@ CPU, MEMORY, TIMEOUT, OUTPUT, FSIZE, NPROC, NOFILE, DISK, CRASH = (
     "cpu", "memory", "timeout", "output", "fsize", "nproc", "nofile", "disk", "crash")
 NAMES = frozenset((CPU, MEMORY, TIMEOUT, OUTPUT, FSIZE, NPROC, NOFILE, DISK, CRASH))
 
+OOM_SCORE_ADJ = 1000  # the most: under memory pressure the kernel kills sandboxed processes before the server
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:

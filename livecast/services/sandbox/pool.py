@@ -51,8 +51,9 @@ class Entry:
 
 class ContainerPool:
     def __init__(self, spec: ContainerSpec, root_dir: str, *, max_containers: int, idle_expiry_s: float,
-                 timeout_s: float, spares: int, uid_base: int) -> None:
+                 timeout_s: float, spares: int, uid_base: int, limits: dict | None = None) -> None:
         self.spec, self.root = spec, Path(root_dir)
+        self.limits = limits or {}  # what bounds a container (service.limits_in_force), for /health
         self.max_containers, self.idle_expiry_s, self.timeout_s = max_containers, idle_expiry_s, timeout_s
         self.uid_base = uid_base
         self.entries: dict[str, Entry] = {}  # insertion order = least recently used first
@@ -140,6 +141,9 @@ class ContainerPool:
         entry = self._entry(container_id)
         self.entries[container_id] = self.entries.pop(container_id)  # most recently used last
         return entry
+
+    def health(self) -> dict:
+        return {"containers": len(self.entries), "layers": list(self.spec.layers), "limits": self.limits}
 
     def get(self, container_id: str) -> dict:
         return self._entry(container_id).to_openai()

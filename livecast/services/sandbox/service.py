@@ -15,7 +15,8 @@ from typing import AsyncIterator
 from livecast.services.sandbox import paths
 from livecast.services.sandbox.config import SandboxConfig
 from livecast.services.sandbox.container import ContainerSpec
-from livecast.services.sandbox.files import remove_tree
+from livecast.services.sandbox.files import MAX_DEPTH, MAX_ENTRIES, remove_tree
+from livecast.services.sandbox.limits import OOM_SCORE_ADJ
 from livecast.services.sandbox.pool import ContainerPool
 from livecast.services.sandbox.probe import Support, probe
 
@@ -56,6 +57,27 @@ def make_root(config: SandboxConfig) -> tuple[str, bool]:
     return root, owned
 
 
+def _server_oom_score_adj() -> int | None:
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def limits_in_force(config: SandboxConfig) -> dict:
+    """What bounds a container with this configuration, and what does not (no cgroup)."""
+    return {"per_process": {"memory_mb": config.memory_mb, "file_mb": config.max_file_mb,
+                            "open_files": config.max_open_files, "cpu_s_per_call": config.cpu_s,
+                            "cpu_s_total": config.cpu_s_total},
+            "per_container": {"processes_and_threads": config.max_processes, "disk_mb": config.disk_mb,
+                              "disk_covers": ["/mnt/data", "$TMPDIR"], "output_bytes_per_stream": config.output_limit_bytes,
+                              "timeout_s": config.timeout_s, "scan_max_entries": MAX_ENTRIES,
+                              "scan_max_depth": MAX_DEPTH},
+            "oom_score_adj": {"sandbox": OOM_SCORE_ADJ, "server": _server_oom_score_adj()},
+            "cgroup": None}  # memory and pids are bounded per process, not per container (docs/SECURITY.md)
+
+
 @asynccontextmanager
 async def containers_service(config: SandboxConfig) -> AsyncIterator[ContainerPool | None]:
     if not config.enabled:
@@ -69,7 +91,7 @@ async def containers_service(config: SandboxConfig) -> AsyncIterator[ContainerPo
     root, owned = make_root(config)
     pool = ContainerPool(container_spec(config, support), root, max_containers=config.max_containers,
                          idle_expiry_s=config.idle_expiry_s, timeout_s=config.timeout_s, spares=config.spares,
-                         uid_base=config.uid_base)
+                         uid_base=config.uid_base, limits=limits_in_force(config))
     await pool.start()
     try:
         yield pool

@@ -68,3 +68,12 @@ def test_forced_code_interpreter_call_runs_in_an_assistants_run(client):
     assert [(o.type, o.logs) for o in ci.code_interpreter.outputs] == [("logs", "408\n")]
     if run.status == "completed":  # the model went on to answer after reading the output
         assert steps[-1].type == "message_creation"
+
+
+def test_health_reports_the_sandbox_limits_in_force(server):
+    with server.http() as http:
+        sandbox = http.get("/health").json()["sandbox"]
+    assert set(sandbox["layers"]) >= {"namespaces", "seccomp"}
+    limits = sandbox["limits"]
+    assert limits["oom_score_adj"]["sandbox"] == 1000 and limits["oom_score_adj"]["server"] < 1000
+    assert limits["per_process"]["memory_mb"] == SandboxConfig().memory_mb and limits["cgroup"] is None
