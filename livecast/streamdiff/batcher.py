@@ -70,32 +70,31 @@ class StreamBatcher:
 
     # -- streams ---------------------------------------------------------------------------
 
-    def add_stream(self, stream_id: Hashable, prompt: str = "", negative_prompt: str = "",
-                   strength: float = 0.5, seed: int = 0, guidance_scale: float = 0.0,
-                   t_index_list: list[int] | None = None, similarity_filter: bool = False,
-                   **params: Any) -> None:
-        """Register a stream; other StreamParams fields (cfg_type, delta, ...) go in `params`."""
-        config = StreamParams(prompt=prompt, negative_prompt=negative_prompt, strength=strength,
-                              seed=seed, guidance_scale=guidance_scale,
-                              t_index_list=None if t_index_list is None else tuple(t_index_list),
-                              similarity_filter=similarity_filter, **params)
-        self.pipe.states.working_size(config)  # a bad width/height fails here, not in step()
+    def add_stream(self, stream_id: Hashable, **settings: Any) -> None:
+        """Register a stream; `settings` are StreamParams fields (prompt, strength, seed, ...)."""
+        params = StreamParams(**settings)
+        self.pipe.states.working_size(params)  # a bad width/height fails here, not in step()
         with self._lock:
             if stream_id in self._streams:
                 raise ValueError(f"stream {stream_id!r} already exists")
             if len(self._streams) >= self.max_streams:
                 raise ValueError(f"too many streams ({self.max_streams}); remove one first")
-            self._streams[stream_id] = _Stream(config)
+            self._streams[stream_id] = _Stream(params)
 
-    def update_stream(self, stream_id: Hashable, **changes: Any) -> None:
-        """Change settings (prompt, strength, seed, guidance, filter...); next frame onwards."""
-        if "t_index_list" in changes and changes["t_index_list"] is not None:
-            changes["t_index_list"] = tuple(changes["t_index_list"])
+    def update_stream(self, stream_id: Hashable, **changes: Any) -> StreamParams:
+        """Change settings (prompt, strength, seed, guidance, filter...) from the next frame on;
+        returns the stream's settings after the change."""
         with self._lock:
             stream = self._get(stream_id)
             params = stream.params.updated(**changes)  # validates now, applies on the next step
             self.pipe.states.working_size(params)
             stream.params = params
+        return params
+
+    def params(self, stream_id: Hashable) -> StreamParams:
+        """The stream's current settings (what its next frame is made with)."""
+        with self._lock:
+            return self._get(stream_id).params
 
     def remove_stream(self, stream_id: Hashable) -> None:
         with self._lock:

@@ -14,6 +14,9 @@ MAX_TRAIN_TIMESTEPS = 1000
 class StreamParams:
     """What one stream generates and how (StreamDiffusion's `prepare()` arguments).
 
+    The one home of each stream setting's default and range check: `prepare()`, `add_stream()`
+    and `update_stream()` take these fields by name and build one StreamParams per call.
+
     - Timesteps: `t_index_list` indexes the `num_inference_steps` trailing-spaced timesteps (as
       StreamDiffusion does); when it is None, img2img uses diffusers' rule (the last
       `int(num_inference_steps * strength)` steps) and txt2img uses all of them.
@@ -35,7 +38,7 @@ class StreamParams:
     seed: int = 0
     num_inference_steps: int = 2
     strength: float = 0.5
-    t_index_list: tuple[int, ...] | None = None
+    t_index_list: tuple[int, ...] | None = None  # any sequence of ints; stored as a tuple
     schedule: str = "turbo"
     width: int | None = None
     height: int | None = None

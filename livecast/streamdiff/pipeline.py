@@ -87,20 +87,15 @@ class StreamPipeline:
 
     # -- single stream -------------------------------------------------------------------------
 
-    def prepare(self, prompt: str = "", negative_prompt: str = "", guidance_scale: float = 0.0,
-                delta: float = 1.0, seed: int = 0, t_index_list: Sequence[int] | None = None,
-                strength: float = 0.5, width: int | None = None, height: int | None = None,
-                **options: Any) -> None:
+    def prepare(self, prompt: str | None = None, /, **settings: Any) -> None:
         """Precompute the stream: prompt embeddings, noise, timesteps and coefficients.
 
-        Further options are StreamParams fields: num_inference_steps, cfg_type, schedule,
-        use_denoising_batch, similarity_filter, similarity_threshold, max_skip_frames.
+        `settings` are StreamParams fields (its defaults apply to the rest); the prompt may also
+        come first, as in `prepare("a cat", seed=1)`.
         """
-        params = StreamParams(prompt=prompt, negative_prompt=negative_prompt,
-                              guidance_scale=guidance_scale, delta=delta, seed=seed,
-                              t_index_list=None if t_index_list is None else tuple(t_index_list),
-                              strength=strength, width=width, height=height, **options)
-        self._state = self.states.build(params)
+        if prompt is not None:
+            settings["prompt"] = prompt
+        self._state = self.states.build(StreamParams(**settings))
 
     def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
         """Switch the prompt mid-stream: cached embeddings, same buffers, next frame onwards."""

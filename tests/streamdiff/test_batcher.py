@@ -136,6 +136,16 @@ def test_bad_settings_and_frames_fail_at_the_call_site():
         batcher.submit("a", np.zeros((0, 4, 3), np.uint8))
 
 
+def test_the_batcher_holds_each_streams_one_params():
+    batcher = StreamBatcher(make_pipe())
+    batcher.add_stream("a", prompt="a cat", t_index_list=[0, 1], num_inference_steps=2)
+    assert batcher.params("a") == StreamParams(prompt="a cat", t_index_list=(0, 1), num_inference_steps=2)
+    updated = batcher.update_stream("a", t_index_list=[1], seed=7)  # any sequence; stored as a tuple
+    assert updated.t_index_list == (1,) and batcher.params("a") is updated
+    with pytest.raises(KeyError):
+        batcher.params("gone")
+
+
 def test_a_nan_frame_fails_alone():
     batcher = StreamBatcher(make_pipe())
     batcher.add_stream("ok")

@@ -94,6 +94,14 @@ def test_call_without_prepare_uses_defaults():
     assert pipe.params == StreamParams()
 
 
+def test_prepare_takes_stream_params_fields_and_their_defaults():
+    pipe = make_pipe()
+    pipe.prepare()
+    assert pipe.params == StreamParams()
+    pipe.prepare("a cat", t_index_list=[0, 1], cfg_type="full")
+    assert pipe.params == StreamParams(prompt="a cat", t_index_list=(0, 1), cfg_type="full")
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(strength=0.0), "strength"),
     (dict(strength=1.5), "strength"),

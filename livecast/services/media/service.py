@@ -9,6 +9,7 @@ out close every video session once, then fail frames still waiting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -46,7 +47,6 @@ class DiffusionService:
         self.metrics.registry.register(self._collector)
         self.video = None  # services.media.video_sessions.VideoSessions, attached by the media lifespan
         self.frame_clients = 0  # open /v1/ws/frames sockets
-        self._params: dict[str, dict[str, Any]] = {}  # what each stream was last set to
         self._started = False
 
     @property
@@ -65,7 +65,7 @@ class DiffusionService:
     def health(self) -> dict[str, Any]:
         info = self.model_info
         return {"model": info["name"], "demo": info["demo"], "device": info["device"], "dtype": info["dtype"],
-                "resolution": info["resolution"], "streams": len(self._params),
+                "resolution": info["resolution"], "streams": self.num_streams,
                 "video_sessions": len(self.video.snapshot()) if self.video is not None else 0,
                 "max_video_sessions": self.config.max_video_sessions, "latency_probe": self.config.latency_probe,
                 "healthy": self._started}
@@ -81,28 +81,29 @@ class DiffusionService:
         self.metrics.registry.unregister(self._collector)
         self.metrics.close()
 
-    # -- streams -----------------------------------------------------------------------------
-    def open_stream(self, **params: Any) -> str:
+    # -- streams: the batcher holds each stream's settings; the service keeps no copy ---------
+    @property
+    def num_streams(self) -> int:
+        return len(self.batcher.stream_ids())
+
+    def open_stream(self, **settings: Any) -> str:
         """A new batcher stream; ValueError on a bad setting, ServiceBusy when all are taken."""
-        if len(self._params) >= self.config.max_streams:
+        if self.num_streams >= self.config.max_streams:
             raise ServiceBusy(f"all {self.config.max_streams} diffusion streams are in use")
         stream_id = uuid.uuid4().hex
-        self.batcher.add_stream(stream_id, **params)
-        self._params[stream_id] = _settings(StreamParams(**_as_param_kwargs(params)))
+        self.batcher.add_stream(stream_id, **settings)
         return stream_id
 
     def update_stream(self, stream_id: str, **changes: Any) -> dict[str, Any]:
-        """Apply `changes` from the next frame on; returns the stream's settings after them."""
-        changes = StreamSettings.changes(changes)
-        self.batcher.update_stream(stream_id, **changes)
-        self._params[stream_id].update(changes)
-        return dict(self._params[stream_id])
+        """Apply `changes` (checked as StreamSettings) from the next frame on; returns the
+        stream's settings after them. KeyError: no such stream."""
+        return _settings(self.batcher.update_stream(stream_id, **StreamSettings.changes(changes)))
 
     def stream_settings(self, stream_id: str) -> dict[str, Any]:
-        return dict(self._params[stream_id])
+        return _settings(self.batcher.params(stream_id))
 
     def close_stream(self, stream_id: str) -> None:
-        if self._params.pop(stream_id, None) is not None:
+        with contextlib.suppress(KeyError):  # closing twice is fine
             self.batcher.remove_stream(stream_id)
 
     def submit(self, stream_id: str, frame: Frame | None, source: str) -> asyncio.Future:
@@ -126,7 +127,7 @@ class DiffusionService:
     async def generate(self, jobs: list[tuple[dict[str, Any], Frame | None]]) -> list[PIL.Image.Image]:
         """One-shot images: each (settings, frame or None) gets a fresh stream, so its first frame
         is fully denoised; all are submitted together and share the batcher's UNet calls."""
-        if len(self._params) + len(jobs) > self.config.max_streams:
+        if self.num_streams + len(jobs) > self.config.max_streams:
             raise ServiceBusy(f"all {self.config.max_streams} diffusion streams are in use")
         ids: list[str] = []
         try:
@@ -143,13 +144,8 @@ class DiffusionService:
                 self.close_stream(stream_id)
 
 
-def _as_param_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    if params.get("t_index_list") is not None:
-        params = {**params, "t_index_list": tuple(params["t_index_list"])}
-    return params
-
-
 def _settings(params: StreamParams) -> dict[str, Any]:
+    """The settable part of a stream's params, as plain JSON values."""
     values = {name: getattr(params, name) for name in SETTABLE}
     if values["t_index_list"] is not None:
         values["t_index_list"] = list(values["t_index_list"])

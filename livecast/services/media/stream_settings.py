@@ -27,14 +27,16 @@ class StreamSettings(EdgeModel):
 
     @classmethod
     def changes(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """`values` checked as a partial update: ValueError naming the first bad or unknown field."""
-        unknown = sorted(set(values) - set(SETTABLE))
-        if unknown:
-            raise ValueError(f"{unknown[0]} is not a stream setting; settable: {list(SETTABLE)}")
+        """`values` checked as a partial update: ValueError naming the first unknown field (in
+        name order), else the first mistyped one. Ranges are left to StreamParams."""
         try:
             checked = cls.model_validate(values)
         except ValidationError as exc:
-            err = exc.errors()[0]
+            errors = exc.errors()
+            unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+            if unknown:
+                raise ValueError(f"{unknown[0]} is not a stream setting; settable: {list(SETTABLE)}") from None
+            err = errors[0]
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             raise ValueError(f"{name} {err['msg'][0].lower()}{err['msg'][1:]}") from None
         return checked.model_dump(include=set(values))

@@ -26,7 +26,7 @@ from livecast.services.media.deps import get_diffusion
 from livecast.services.media.imageio import MEDIA_TYPES, decode_image, encode_image, image_format
 from livecast.services.media.pump import FramePump
 from livecast.services.media.service import DiffusionService, ServiceBusy
-from livecast.services.media.stream_settings import StreamSettings, param_error_name
+from livecast.services.media.stream_settings import param_error_name
 from livecast.services.core import Shell
 
 router = APIRouter()
@@ -126,7 +126,6 @@ class _FrameSession:
             quality = message.pop("quality", self.quality)
             if not isinstance(quality, int) or not 1 <= quality <= 100:
                 raise ValueError(f"quality must be an int in [1, 100], got {quality!r}")
-            StreamSettings.changes(message)  # names the first unknown or mistyped field
             settings = self.service.update_stream(self.stream_id, **message) if message else \
                 self.service.stream_settings(self.stream_id)
         except ValueError as exc:

@@ -1,0 +1,48 @@
+"""StreamSettings checks names and types at the edge, StreamParams the ranges; the batcher holds
+each stream's settings (no server needed)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from livecast.services.media.service import DiffusionService
+from livecast.services.media.stream_settings import SETTABLE, StreamSettings, param_error_name
+from tests.streamdiff.conftest import make_pipe
+
+
+def test_changes_keep_only_the_fields_sent():
+    assert StreamSettings.changes({"strength": 1, "t_index_list": [0, 1]}) == {"strength": 1.0, "t_index_list": [0, 1]}
+    assert StreamSettings.changes({}) == {}
+
+
+def test_an_unknown_field_is_named_before_a_mistyped_one():
+    with pytest.raises(ValueError) as caught:
+        StreamSettings.changes({"zeta": 1, "strength": "x", "alpha": 2})
+    assert str(caught.value) == f"alpha is not a stream setting; settable: {list(SETTABLE)}"
+    with pytest.raises(ValueError, match="^width is not a stream setting") as caught:
+        StreamSettings.changes({"width": 64})  # a StreamParams field, but not settable over the wire
+    assert param_error_name(str(caught.value)) == "width"
+
+
+def test_a_mistyped_field_is_named():
+    with pytest.raises(ValueError, match="^strength input should be a valid number") as caught:
+        StreamSettings.changes({"strength": "x"})
+    assert param_error_name(str(caught.value)) == "strength"
+
+
+def test_the_service_reads_each_streams_settings_from_the_batcher():
+    service = DiffusionService(make_pipe())
+    try:
+        stream_id = service.open_stream(prompt="a cat", t_index_list=[0, 1], num_inference_steps=2)
+        assert service.stream_settings(stream_id)["t_index_list"] == [0, 1]
+        assert service.update_stream(stream_id, seed=5)["seed"] == 5 == service.batcher.params(stream_id).seed
+        service.batcher.update_stream(stream_id, prompt="a dog")  # no second copy to fall out of step
+        assert service.stream_settings(stream_id)["prompt"] == "a dog" and service.health()["streams"] == 1
+        service.close_stream(stream_id)
+        service.close_stream(stream_id)  # twice is fine
+        assert service.num_streams == 0
+        with pytest.raises(KeyError):
+            service.stream_settings(stream_id)
+    finally:
+        asyncio.run(service.stop())
