@@ -42,7 +42,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     app = FastAPI(title="livecast", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
-    app.state.shell = settings.shell()  # what the rooms read (services.core), never the settings
+    shell = app.state.shell = settings.shell()  # what the rooms read (services.core), never the settings
     app.state.registry = CollectorRegistry()  # per app, never the process-global one
     for room in ROOMS:
         setattr(app.state, room.name, None)
@@ -50,7 +50,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.openapi = openapi_with_errors(app)
     redact_secrets("uvicorn.access", "uvicorn.error")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(APIKeyGuard, api_key=settings.api_key)  # outermost: no body is read without the key
+    app.add_middleware(APIKeyGuard, keys=shell.api_keys)  # outermost: no body is read without the key
     app.include_router(health.router)
     for room in ROOMS:
         if room.enabled(settings):

@@ -18,6 +18,7 @@ from livecast.services.media.config import DiffusionConfig
 from livecast.services.runtime.memory import MemoryConfig
 from livecast.services.runtime.policy import RuntimePolicy
 from livecast.services.core import Shell
+from livecast.services.projects import key_projects
 from livecast.services.scale.config import ScaleConfig
 
 
@@ -31,7 +32,11 @@ class ServerSettings:
     api_key: str | None = field(default=None, metadata={
         "env": "LIVECAST_API_KEY",
         "help": "require `Authorization: Bearer KEY` on every route but /health and /metrics "
-                "(default: $LIVECAST_API_KEY, else none)"})
+                "(default: $LIVECAST_API_KEY, else none); its objects are in project `default`"})
+    api_keys: str | None = field(default=None, metadata={
+        "env": "LIVECAST_API_KEYS",
+        "help": "a file of API keys and their projects, one `KEY PROJECT` a line (# comments); a key sees only "
+                "its project's stored objects (default: $LIVECAST_API_KEYS, else none)"})
     max_body_bytes: int = field(default=4 << 20, metadata={
         "flag": "--max-body-mb", "unit": "MiB", "help": "larger request bodies get 413"})
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds on every 503"})
@@ -52,6 +57,8 @@ class ServerSettings:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    # key -> project, read from `api_key` and the `api_keys` file once, here (a bad file fails startup)
+    key_projects: dict[str, str] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -62,6 +69,7 @@ class ServerSettings:
             raise ValueError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
         if self.api_key == "":
             self.api_key = None
+        self.key_projects = key_projects(self.api_key, self.api_keys or None)
 
     @property
     def origins(self) -> set[str]:
@@ -69,7 +77,7 @@ class ServerSettings:
 
     def shell(self) -> Shell:
         """The values the rooms may read (services.core), apart from every room's config."""
-        return Shell(self.api_key, frozenset(self.origins), self.retry_after_s, self.max_body_bytes)
+        return Shell(dict(self.key_projects), frozenset(self.origins), self.retry_after_s, self.max_body_bytes)
 
     # the rooms, in the order the CLI lists their flags
     SECTIONS = {"LLM engine": "engine", "LLM service": "llm", "diffusion": "diffusion",
