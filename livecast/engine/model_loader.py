@@ -6,6 +6,8 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -75,7 +77,7 @@ def convert_gguf(gguf_path: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     from safetensors.torch import save_file
 
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")  # others may convert too
     tmp.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
@@ -88,7 +90,12 @@ def convert_gguf(gguf_path: Path) -> Path:
     config["dtype"] = "float32"
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     model.generation_config.save_pretrained(tmp)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished the same conversion first: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "model.safetensors").exists():
+            raise
     return out
 
 

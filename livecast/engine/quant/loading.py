@@ -6,6 +6,7 @@ On CUDA `auto` stays dense: the Triton int4 kernel is verified, not yet timed ag
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -117,7 +118,7 @@ def _native_gguf(path: Path, hf_config) -> list[tuple[str, QuantizedWeight | tor
         else:
             tensors[name] = value.contiguous()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")  # others may convert too
     save_file(tensors, str(tmp), metadata={"types": json.dumps({n: q for n, _, q in items})})
-    tmp.rename(cache)
+    os.replace(tmp, cache)  # atomic: a reader sees the old file or the whole new one
     return items
