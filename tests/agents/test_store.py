@@ -61,7 +61,7 @@ def make_store(store_url, tmp_path):
 
     def make(**config) -> AgentStore:
         made.append(AgentStore(open_database(store_url, tmp_path), AgentsConfig(data_dir=str(tmp_path), **config)))
-        return made[-1]
+        return made[-1].scoped("default")
 
     yield make
     for store in made:

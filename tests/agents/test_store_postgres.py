@@ -103,7 +103,7 @@ def test_replicas_starting_together_create_the_schema_once(postgres, tmp_path):
             store = AgentStore(db, AgentsConfig(data_dir=str(tmp_path)))
             files = FileStore(db, tmp_path, 1 << 20)
             VectorStores(db, files, ChunkIndex(db, dim=4), lambda *_: None)
-            store.responses.insert({"id": f"resp_{threading.get_ident()}"})
+            store.scoped("default").responses.insert({"id": f"resp_{threading.get_ident()}"})
         except Exception as exc:  # noqa: BLE001 - the assertion below shows it
             errors.append(exc)
 

@@ -16,6 +16,7 @@ from livecast.services import retrieval as retrieval_package
 from livecast.services.retrieval.routes import router
 from livecast.services.retrieval.config import RetrievalConfig
 from livecast.services.retrieval.service import retrieval_service
+from livecast.services.auth import APIKeyGuard
 from livecast.services.errors import install_error_handlers
 from tests.live_server import LiveServer
 
@@ -35,6 +36,7 @@ def make_app(data_dir: Path, store_url: str = "") -> FastAPI:
 
     app = FastAPI(lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(APIKeyGuard, keys={})  # as the app has it: every request in project `default`
     app.include_router(router)
     return app
 

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from livecast.services.sandbox import routes
 from livecast.services.sandbox.config import SandboxConfig
 from livecast.services.sandbox.service import containers_service
+from livecast.services.auth import APIKeyGuard
 from livecast.services.errors import install_error_handlers
 from tests.sandbox.conftest import TEST_CONFIG
 from tests.live_server import LiveServer
@@ -36,6 +37,7 @@ def _app(enabled: bool) -> FastAPI:
     app = FastAPI(lifespan=lifespan)
     app.state.containers = None
     install_error_handlers(app)
+    app.add_middleware(APIKeyGuard, keys={})  # as the app has it: every request in project `default`
     app.include_router(routes.router)
     return app
 

@@ -28,10 +28,11 @@ class AgentsConfig:
         "flag": "--store-max-age", "help": "stored responses, conversations, assistants and threads older than "
                                            "this many days are deleted by the sweeper (0: keep forever)"})
     max_stored_responses: int = field(default=100_000, metadata={
-        "help": "keep at most this many stored responses (the oldest go first)"})
-    max_conversations: int = field(default=10_000, metadata={"help": "keep at most this many conversations"})
-    max_assistants: int = field(default=10_000, metadata={"help": "keep at most this many assistants"})
-    max_threads: int = field(default=10_000, metadata={"help": "keep at most this many threads"})
+        "help": "keep at most this many stored responses per project (the oldest go first)"})
+    max_conversations: int = field(default=10_000, metadata={
+        "help": "keep at most this many conversations per project"})
+    max_assistants: int = field(default=10_000, metadata={"help": "keep at most this many assistants per project"})
+    max_threads: int = field(default=10_000, metadata={"help": "keep at most this many threads per project"})
     max_items_per_conversation: int = field(default=10_000, metadata={
         "help": "a conversation (or thread) keeps at most this many items (messages), dropping the oldest"})
     sweep_interval_s: float = field(default=60.0, metadata={"help": "how often the store sweeper runs"})

@@ -2,7 +2,8 @@
 several replicas (`db_postgres.py`), behind one small interface.
 
 Every write goes through `transaction()`, so a request that fails half-way leaves nothing
-half-written. Modules that own tables pass their DDL at construction (`apply`); statements stay in
+half-written. Modules that own tables pass their DDL at construction (`apply`; a column added
+later comes with `add_column`, so a store made before it still opens); statements stay in
 the subset both databases run unchanged (JSON stored as TEXT; `?` placeholders). What differs in
 DDL — 64-bit integers, raw bytes, database-assigned keys — comes from `db.dialect`, in one place.
 Generation never runs inside a transaction: callers read, release, generate, then write.
@@ -86,6 +87,12 @@ class Database:
         with self.transaction():
             for statement in schema:
                 self._conn.execute(statement)
+
+    def add_column(self, table: str, column: str, ddl: str) -> None:
+        """Add `column` (`ddl`: its type and default) to a table made before it existed; idempotent."""
+        with self.transaction():
+            if all(row["name"] != column for row in self.query(f"PRAGMA table_info({table})")):
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
 
     @contextmanager
     def transaction(self) -> Iterator["Database"]:

@@ -106,6 +106,12 @@ class PostgresDatabase:
             for statement in schema:
                 self.execute(statement)
 
+    def add_column(self, table: str, column: str, ddl: str) -> None:
+        """Add `column` (`ddl`: its type and default) to a table made before it existed; idempotent."""
+        with self.transaction():
+            self.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            self.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {ddl}")
+
     @contextmanager
     def transaction(self) -> Iterator["PostgresDatabase"]:
         """All statements inside commit together or not at all; nests (inner blocks join the outer)."""

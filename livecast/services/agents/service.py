@@ -1,5 +1,6 @@
 """The agents room: `agents_service(config, llm, db, tools)` builds the store, the Responses and
-Assistants services and the retention sweeper; routes reach it as `app.state.agents`.
+Assistants services and the retention sweeper; routes reach it as `app.state.agents`, seen through
+`for_project` (deps.get_agents), so a request reads and writes only its own project's objects.
 
 `tools` holds the peer rooms the built-in tools run on (the sandbox's containers for the code
 interpreter, retrieval for file search), typed, started before this room.
@@ -7,6 +8,7 @@ interpreter, retrieval for file search), typed, started before this room.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from contextlib import asynccontextmanager, suppress
 from typing import AsyncIterator
@@ -29,6 +31,14 @@ class AgentsService:
         self.background = Background(config.max_background, retry_after_s)
         self.responses = Responses(self)
         self.runs = Runs(self)
+
+    def for_project(self, project: str) -> "AgentsService":
+        """This service as `project` sees it: the same LLM, config and background tasks; the store
+        and the tools' rooms (vector stores, containers) hold only that project's objects."""
+        view = copy.copy(self)
+        view.store, view.tools = self.store.scoped(project), self.tools.scoped(project)
+        view.responses, view.runs = Responses(view), Runs(view)
+        return view
 
     async def sweep_forever(self) -> None:
         while True:

@@ -1,13 +1,15 @@
 """The retrieval service: Files, embeddings, vector stores and search, built once in the lifespan.
 
 `retrieval_service(config, db)` loads the embedding model on a worker thread, builds every part
-and yields a `RetrievalService`; routes reach it as `request.app.state.retrieval`. The run loop's
-`file_search` tool calls `await service.search(vector_store_ids, query, max_num_results, filters,
-score_threshold)` and gets `SearchHit`s back.
+and yields a `RetrievalService`; routes reach it as `request.app.state.retrieval`, seen through
+`for_project` (deps.get_retrieval): other projects' files and vector stores are not there. The
+run loop's `file_search` tool calls `await service.search(vector_store_ids, query,
+max_num_results, filters, score_threshold)` on its project's view and gets `SearchHit`s back.
 """
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -53,6 +55,13 @@ class RetrievalService:
         self.vector_stores = VectorStores(db, self.files, self.index, self._enqueue)
         model = config.embedding_model
         self.embedding_model_name = "all-MiniLM-L6-v2" if model is None else Path(str(model)).name
+
+    def for_project(self, project: str) -> "RetrievalService":
+        """This service as `project` sees it: the same model, batcher and ingestion; only that
+        project's files and vector stores (to read, search, add to or delete)."""
+        view = copy.copy(self)
+        view.files, view.vector_stores = self.files.scoped(project), self.vector_stores.scoped(project)
+        return view
 
     def _enqueue(self, store_id: str, file_id: str) -> None:
         self.require_embedder()

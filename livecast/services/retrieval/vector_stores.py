@@ -3,17 +3,20 @@
 A store file goes in as `in_progress` and leaves ingestion `completed` (its chunks committed in
 the same transaction) or `failed` with `last_error` (and no chunks). Expiry is computed from
 `last_active_at`, which searches move forward. Ingestion itself lives in `ingest.py`; this
-module hands it (store id, file id) pairs through `enqueue`.
+module hands it (store id, file id) pairs through `enqueue`. A store belongs to a project
+(services.projects): seen through `scoped(project)`, another project's store is missing, and so
+are its files and batches, and only that project's Files can be added.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from typing import Callable
 
 from livecast.services.errors import APIError
 from livecast.services.retrieval.chunking import ChunkingStrategy
-from livecast.services.retrieval.file_store import new_id
+from livecast.services.retrieval.file_store import add_project, new_id, scope
 from livecast.services.retrieval.pagination import page
 
 STATUSES = ("in_progress", "completed", "failed", "cancelled")
@@ -73,7 +76,14 @@ def _chunking(value) -> ChunkingStrategy:
 class VectorStores:
     def __init__(self, db, files, index, enqueue: Callable[[str, str], None]) -> None:
         self.db, self.files, self.index, self.enqueue = db, files, index, enqueue
+        self.project: str | None = None
         db.apply(schema(db.dialect))
+        add_project(db, "vector_stores")
+
+    def scoped(self, project: str) -> "VectorStores":
+        view = copy.copy(self)
+        view.project, view.files = project, self.files.scoped(project)
+        return view
 
     # -- stores -------------------------------------------------------------------------------------
     def create(self, name: str | None, metadata: dict | None, expires_after: dict | None,
@@ -81,17 +91,21 @@ class VectorStores:
         metadata = check_attributes(metadata, "metadata", strings_only=True)
         expires_after, chunking = check_expires_after(expires_after), _chunking(chunking_strategy)
         store_id, now = new_id("vs"), int(time.time())
+        if self.project is None:
+            raise ValueError("vector stores are made in a project (VectorStores.scoped)")
         with self.db.transaction():
-            self.db.execute("INSERT INTO vector_stores (id, name, metadata, created_at, last_active_at, expires_after) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (store_id, name, json.dumps(metadata), now, now,
-                                                          json.dumps(expires_after) if expires_after else None))
+            self.db.execute("INSERT INTO vector_stores (id, name, metadata, created_at, last_active_at, expires_after, "
+                            "project) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (store_id, name, json.dumps(metadata), now, now,
+                             json.dumps(expires_after) if expires_after else None, self.project))
             added = [self._attach(store_id, f, {}, chunking, None) for f in file_ids]
         for file_id in added:
             self.enqueue(store_id, file_id)
         return self.get(store_id)
 
     def row(self, store_id: str) -> dict:
-        row = self.db.query_one("SELECT * FROM vector_stores WHERE id = ?", (store_id,))
+        where, params = scope(self.project, "id = ?", (store_id,))
+        row = self.db.query_one(f"SELECT * FROM vector_stores WHERE {where}", params)
         if row is None:
             raise APIError(404, f"No such vector store: {store_id}", param="vector_store_id", code="not_found")
         return row
@@ -100,7 +114,8 @@ class VectorStores:
         return self.store_object(self.row(store_id))
 
     def list(self, after, before, limit, order) -> tuple[list[dict], bool]:
-        rows, more = page(self.db, "vector_stores", "id", "1 = 1", [], after=after, before=before,
+        where, params = scope(self.project, "1 = 1", [])
+        rows, more = page(self.db, "vector_stores", "id", where, params, after=after, before=before,
                           limit=limit, order=order)
         return [self.store_object(r) for r in rows], more
 
@@ -157,11 +172,12 @@ class VectorStores:
                                   "WHERE vector_store_id = ?", (row["id"],))["n"]
         status = ("expired" if expires_at is not None and expires_at <= time.time()
                   else "in_progress" if counts["in_progress"] else "completed")
-        return {"id": row["id"], "object": "vector_store", "created_at": row["created_at"], "name": row["name"],
-                "usage_bytes": usage, "file_counts": counts, "status": status,
-                "expires_after": json.loads(row["expires_after"]) if row["expires_after"] else None,
-                "expires_at": expires_at, "last_active_at": row["last_active_at"],
-                "metadata": json.loads(row["metadata"])}
+        out = {"id": row["id"], "object": "vector_store", "created_at": row["created_at"], "name": row["name"],
+               "usage_bytes": usage, "file_counts": counts, "status": status, "expires_at": expires_at,
+               "last_active_at": row["last_active_at"], "metadata": json.loads(row["metadata"])}
+        if row["expires_after"]:  # optional, not nullable, in OpenAI's document
+            out["expires_after"] = json.loads(row["expires_after"])
+        return out
 
     # -- files in a store -----------------------------------------------------------------------------------
     def _attach(self, store_id: str, file_id: str, attributes: dict, chunking: ChunkingStrategy,
@@ -250,6 +266,7 @@ class VectorStores:
         return self.get_batch(store_id, batch_id)
 
     def get_batch(self, store_id: str, batch_id: str) -> dict:
+        self.row(store_id)
         row = self.db.query_one("SELECT * FROM vector_stores_file_batches WHERE id = ? AND vector_store_id = ?",
                                 (batch_id, store_id))
         if row is None:
@@ -258,7 +275,7 @@ class VectorStores:
         counts = self.file_counts("batch_id = ?", (batch_id,))
         status = ("in_progress" if counts["in_progress"] else "cancelled" if counts["cancelled"]
                   else "failed" if counts["failed"] == counts["total"] else "completed")
-        return {"id": batch_id, "object": "vector_store.file_batch", "created_at": row["created_at"],
+        return {"id": batch_id, "object": "vector_store.files_batch", "created_at": row["created_at"],
                 "vector_store_id": store_id, "status": status, "file_counts": counts}
 
     def cancel_batch(self, store_id: str, batch_id: str) -> dict:

@@ -4,7 +4,10 @@ This is the API the Responses/Assistants run loop calls:
 
     result = await pool.run(container_id_or_None, code, timeout_s)   # -> ExecResult
 
-`None` creates a container ("auto"); `result.container_id` names it for the next call. Every
+`None` creates a container ("auto"); `result.container_id` names it for the next call. Each
+container belongs to a project (services.projects): a call that names one passes `project=` and
+finds only its own project's containers (another's is "not found"; None: any, for tests and
+diagnostics). Every
 blocking step (spawning, pipe waits, directory scans, kills) runs in a worker thread, never on
 the event loop; one call at a time per container.
 """
@@ -36,10 +39,11 @@ class DeleteFailed(RuntimeError):
 
 
 class Entry:
-    __slots__ = ("container", "name", "idle_expiry_s", "lock")
+    __slots__ = ("container", "name", "idle_expiry_s", "lock", "project")
 
-    def __init__(self, container: Container, name: str, idle_expiry_s: float) -> None:
+    def __init__(self, container: Container, name: str, idle_expiry_s: float, project: str | None) -> None:
         self.container, self.name, self.idle_expiry_s = container, name, idle_expiry_s
+        self.project = project
         self.lock = asyncio.Lock()
 
     def to_openai(self) -> dict:
@@ -105,7 +109,7 @@ class ContainerPool:
         self._starting.discard(future)
         return container
 
-    async def create(self, name: str = "", idle_expiry_s: float | None = None) -> dict:
+    async def create(self, name: str = "", idle_expiry_s: float | None = None, *, project: str | None = None) -> dict:
         await self._make_room()
         try:
             container = self._spares.get_nowait()
@@ -113,7 +117,7 @@ class ContainerPool:
         except asyncio.QueueEmpty:
             container = await self._spawn()
         container.created_at = container.last_active_at = time.time()
-        entry = Entry(container, name, idle_expiry_s or self.idle_expiry_s)
+        entry = Entry(container, name, idle_expiry_s or self.idle_expiry_s, project)
         self.entries[container.id] = entry
         return entry.to_openai()
 
@@ -131,29 +135,31 @@ class ContainerPool:
             except ContainerNotFound:
                 pass  # deleted meanwhile
 
-    def _entry(self, container_id: str) -> Entry:
+    def _entry(self, container_id: str, project: str | None = None) -> Entry:
         entry = self.entries.get(container_id)
-        if entry is None:
+        if entry is None or (project is not None and entry.project != project):
             raise ContainerNotFound(f"no container {container_id!r} (it may have expired or been deleted)")
         return entry
 
-    def _touch(self, container_id: str) -> Entry:
-        entry = self._entry(container_id)
+    def _touch(self, container_id: str, project: str | None) -> Entry:
+        entry = self._entry(container_id, project)
         self.entries[container_id] = self.entries.pop(container_id)  # most recently used last
         return entry
 
     def health(self) -> dict:
         return {"containers": len(self.entries), "layers": list(self.spec.layers), "limits": self.limits}
 
-    def get(self, container_id: str) -> dict:
-        return self._entry(container_id).to_openai()
+    def get(self, container_id: str, *, project: str | None = None) -> dict:
+        return self._entry(container_id, project).to_openai()
 
-    def list(self) -> list[dict]:
-        return sorted((e.to_openai() for e in self.entries.values()), key=lambda c: c["created_at"])
+    def list(self, *, project: str | None = None) -> list[dict]:
+        return sorted((e.to_openai() for e in self.entries.values() if project in (None, e.project)),
+                      key=lambda c: c["created_at"])
 
-    async def delete(self, container_id: str) -> None:
+    async def delete(self, container_id: str, *, project: str | None = None) -> None:
         """Kill every process of the container and remove its files: all of them, or the entry
         goes back into the table and DeleteFailed says what is left."""
+        self._entry(container_id, project)
         entry = self.entries.pop(container_id, None)
         if entry is None:
             raise ContainerNotFound(f"no container {container_id!r}")
@@ -171,21 +177,22 @@ class ContainerPool:
         return self._entry(container_id).container
 
     # ---- calls ---------------------------------------------------------------------------
-    async def run(self, container_id: str | None, code: str, timeout_s: float | None = None) -> ExecResult:
+    async def run(self, container_id: str | None, code: str, timeout_s: float | None = None, *,
+                  project: str | None = None) -> ExecResult:
         if container_id is None:
-            container_id = (await self.create(name="auto"))["id"]
-        entry = self._touch(container_id)
+            container_id = (await self.create(name="auto", project=project))["id"]
+        entry = self._touch(container_id, project)
         async with entry.lock:
             return await asyncio.to_thread(entry.container.run, code, min(timeout_s or self.timeout_s, self.timeout_s))
 
     # ---- files ---------------------------------------------------------------------------
-    async def upload(self, container_id: str, name: str, data: bytes) -> ContainerFile:
-        entry = self._touch(container_id)
+    async def upload(self, container_id: str, name: str, data: bytes, *, project: str | None = None) -> ContainerFile:
+        entry = self._touch(container_id, project)
         async with entry.lock:
             return await asyncio.to_thread(entry.container.upload, name, data)
 
-    async def list_files(self, container_id: str) -> list[ContainerFile]:
-        entry = self._entry(container_id)
+    async def list_files(self, container_id: str, *, project: str | None = None) -> list[ContainerFile]:
+        entry = self._entry(container_id, project)
         async with entry.lock:
             return await asyncio.to_thread(entry.container.list_files)
 
@@ -198,13 +205,14 @@ class ContainerPool:
             raise ContainerNotFound(f"no file {file_id!r} in container {container_id!r}")
         return file
 
-    async def file(self, container_id: str, file_id: str) -> ContainerFile:
-        entry = self._entry(container_id)
+    async def file(self, container_id: str, file_id: str, *, project: str | None = None) -> ContainerFile:
+        entry = self._entry(container_id, project)
         async with entry.lock:
             return await asyncio.to_thread(self._find, entry.container, container_id, file_id)
 
-    async def read_file(self, container_id: str, file_id: str) -> tuple[ContainerFile, bytes]:
-        entry = self._entry(container_id)
+    async def read_file(self, container_id: str, file_id: str, *,
+                        project: str | None = None) -> tuple[ContainerFile, bytes]:
+        entry = self._entry(container_id, project)
 
         def read() -> tuple[ContainerFile, bytes]:
             file = self._find(entry.container, container_id, file_id)
@@ -216,10 +224,10 @@ class ContainerPool:
         async with entry.lock:
             return await asyncio.to_thread(read)
 
-    async def delete_file(self, container_id: str, file_id: str) -> None:
+    async def delete_file(self, container_id: str, file_id: str, *, project: str | None = None) -> None:
         """Look up and unlink under one hold of the lock: of concurrent deletes of one file, one
         succeeds and the others find no file (404), never a FileNotFoundError (500)."""
-        entry = self._entry(container_id)
+        entry = self._entry(container_id, project)
 
         def delete() -> None:
             file = self._find(entry.container, container_id, file_id)

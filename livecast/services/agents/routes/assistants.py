@@ -23,10 +23,27 @@ def _deleted(object_id: str, kind: str) -> dict:
     return {"id": object_id, "object": f"{kind}.deleted", "deleted": True}
 
 
+def check_tool_resources(agents, tool_resources: dict | None) -> None:
+    """404 unless every vector store and file that `tool_resources` names is the project's own."""
+    retrieval = agents.tools.retrieval
+    if retrieval is None or not isinstance(tool_resources, dict):
+        return
+
+    def ids(tool: str, key: str) -> list:
+        named = (tool_resources.get(tool) or {}).get(key) if isinstance(tool_resources.get(tool), dict) else None
+        return named if isinstance(named, list) else []
+
+    for store_id in ids("file_search", "vector_store_ids"):
+        retrieval.vector_stores.row(str(store_id))
+    for file_id in ids("code_interpreter", "file_ids"):
+        retrieval.files.get(str(file_id))
+
+
 # -- assistants -----------------------------------------------------------------------------------
 def _check_assistant(agents, body) -> None:
     agents.llm.check_model(body.model)
     build_toolset(body.tools, agents.tools)
+    check_tool_resources(agents, body.tool_resources)
     if isinstance(body.response_format, str) and body.response_format != "auto":
         raise APIError(400, "response_format must be 'auto' or an object", param="response_format")
 
@@ -72,6 +89,7 @@ async def delete_assistant(assistant_id: str, agents=Depends(get_agents)):
 # -- threads --------------------------------------------------------------------------------------
 def create_thread_now(agents, body: ThreadCreate) -> dict:
     """The thread and its first messages, in one transaction (also used by POST /v1/threads/runs)."""
+    check_tool_resources(agents, body.tool_resources)
     thread = {"id": new_id("thread"), "object": "thread", "created_at": int(time.time()),
               "metadata": body.metadata or {}, "tool_resources": body.tool_resources or {}}
     messages = [_message(thread["id"], m, f"messages[{i}].content") for i, m in enumerate(body.messages or [])]
@@ -98,6 +116,7 @@ async def get_thread(thread_id: str, agents=Depends(get_agents)):
 
 @router.post("/v1/threads/{thread_id}")
 async def update_thread(thread_id: str, body: MetadataUpdate, agents=Depends(get_agents)):
+    check_tool_resources(agents, body.tool_resources)
     with agents.store.db.transaction():
         thread = agents.store.threads.require(thread_id)
         thread.update(body.model_dump(exclude_unset=True))

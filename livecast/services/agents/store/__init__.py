@@ -2,10 +2,13 @@
 database behind `Database` (SQLite today; the SQL is portable so PostgreSQL can serve it later).
 
 Callers group writes in `store.db.transaction()`; nothing here ever waits on generation.
-Retention: `sweep()` deletes what is older than the age limit or beyond the count caps, then the
-children of whatever it deleted, in one transaction.
+Retention: `sweep()` deletes what is older than the age limit or beyond the count caps (each
+project has its own: one project's objects never push out another's), then the children of
+whatever it deleted, in one transaction. Routes see the store through `scoped(project)`.
 """
 from __future__ import annotations
+
+import copy
 
 from livecast.services.agents.config import AgentsConfig
 from livecast.services.agents.store.table import Table, new_id, now_us
@@ -25,6 +28,14 @@ class AgentStore:
         self.messages = Table(db, "agent_messages", "message")  # parent: the thread
         self.runs = Table(db, "agent_runs", "run")  # parent: the thread
         self.steps = Table(db, "agent_run_steps", "run step")  # parent: the run
+
+    def scoped(self, project: str) -> "AgentStore":
+        """The store as `project` sees it: every table holds only that project's objects."""
+        view = copy.copy(self)
+        for name, table in vars(self).items():
+            if isinstance(table, Table):
+                setattr(view, name, table.scoped(project))
+        return view
 
     def delete_response(self, response_id: str) -> bool:
         with self.db.transaction():
@@ -57,7 +68,8 @@ class AgentStore:
             for table, max_count in ((self.responses, c.max_stored_responses),
                                      (self.conversations, c.max_conversations),
                                      (self.assistants, c.max_assistants), (self.threads, c.max_threads)):
-                deleted += table.sweep_over(max_count)
+                for project in table.projects():
+                    deleted += table.scoped(project).sweep_over(max_count)
             for conversation_id in self.items.parents_over(cap):
                 if self.conversations.get(conversation_id) is not None:
                     deleted += self.items.sweep_over(cap, conversation_id)

@@ -8,6 +8,7 @@ built-in registers a factory in `BUILTINS`; the loop does not change.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -24,9 +25,15 @@ if TYPE_CHECKING:
 @dataclass(slots=True, frozen=True)
 class ToolRooms:
     """The peer rooms the built-in tools run on, each None where that room is off: the sandbox's
-    container pool for the code interpreter, retrieval for file search."""
+    container pool for the code interpreter, retrieval for file search; `project`: whose vector
+    stores and containers a tool may use (None only on the room's own, unscoped copy)."""
     containers: ContainerPool | None = None
     retrieval: RetrievalService | None = None
+    project: str | None = None
+
+    def scoped(self, project: str) -> "ToolRooms":
+        retrieval = self.retrieval.for_project(project) if self.retrieval is not None else None
+        return dataclasses.replace(self, retrieval=retrieval, project=project)
 
 
 class BuiltinTool(Protocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from livecast.services.errors import APIError
+from livecast.services.sandbox.pool import ContainerNotFound
 
 FUNCTION = {"name": "code_interpreter",
             "description": "Run Python code in a sandbox and read what it prints (stdout and stderr).",
@@ -17,8 +18,9 @@ class CodeInterpreter:
     id_prefix = "ci"
     function = FUNCTION
 
-    def __init__(self, pool, container_id: str | None) -> None:
+    def __init__(self, pool, container_id: str | None, project: str | None) -> None:
         self.pool, self.container_id = pool, container_id  # None: a fresh container on the first call
+        self.project = project  # a container of another project is not there for this one
 
     @classmethod
     def from_spec(cls, tool: dict, rooms) -> "CodeInterpreter":
@@ -27,7 +29,13 @@ class CodeInterpreter:
             raise APIError(400, "code_interpreter is not enabled on this server", param="tools",
                            code="code_interpreter_disabled")
         container = tool.get("container")
-        return cls(pool, container if isinstance(container, str) else None)
+        container = container if isinstance(container, str) else None
+        if container is not None:
+            try:
+                pool.get(container, project=rooms.project)
+            except ContainerNotFound as exc:
+                raise APIError(404, exc.args[0], param="tools.container", code="not_found") from None
+        return cls(pool, container, rooms.project)
 
     def start_item(self, item_id: str, arguments: str) -> dict:
         try:
@@ -46,7 +54,7 @@ class CodeInterpreter:
         return []
 
     async def call(self, item: dict) -> dict:
-        result = await self.pool.run(self.container_id, item["code"])
+        result = await self.pool.run(self.container_id, item["code"], project=self.project)
         self.container_id = result.container_id  # later calls in this run share the container
         logs = result.stdout + result.stderr
         outputs = [{"type": "logs", "logs": logs}] + [

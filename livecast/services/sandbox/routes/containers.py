@@ -1,7 +1,8 @@
 """The Containers API, in OpenAI's shapes: /v1/containers and /v1/containers/{id}/files.
 
 The pool lives on `app.state.containers` (set by the lifespan from `containers_service`); when it
-is None — the tool refused to start, or is switched off — every route answers 503.
+is None — the tool refused to start, or is switched off — every route answers 503. Every route
+passes the request's project: another project's container is "not found" (services.projects).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, Field
 from livecast.services.sandbox.deps import get_pool
 from livecast.services.sandbox.pool import ContainerNotFound, ContainerPool, DeleteFailed, PoolFull
 from livecast.services.errors import APIError
+from livecast.services.projects import Project
 
 router = APIRouter()
 _MAX_UPLOAD_BYTES = 512 << 20  # the multipart parser spools to disk; the container's own limit is checked after
@@ -38,18 +40,19 @@ def _not_found(exc: ContainerNotFound) -> APIError:
 
 def _page(items: list[dict], limit: int, order: str, after: str | None) -> dict:
     items = items if order == "asc" else list(reversed(items))
-    if after is not None:
+    if after:  # "" is the last_id of an empty page: no cursor
         ids = [item["id"] for item in items]
         if after not in ids:
             raise APIError(400, f"after: no item {after!r} in this list", param="after")
         items = items[ids.index(after) + 1:]
     page = items[:limit]
-    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+    # OpenAI's document requires both ids as strings, null not allowed: "" on an empty page
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else "",
+            "last_id": page[-1]["id"] if page else "", "has_more": len(items) > limit}
 
 
 @router.post("/v1/containers")
-async def create_container(body: CreateContainer, pool: ContainerPool = Depends(get_pool)):
+async def create_container(body: CreateContainer, project: Project, pool: ContainerPool = Depends(get_pool)):
     if body.file_ids:
         raise APIError(400, "file_ids: copying Files API files into a container is not supported yet; "
                        "upload them to /v1/containers/{id}/files", param="file_ids")
@@ -58,29 +61,30 @@ async def create_container(body: CreateContainer, pool: ContainerPool = Depends(
                        param="memory_limit")
     minutes = body.expires_after.minutes if body.expires_after else None
     try:
-        return await pool.create(body.name, idle_expiry_s=minutes * 60.0 if minutes else None)
+        return await pool.create(body.name, idle_expiry_s=minutes * 60.0 if minutes else None, project=project)
     except PoolFull as exc:
         raise APIError(429, str(exc), code="too_many_containers") from None
 
 
 @router.get("/v1/containers")
-async def list_containers(limit: int = Query(20, ge=1, le=100), order: Literal["asc", "desc"] = "desc",
-                          after: str | None = None, pool: ContainerPool = Depends(get_pool)):
-    return _page(pool.list(), limit, order, after)
+async def list_containers(project: Project, limit: int = Query(20, ge=1, le=100),
+                          order: Literal["asc", "desc"] = "desc", after: str | None = None,
+                          pool: ContainerPool = Depends(get_pool)):
+    return _page(pool.list(project=project), limit, order, after)
 
 
 @router.get("/v1/containers/{container_id}")
-async def retrieve_container(container_id: str, pool: ContainerPool = Depends(get_pool)):
+async def retrieve_container(container_id: str, project: Project, pool: ContainerPool = Depends(get_pool)):
     try:
-        return pool.get(container_id)
+        return pool.get(container_id, project=project)
     except ContainerNotFound as exc:
         raise _not_found(exc) from None
 
 
 @router.delete("/v1/containers/{container_id}")
-async def delete_container(container_id: str, pool: ContainerPool = Depends(get_pool)):
+async def delete_container(container_id: str, project: Project, pool: ContainerPool = Depends(get_pool)):
     try:
-        await pool.delete(container_id)
+        await pool.delete(container_id, project=project)
     except ContainerNotFound as exc:
         raise _not_found(exc) from None
     except DeleteFailed as exc:
@@ -89,7 +93,8 @@ async def delete_container(container_id: str, pool: ContainerPool = Depends(get_
 
 
 @router.post("/v1/containers/{container_id}/files")
-async def create_container_file(container_id: str, request: Request, pool: ContainerPool = Depends(get_pool)):
+async def create_container_file(container_id: str, request: Request, project: Project,
+                                pool: ContainerPool = Depends(get_pool)):
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise APIError(400, "file: send the file as multipart/form-data (copying a file_id is not supported yet)",
                        param="file")
@@ -99,7 +104,7 @@ async def create_container_file(container_id: str, request: Request, pool: Conta
         raise APIError(400, "file: a multipart field named 'file' is required", param="file")
     data = await upload.read()
     try:
-        file = await pool.upload(container_id, upload.filename or "", data)
+        file = await pool.upload(container_id, upload.filename or "", data, project=project)
     except ContainerNotFound as exc:
         raise _not_found(exc) from None
     except ValueError as exc:
@@ -108,28 +113,30 @@ async def create_container_file(container_id: str, request: Request, pool: Conta
 
 
 @router.get("/v1/containers/{container_id}/files")
-async def list_container_files(container_id: str, limit: int = Query(20, ge=1, le=100),
+async def list_container_files(container_id: str, project: Project, limit: int = Query(20, ge=1, le=100),
                                order: Literal["asc", "desc"] = "desc", after: str | None = None,
                                pool: ContainerPool = Depends(get_pool)):
     try:
-        files = await pool.list_files(container_id)
+        files = await pool.list_files(container_id, project=project)
     except ContainerNotFound as exc:
         raise _not_found(exc) from None
     return _page([f.to_openai(container_id) for f in files], limit, order, after)
 
 
 @router.get("/v1/containers/{container_id}/files/{file_id}")
-async def retrieve_container_file(container_id: str, file_id: str, pool: ContainerPool = Depends(get_pool)):
+async def retrieve_container_file(container_id: str, file_id: str, project: Project,
+                                  pool: ContainerPool = Depends(get_pool)):
     try:
-        return (await pool.file(container_id, file_id)).to_openai(container_id)
+        return (await pool.file(container_id, file_id, project=project)).to_openai(container_id)
     except ContainerNotFound as exc:
         raise _not_found(exc) from None
 
 
 @router.get("/v1/containers/{container_id}/files/{file_id}/content")
-async def container_file_content(container_id: str, file_id: str, pool: ContainerPool = Depends(get_pool)):
+async def container_file_content(container_id: str, file_id: str, project: Project,
+                                 pool: ContainerPool = Depends(get_pool)):
     try:
-        file, data = await pool.read_file(container_id, file_id)
+        file, data = await pool.read_file(container_id, file_id, project=project)
     except ContainerNotFound as exc:
         raise _not_found(exc) from None
     except (OSError, ValueError) as exc:
@@ -139,9 +146,10 @@ async def container_file_content(container_id: str, file_id: str, pool: Containe
 
 
 @router.delete("/v1/containers/{container_id}/files/{file_id}")
-async def delete_container_file(container_id: str, file_id: str, pool: ContainerPool = Depends(get_pool)):
+async def delete_container_file(container_id: str, file_id: str, project: Project,
+                                pool: ContainerPool = Depends(get_pool)):
     try:
-        await pool.delete_file(container_id, file_id)
+        await pool.delete_file(container_id, file_id, project=project)
     except ContainerNotFound as exc:
         raise _not_found(exc) from None
     return {"id": file_id, "object": "container.file.deleted", "deleted": True}
