@@ -4,6 +4,8 @@ function-local import is a deliberate late binding, not an arrow of the design).
 - Calls flow one way: services → engine, streamdiff → kernels.
 - No import cycle between modules.
 - No room reads the composed settings: rooms take the shell's values from services.core.
+- One driver loop: every engine the device runtime steps is a livecast.driven.Driven, and the
+  runtime calls nothing on them but that interface.
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ def _graph() -> dict[str, set[str]]:
 
 def test_calls_flow_one_way():
     graph = _graph()
-    below = {"livecast.kernels": ("livecast.engine", "livecast.streamdiff", "livecast.services"),
+    below = {"livecast.driven": ("livecast.kernels", "livecast.engine", "livecast.streamdiff", "livecast.services"),
+             "livecast.kernels": ("livecast.engine", "livecast.streamdiff", "livecast.services"),
              "livecast.engine": ("livecast.services", "livecast.streamdiff"),
              "livecast.streamdiff": ("livecast.services", "livecast.engine")}
     wrong = [(m, t) for m, targets in graph.items() for layer, above in below.items() if m.startswith(layer)
@@ -95,3 +98,29 @@ def test_every_serving_room_has_the_same_face():
 def test_no_two_test_files_share_a_name():
     names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+DRIVEN_INTERFACE = {"set_notify", "load", "step", "cancel_all"}
+
+
+def test_the_runtime_calls_only_the_driven_interface():
+    from livecast.driven import Driven
+    from livecast.engine.async_engine import AsyncLLMEngine
+    from livecast.services.retrieval.embeddings import EmbeddingBatcher
+    from livecast.streamdiff.batcher import StreamBatcher
+
+    assert all(issubclass(cls, Driven) for cls in (AsyncLLMEngine, StreamBatcher, EmbeddingBatcher))
+    for name in DRIVEN_INTERFACE:  # each engine implements the whole interface itself or inherits it
+        assert all(callable(getattr(cls, name)) for cls in (AsyncLLMEngine, StreamBatcher, EmbeddingBatcher))
+    # every method called on an engine in the runtime loop: self.llm.x(), self.batcher.x(), work.x() ...
+    tree = ast.parse((PACKAGE / "services" / "runtime" / "loop.py").read_text(encoding="utf-8"))
+    engines = {"llm", "batcher", "work", "w", "other"}
+    called = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            name = owner.attr if isinstance(owner, ast.Attribute) and isinstance(owner.value, ast.Name) \
+                and owner.value.id == "self" else owner.id if isinstance(owner, ast.Name) else None
+            if name in engines:
+                called.add(node.func.attr)
+    assert called and called <= DRIVEN_INTERFACE, called - DRIVEN_INTERFACE

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import replace
 from typing import AsyncIterator
 
+from livecast.driven import Driven, Load
 from livecast.engine.config import EngineConfig
 from livecast.engine.llm_engine import LLMEngine, QueueFullError
 from livecast.engine.request_output import CompletionOutput, RequestOutput
@@ -49,18 +50,20 @@ class _Mailbox:
         return item
 
 
-class AsyncLLMEngine:
+class AsyncLLMEngine(Driven):
+    """The engine behind asyncio: stepped by the device runtime, or by its own thread (see
+    livecast.driven), which starts with the first request."""
+
+    thread_name = "llm-engine"
+
     def __init__(self, engine: LLMEngine, log_stats: bool = True) -> None:
+        super().__init__()
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.log_stats = log_stats
         self._commands: deque = deque()
         self._mailboxes: dict[str, _Mailbox] = {}
-        self._wakeup = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_log = time.monotonic()
-        self._notify = None  # set when an outside owner of the device drives step()
 
     @classmethod
     def from_config(cls, config: EngineConfig | None = None, log_stats: bool = True,
@@ -87,59 +90,29 @@ class AsyncLLMEngine:
         return cls(built["engine"], log_stats=log_stats)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def set_notify(self, notify) -> None:
-        """Hand the step loop to an outside owner of the device (the shared runtime): no thread
-        of our own; `notify()` is called whenever work arrives and `step()` does the work."""
-        if self._thread is not None:
-            raise RuntimeError("the engine's own loop thread is already running")
-        self._notify = notify
-
-    @property
-    def max_num_batched_tokens(self) -> int:
-        """The configured token budget per step (what `set_token_budget` may lower)."""
-        return self.engine.config.max_num_batched_tokens
-
-    def set_token_budget(self, num_tokens: int) -> None:
-        """Tokens the next steps may run; call from the thread that steps the engine."""
-        self.engine.set_token_budget(num_tokens)
-
-    def num_running_seqs(self) -> int:
-        return self.engine.scheduler.num_running_seqs()
-
-    @property
-    def errored(self) -> bool:
-        """True when the engine's own loop thread died (a bug: step failures are caught)."""
-        return self._thread is not None and not self._thread.is_alive() and not self._stop.is_set()
-
-    def has_work(self) -> bool:
-        return bool(self._commands) or self.engine.has_unfinished_requests()
+    def load(self) -> Load:
+        return Load(waiting=bool(self._commands) or self.engine.has_unfinished_requests(),
+                    active=self.engine.scheduler.num_running_seqs(),
+                    max_step_tokens=self.engine.config.max_num_batched_tokens)
 
     def _kick(self) -> None:
-        if self._notify is not None:
-            self._notify()
-        else:
+        if not self.driven_from_outside:
             self.start()
-            self._wakeup.set()
-
-    def start(self) -> None:
-        if self._thread is None and self._notify is None:
-            self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
-            self._thread.start()
+        self.wake()
 
     def abort_all(self) -> None:
         for request_id in list(self._mailboxes):
             self.abort(request_id)
 
+    def cancel_all(self) -> None:
+        self.abort_all()
+
     async def shutdown(self) -> None:
         """Abort everything in flight and stop the loop thread."""
         self.abort_all()
-        if self._notify is not None:
+        if self.driven_from_outside:
             return  # the driver applies the aborts and owns the loop
-        self._stop.set()
-        self._wakeup.set()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
-            self._thread = None
+        await asyncio.get_running_loop().run_in_executor(None, self.stop_thread, 10)
 
     # -- requests ----------------------------------------------------------------------------
     async def generate(self, prompt: str | list[int], params: SamplingParams | BeamSearchParams,
@@ -184,12 +157,14 @@ class AsyncLLMEngine:
     def stats(self):
         return self.engine.stats()
 
-    # -- the loop thread -----------------------------------------------------------------------
-    def step(self) -> bool:
-        """Apply queued commands and run one engine step; False when there was nothing to do."""
+    # -- the step ----------------------------------------------------------------------------
+    def step(self, token_budget: int | None = None) -> int:
+        """Apply queued commands and run one engine step of at most `token_budget` tokens (the
+        configured budget when None); 0 when there was nothing to do."""
         self._drain_commands()
         if not self.engine.has_unfinished_requests():
-            return False
+            return 0
+        self.engine.set_token_budget(token_budget or self.engine.config.max_num_batched_tokens)
         try:
             outputs = self.engine.step()
         except Exception as exc:  # a failed step fails its requests, never the loop
@@ -197,13 +172,13 @@ class AsyncLLMEngine:
             for request_id in list(self.engine.requests):
                 self.engine.abort_request(request_id)
                 self._post(request_id, RuntimeError(f"engine step failed: {exc}"))
-            return True
+            return 1
         for out in outputs:
             self._post(out.request_id, out)
         for request_id, error in self.engine.step_errors.items():
             self._post(request_id, ValueError(f"the request failed in the engine step: {error}"))
         self._maybe_log()
-        return True
+        return 1
 
     def _drain_commands(self) -> None:
         while self._commands:
@@ -222,12 +197,6 @@ class AsyncLLMEngine:
         mailbox = self._mailboxes.get(request_id)
         if mailbox is not None:
             mailbox.post(item)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.step():
-                self._wakeup.wait(timeout=0.5)
-                self._wakeup.clear()
 
     def _maybe_log(self) -> None:
         now = time.monotonic()

@@ -2,7 +2,7 @@
 
 Submitting only records the frame (cheap checks, no model work), so it is safe on an event loop.
 `step()` does the model work synchronously on whichever thread the device owner picks; `start()`
-runs it on a private thread for standalone use. Everything is bounded: one pending frame per
+runs it on a private thread for standalone use (both through livecast.driven). Everything is bounded: one pending frame per
 stream and at most `max_streams` streams.
 """
 from __future__ import annotations
@@ -13,6 +13,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Hashable
+
+from livecast.driven import Driven, Load
 
 from .config import StreamParams
 from .image import Frame, frame_size
@@ -53,8 +55,11 @@ class _Stream:
     stats: StreamStats = field(default_factory=StreamStats)
 
 
-class StreamBatcher:
+class StreamBatcher(Driven):
+    thread_name = "streamdiff-batcher"
+
     def __init__(self, pipe: StreamPipeline, max_batch_size: int = 8, max_streams: int = 64):
+        super().__init__()
         if max_batch_size < 1 or max_streams < 1:
             raise ValueError("max_batch_size and max_streams must be >= 1")
         self.pipe = pipe
@@ -63,10 +68,6 @@ class StreamBatcher:
         self._streams: dict[Hashable, _Stream] = {}
         self._lock = threading.Lock()  # guards _streams and pending frames; never held over model work
         self._step_lock = threading.Lock()  # one step at a time
-        self._wakeup = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
-        self._notify = None  # set when an outside owner of the device steps the batcher
-        self._stopping = False
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -130,22 +131,21 @@ class StreamBatcher:
             stream.stats.frames_in += 1
             if replaced is not None:
                 stream.stats.frames_dropped += 1
-            self._wakeup.notify()
         if replaced is not None:
             _drop(replaced, "replaced by a newer frame")
-        if self._notify is not None:
-            self._notify()
+        self.wake()
         return future
 
-    def set_notify(self, notify) -> None:
-        """Hand stepping to an outside owner of the device: `notify()` is called whenever a frame
-        arrives and the owner calls `step()` (the shared runtime); no private thread then."""
-        if self._thread is not None:
-            raise RuntimeError("the batcher's own thread is already running")
-        self._notify = notify
+    # -- the driven side (livecast.driven) ---------------------------------------------------
 
-    def has_work(self) -> bool:
-        return self.num_pending() > 0
+    def load(self) -> Load:
+        """Whether frames wait, how long the longest-waiting stream has waited, and how many
+        streams are open."""
+        now = time.monotonic()
+        with self._lock:
+            times = [s.pending.waiting_since for s in self._streams.values() if s.pending]
+            return Load(waiting=bool(times), oldest_wait_s=now - min(times) if times else 0.0,
+                        active=len(self._streams))
 
     def num_pending(self) -> int:
         with self._lock:
@@ -154,12 +154,9 @@ class StreamBatcher:
     def oldest_pending_age_s(self) -> float:
         """Seconds the longest-waiting stream has waited for a step (since its first frame still
         unanswered was submitted, newer replacements included); 0.0 when none is waiting."""
-        now = time.monotonic()
-        with self._lock:
-            times = [s.pending.waiting_since for s in self._streams.values() if s.pending]
-        return now - min(times) if times else 0.0
+        return self.load().oldest_wait_s
 
-    def step(self) -> int:
+    def step(self, token_budget: int | None = None) -> int:
         """Run one batched call over up to max_batch_size waiting streams (oldest first).
 
         Returns the number of frames answered (generated or skipped by the similarity filter).
@@ -235,29 +232,8 @@ class StreamBatcher:
         except KeyError:
             raise KeyError(f"unknown stream {stream_id!r}") from None
 
-    # -- optional private thread -------------------------------------------------------------
-
-    def start(self) -> None:
-        """Run step() on a background thread whenever frames wait (standalone use).
-
-        On a CPU, build the pipeline on a thread that has exited (or step from the building
-        thread): a live thread that ran parallel torch ops keeps an OpenMP pool, and with more
-        libgomp threads than CPUs every small op here pays a wake-up (~2x slower steps on 2 cores).
-        """
-        if self._thread is not None or self._notify is not None:
-            raise RuntimeError("batcher already started, or driven by an outside owner")
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="streamdiff-batcher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the background thread and fail every waiting frame with FrameDropped."""
-        with self._lock:
-            self._stopping = True
-            self._wakeup.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def cancel_all(self) -> None:
+        """Fail every waiting frame with FrameDropped (the streams stay open)."""
         with self._lock:
             dropped = [s.pending for s in self._streams.values() if s.pending is not None]
             for stream in self._streams.values():
@@ -267,17 +243,10 @@ class StreamBatcher:
         for pending in dropped:
             _drop(pending, "batcher stopped")
 
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._stopping and not any(s.pending for s in self._streams.values()):
-                    self._wakeup.wait()
-                if self._stopping:
-                    return
-            try:
-                self.step()
-            except Exception:  # the futures already carry the error; keep serving others
-                logger.exception("streamdiff: batched step failed")
+    def stop(self) -> None:
+        """Stop the own thread (if any) and fail every waiting frame with FrameDropped."""
+        self.stop_thread(timeout=None)
+        self.cancel_all()
 
 
 def _drop(pending: _Pending, reason: str) -> None:

@@ -13,7 +13,14 @@ from typing import AsyncIterator
 
 from prometheus_client import CollectorRegistry
 
-from livecast.engine import AsyncLLMEngine, EngineConfig, QueueFullError, RequestOutput, SamplingParams
+from livecast.engine import (
+    AsyncLLMEngine,
+    EngineConfig,
+    LLMEngine,
+    QueueFullError,
+    RequestOutput,
+    SamplingParams,
+)
 from livecast.services.errors import APIError, overloaded
 from livecast.services.llm.chat_template import render_chat
 from livecast.services.llm.config import LLMConfig
@@ -143,7 +150,7 @@ async def llm_service(engine_config: EngineConfig, config: LLMConfig, registry: 
         cot_demos = load_named_sets(config.cot_demo_specs())
     except ValueError as exc:
         raise ValueError(f"cannot load --cot-demos: {exc}") from None
-    engine = await on_own_thread(AsyncLLMEngine.from_config, engine_config)  # see on_own_thread
+    engine = AsyncLLMEngine(await on_own_thread(LLMEngine, engine_config))  # see on_own_thread
     metrics = LLMMetrics(registry)
     service = LLMService(engine, config, metrics, retry_after_s, cot_demos)
     collector = EngineCollector(engine.stats)

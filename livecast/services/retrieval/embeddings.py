@@ -1,8 +1,7 @@
 """Embedding requests from many callers (HTTP, ingestion, search) batched into few model calls.
 
-The batcher is device work like an LLM step: the shared device runtime drives it through
-`has_work()` / `step()` / `set_notify(fn)`, or, with no runtime, `start()` runs it on its own
-thread. Callers get a `concurrent.futures.Future`; nothing here runs on the event loop. The queue
+The batcher is device work like an LLM step: the shared device runtime drives it through the
+interface of livecast.driven, or, with no runtime, `start()` runs it on its own thread. Callers get a `concurrent.futures.Future`; nothing here runs on the event loop. The queue
 is bounded in inputs: a caller that would overflow it gets a 503 at once instead of a slow wait.
 """
 from __future__ import annotations
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from livecast.driven import Driven, Load
 from livecast.services.errors import APIError, overloaded
 
 
@@ -32,9 +32,12 @@ class _Pending:
     num_tokens: int = 0
 
 
-class EmbeddingBatcher:
+class EmbeddingBatcher(Driven):
+    thread_name = "embedding-batcher"
+
     def __init__(self, embedder, max_batch_inputs: int = 64, max_queued_inputs: int = 8192,
                  retry_after_s: int = 1) -> None:
+        super().__init__()
         self.retry_after_s = retry_after_s
         if max_batch_inputs < 1 or max_queued_inputs < max_batch_inputs:
             raise ValueError("need 1 <= max_batch_inputs <= max_queued_inputs")
@@ -44,10 +47,6 @@ class EmbeddingBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_inputs = 0
         self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
-        self._notify = None
-        self._thread: threading.Thread | None = None
-        self._stopping = False
 
     # -- callers ---------------------------------------------------------------------------------
     def submit(self, inputs: list[str] | list[list[int]]) -> Future:
@@ -66,9 +65,7 @@ class EmbeddingBatcher:
                                  "retry shortly", self.retry_after_s, code="queue_full")
             self._queue.append(pending)
             self._queued_inputs += len(inputs)
-            self._wakeup.notify()
-        if self._notify is not None:
-            self._notify()
+        self.wake()
         return pending.future
 
     def _check_ids(self, rows: list) -> None:
@@ -83,13 +80,10 @@ class EmbeddingBatcher:
                                  f"(0..{self.embedder.vocab_size - 1})")
 
     # -- the device side ---------------------------------------------------------------------------
-    def set_notify(self, fn) -> None:
-        self._notify = fn
+    def load(self) -> Load:
+        return Load(waiting=bool(self._queue))
 
-    def has_work(self) -> bool:
-        return bool(self._queue)
-
-    def step(self) -> int:
+    def step(self, token_budget: int | None = None) -> int:
         """Embed up to `max_batch_inputs` queued inputs in one model call; returns how many."""
         with self._lock:
             taken: list[tuple[_Pending, int, int]] = []  # (request, start, stop)
@@ -138,31 +132,15 @@ class EmbeddingBatcher:
                 pending.future.set_result(EmbeddingResult(np.concatenate(pending.vectors), pending.num_tokens))
         return sum(stop - start for _, start, stop in taken)
 
-    # -- its own thread, when no device runtime drives it -----------------------------------------------
-    def start(self) -> None:
-        if self._thread is None:
-            self._stopping = False
-            self._thread = threading.Thread(target=self._run, name="embedding-batcher", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
+    def cancel_all(self) -> None:
+        """Fail whatever is queued: it will never run, so say so instead of hanging callers."""
         with self._lock:
-            self._stopping = True
-            self._wakeup.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-        with self._lock:  # whatever is left will never run: say so instead of hanging callers
             left, self._queue, self._queued_inputs = list(self._queue), deque(), 0
         for pending in left:
             if not pending.future.done():
                 pending.future.set_exception(APIError(503, "the embedding service is shutting down"))
 
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not self._queue and not self._stopping:
-                    self._wakeup.wait()
-                if self._stopping:
-                    return
-            self.step()
+    def stop(self) -> None:
+        """Stop the own thread (if any) and fail what is still queued."""
+        self.stop_thread()
+        self.cancel_all()

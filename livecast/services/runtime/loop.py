@@ -2,9 +2,10 @@
 
 vLLM and StreamDiffusion each assume the device is theirs. Here a single loop alternates between
 diffusion batches (frames of every live video stream in one UNet call) and LLM engine steps, as
-`services.runtime.policy` decides from plain inputs. Every engine it drives has the same small
-interface: `has_work()`, `step()` and `set_notify(fn)` (called when work arrives, so the idle
-loop wakes). Frames wait in the batcher latest-wins, so a busy device lowers the video frame
+`services.runtime.policy` decides from plain inputs. Every engine it drives is a
+`livecast.driven.Driven`, and this loop calls only its four methods: `set_notify(fn)` (called
+when work arrives, so the idle loop wakes), `load()` (plain data: waiting, oldest wait, active
+units, step token budget), `step(token_budget)` and `cancel_all()`. Frames wait in the batcher latest-wins, so a busy device lowers the video frame
 rate, not the freshness of the frames that come out. Other device work (embedding batches) is
 stepped on the LLM side's share.
 """
@@ -17,7 +18,16 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from livecast.services.runtime.policy import DIFFUSION, LLM, Clocks, RuntimePolicy, charge, choose, token_budget
+from livecast.driven import IDLE
+from livecast.services.runtime.policy import (
+    DIFFUSION,
+    LLM,
+    Clocks,
+    RuntimePolicy,
+    charge,
+    choose,
+    token_budget,
+)
 
 logger = logging.getLogger("livecast.runtime")
 
@@ -57,9 +67,8 @@ class DeviceRuntime:
         self._thread: threading.Thread | None = None
         self._last_log = time.monotonic()
         self._logged = (0, 0.0, 0.0)  # frames, diffusion busy, LLM busy at the last log line
-        for work in (llm, batcher, *self.others):
-            if work is not None:
-                work.set_notify(self.notify)
+        for work in self._works():
+            work.set_notify(self.notify)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -68,12 +77,16 @@ class DeviceRuntime:
             self._thread = threading.Thread(target=self._run, name="device-runtime", daemon=True)
             self._thread.start()
 
+    def _works(self) -> list:
+        return [w for w in (self.llm, self.batcher, *self.others) if w is not None]
+
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
-        """Abort LLM requests (their streams end with 'abort'), let the loop apply that, then stop."""
-        if self.llm is not None:
-            self.llm.abort_all()
+        """Cancel all work (LLM streams end with 'abort', waiting frames and embeddings fail),
+        let the loop apply that, then stop."""
+        for work in self._works():
+            work.cancel_all()
         deadline = time.monotonic() + drain_timeout_s
-        while self.llm is not None and self.llm.has_work() and self._thread and time.monotonic() < deadline:
+        while self._thread and any(w.load().waiting for w in self._works()) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self._stop.set()
         self._wakeup.set()
@@ -99,24 +112,20 @@ class DeviceRuntime:
 
     def step(self) -> bool:
         """Run one unit of device work as the policy chooses; False when nothing wanted the device."""
-        video_live = self.batcher is not None and bool(self.batcher.stream_ids())
-        if self.llm is not None:
-            self.llm.set_token_budget(token_budget(self.policy, self.llm.max_num_batched_tokens, video_live,
-                                                   self.llm.num_running_seqs()))
-        other = next((w for w in self.others if w.has_work()), None)
-        frames = self.batcher is not None and self.batcher.has_work()
+        llm = self.llm.load() if self.llm is not None else IDLE
+        video = self.batcher.load() if self.batcher is not None else IDLE
+        other = next((w for w in self.others if w.load().waiting), None)
         choice, self.clocks = choose(
-            self.policy, self.clocks, llm_wants=other is not None or (self.llm is not None and self.llm.has_work()),
-            frames_waiting=frames, oldest_frame_age_s=self.batcher.oldest_pending_age_s() if frames else 0.0,
-            llm_step_s=self._llm_step.value)
+            self.policy, self.clocks, llm_wants=other is not None or llm.waiting,
+            frames_waiting=video.waiting, oldest_frame_age_s=video.oldest_wait_s, llm_step_s=self._llm_step.value)
         if choice == DIFFUSION:
-            elapsed = self._run_diffusion()
+            elapsed = self._run_diffusion(video.oldest_wait_s)
         elif choice == LLM:
             start = time.perf_counter()
             if other is not None:
                 other.step()
             else:
-                self.llm.step()
+                self.llm.step(token_budget(self.policy, llm.max_step_tokens, video.active > 0, llm.active))
                 self.stats.llm_steps += 1
             elapsed = time.perf_counter() - start
             if other is None:
@@ -127,8 +136,7 @@ class DeviceRuntime:
         self.clocks = charge(self.policy, self.clocks, choice, elapsed)
         return True
 
-    def _run_diffusion(self) -> float:
-        wait_s = self.batcher.oldest_pending_age_s()
+    def _run_diffusion(self, wait_s: float) -> float:
         start = time.perf_counter()
         frames = self.batcher.step()
         elapsed = time.perf_counter() - start
@@ -166,7 +174,8 @@ class DeviceRuntime:
         if now - self._last_log < self.policy.stats_interval_s:
             return
         elapsed, self._last_log = now - self._last_log, now
-        if self.batcher is None or not self.batcher.stream_ids():
+        streams = self.batcher.load().active if self.batcher is not None else 0
+        if not streams:
             return
         snap = self.snapshot()
         frames, diff_busy, llm_busy = (snap["diffusion_frames"] - self._logged[0],
@@ -174,7 +183,7 @@ class DeviceRuntime:
         self._logged = (snap["diffusion_frames"], snap["diffusion_busy_s"], snap["llm_busy_s"])
         logger.info("Video: %d streams, %.1f frames/s, batch %.0f ms, frame wait p95 %.0f ms, "
                     "deadline misses %d, device share diffusion %.0f%% / LLM %.0f%%",
-                    len(self.batcher.stream_ids()), frames / elapsed, snap["diffusion_batch_ms"],
+                    streams, frames / elapsed, snap["diffusion_batch_ms"],
                     snap["frame_wait_p95_ms"], snap["deadline_misses"], 100 * diff_busy / elapsed,
                     100 * llm_busy / elapsed)
 
