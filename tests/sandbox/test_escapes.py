@@ -59,17 +59,38 @@ def world_readable_secret():
     data_dir.rmdir()
 
 
-def test_server_data_dir_is_unreadable_by_landlock(shared, support, world_readable_secret):
+def test_server_data_dir_is_not_in_the_sandbox(shared, support, world_readable_secret):
+    """A world-readable file of the server: plain permissions would let any uid read it. The
+    sandbox's own root does not hold it at all; without that root Landlock refuses it (EACCES)."""
     _need(support, "landlock")
     result = run(shared, f"""
         import os
-        print(os.access({str(world_readable_secret)!r}, os.R_OK))
-        open({str(world_readable_secret)!r}).read()""")
+        for attempt in (lambda: open({str(world_readable_secret)!r}).read(),
+                        lambda: os.listdir({str(world_readable_secret.parent)!r})):
+            try:
+                print(attempt())
+            except OSError as exc:
+                print(type(exc).__name__, exc.errno)""")
     assert "SERVER-SECRET-42" not in result.stdout + result.stderr
-    assert "PermissionError: [Errno 13]" in result.stderr, result.stderr  # Landlock: EACCES
-    # the listing of its folder is denied too, not just the file
-    listing = run(shared, f"import os; os.listdir({str(world_readable_secret.parent)!r})")
-    assert "PermissionError" in listing.stderr
+    expected = "FileNotFoundError 2" if "root" in support.layers else "PermissionError 13"
+    assert result.stdout.splitlines() == [expected] * 2, result.stdout + result.stderr
+
+
+def test_landlock_denies_what_the_root_holds_beyond_the_policy(shared, support):
+    """Files that are in the sandbox's tree and that plain permissions let it read and write (its
+    own /proc entries): only Landlock refuses them (EACCES). Folders may be listed."""
+    _need(support, "landlock")
+    result = run(shared, """
+        import os
+        for path, mode in (('/proc/self/status', 'r'), ('/proc/1/environ', 'rb'), ('/proc/self/comm', 'w')):
+            try:
+                open(path, mode)
+                print(path, 'OPENED')
+            except OSError as exc:
+                print(path, type(exc).__name__, exc.errno)
+        print('1' in os.listdir('/proc'))""")
+    assert result.stdout.splitlines() == ["/proc/self/status PermissionError 13", "/proc/1/environ PermissionError 13",
+                                          "/proc/self/comm PermissionError 13", "True"], result.stdout + result.stderr
 
 
 def test_home_directory_is_hidden(shared, support):
@@ -113,17 +134,24 @@ def test_writing_outside_the_working_directory(shared, support):
     try:
         result = run(shared, f"""
             import os
-            for path in ({str(target_dir / 'x')!r}, '/tmp/livecast-escape', '/mnt/escape', '../escape'):
+            for path in ({str(target_dir / 'x')!r}, '/mnt/escape', '../escape', '/usr/escape', '/tmp/scratch.txt'):
                 try:
                     open(path, 'w').write('escaped')
                     print(path, 'WRITTEN')
                 except OSError as exc:
                     print(path, type(exc).__name__, exc.errno)
             open('inside.txt', 'w').write('fine')""")
-        assert "WRITTEN" not in result.stdout, result.stdout
-        assert result.stdout.count("PermissionError 13") >= 2  # Landlock; /mnt is a read-only-to-us tmpfs
-        assert not (target_dir / "x").exists() and not Path("/tmp/livecast-escape").exists()
+        assert not (target_dir / "x").exists() and not Path("/tmp/scratch.txt").exists()
         assert [f.path for f in result.files] == ["/mnt/data/inside.txt"]
+        lines = result.stdout.splitlines()
+        if "root" in support.layers:  # the host's folder is not there; the root's own tmpfs is read-only
+            assert lines[:5] == [f"{target_dir / 'x'} FileNotFoundError 2", "/mnt/escape OSError 30",
+                                 "../escape OSError 30", "/usr/escape OSError 30",
+                                 "/tmp/scratch.txt WRITTEN"], lines  # /tmp: the container's own scratch directory
+            assert (shared.scratch / "scratch.txt").read_text() == "escaped"
+            run(shared, "import os; os.remove('/tmp/scratch.txt')")
+        else:  # Landlock
+            assert lines[0] == f"{target_dir / 'x'} PermissionError 13" and "WRITTEN" not in result.stdout, lines
     finally:
         for leftover in target_dir.iterdir():
             leftover.unlink()
@@ -270,21 +298,31 @@ def test_ptrace_and_mount_are_denied_by_seccomp(shared, support):
 
 
 @pytest.fixture(params=[socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["stream", "dgram"])
-def host_unix_socket(request):
-    """A root service's pathname unix socket in a 0777 directory, itself 0777: permissions let any
-    uid connect, Landlock does not rule unix connect, and the socket is in no network namespace."""
-    folder = Path(tempfile.mkdtemp(prefix="livecast-host-sock-"))
-    folder.chmod(0o777)
-    path = folder / "u.sock"
-    server = socket.socket(socket.AF_UNIX, request.param)
+def socket_kind(request):
+    return request.param
+
+
+def _listen(path: Path, kind: int) -> socket.socket:
+    """A root service's pathname unix socket, 0777: permissions let any uid connect, Landlock does
+    not rule unix connect, and the socket is in no network namespace."""
+    server = socket.socket(socket.AF_UNIX, kind)
     server.bind(str(path))
     path.chmod(0o777)
-    if request.param == socket.SOCK_STREAM:
+    if kind == socket.SOCK_STREAM:
         server.listen(1)
     server.settimeout(0.5)
-    yield server, str(path)
+    return server
+
+
+@pytest.fixture
+def host_unix_socket(socket_kind):
+    """The service's socket in a 0777 folder of the host."""
+    folder = Path(tempfile.mkdtemp(prefix="livecast-host-sock-"))
+    folder.chmod(0o777)
+    server = _listen(folder / "u.sock", socket_kind)
+    yield server, str(folder / "u.sock")
     server.close()
-    path.unlink()
+    (folder / "u.sock").unlink()
     folder.rmdir()
 
 
@@ -307,11 +345,13 @@ for how in ('socket', 'socketpair'):
 """
 
 
-def _contained(kind: int) -> list[str]:
+def _contained(kind: int, path_exists: bool) -> list[str]:
     """What the attack prints once seccomp holds: socket(AF_UNIX) → EPERM; a stream pair is allowed
-    but stays connected to itself (connect → EISCONN); a datagram pair is refused (EPERM)."""
+    but stays connected to itself (connect → EISCONN, or ENOENT first where the sandbox's root
+    does not hold the path); a datagram pair is refused (EPERM)."""
+    stream_pair = "socketpair OSError 106" if path_exists else "socketpair FileNotFoundError 2"
     return ["socket PermissionError 1",
-            "socketpair OSError 106" if kind == socket.SOCK_STREAM else "socketpair PermissionError 1"]
+            stream_pair if kind == socket.SOCK_STREAM else "socketpair PermissionError 1"]
 
 
 def _reached(server) -> bool:
@@ -326,18 +366,24 @@ def _reached(server) -> bool:
         return False
 
 
-def test_host_unix_socket_is_unreachable(shared, support, host_unix_socket):
+def test_host_unix_socket_is_unreachable(shared, support, socket_kind):
+    """The socket lies where the sandbox sees it (its own working directory, /mnt/data): only
+    seccomp stops the connect."""
     _need(support, "seccomp")
-    server, path = host_unix_socket
-    result = run(shared, _UNIX_ATTACK.format(kind=int(server.type), path=path))
-    assert not _reached(server), result.stdout
-    assert result.stdout.splitlines() == _contained(server.type), result.stdout
+    server = _listen(shared.workdir / "u.sock", socket_kind)
+    try:
+        result = run(shared, _UNIX_ATTACK.format(kind=int(socket_kind), path="/mnt/data/u.sock"))
+        assert not _reached(server), result.stdout
+        assert result.stdout.splitlines() == _contained(socket_kind, path_exists=True), result.stdout
+    finally:
+        server.close()
+        (shared.workdir / "u.sock").unlink()
 
 
 def test_cli_sandbox_cannot_reach_a_host_unix_socket(support, host_unix_socket):
-    """The same attack through `livecast sandbox run`, which builds its own container."""
+    """The attack through `livecast sandbox run`, which builds its own container, on a host folder."""
     _need(support, "seccomp")
-    if support.missing:
+    if support.missing_required:
         pytest.skip("the CLI refuses to run without every layer (see test_probe)")
     server, path = host_unix_socket
     done = subprocess.run([sys.executable, "-m", "livecast.services.sandbox.cli", "run", "-"],
@@ -346,7 +392,7 @@ def test_cli_sandbox_cannot_reach_a_host_unix_socket(support, host_unix_socket):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert not _reached(server), out
-    assert out["stdout"].splitlines() == _contained(server.type), out
+    assert out["stdout"].splitlines() == _contained(server.type, "root" not in support.layers), out
 
 
 def test_socket_families_are_limited_by_seccomp(shared, support):
@@ -517,23 +563,59 @@ def test_tmpdir_counts_against_the_disk_limit(spec, sandbox_root):
         container.close()
 
 
-def test_metadata_of_host_paths_is_visible_but_not_their_contents(shared, support):
-    """Finding 12, documented in docs/SECURITY.md as out of scope until the sandbox has its own
-    root: Landlock rules opening, listing and writing, not path lookup, so stat/readlink/access on
-    a path the code can name and traverse still answer. This pins the known extent of the leak."""
-    _need(support, "landlock")
-    result = run(shared, """
+@pytest.fixture
+def host_symlink():
+    folder = Path(tempfile.mkdtemp(prefix="livecast-host-link-"))
+    folder.chmod(0o755)
+    (folder / "link").symlink_to("/etc/shadow")
+    yield folder / "link"
+    (folder / "link").unlink()
+    folder.rmdir()
+
+
+def test_host_paths_do_not_exist_in_the_sandbox(shared, support, host_symlink):
+    """Finding 12: Landlock rules opening, listing and writing, not path lookup, so stat, readlink
+    and access on host paths used to answer (/etc/shadow's size and times, where a symlink points).
+    In the sandbox's own root they do not exist; its top level holds only the policy's paths."""
+    if "root" not in support.layers:
+        pytest.skip(f"no own root here: {support.detail['root']}")
+    names = ("/etc/shadow", "/etc/passwd", "/etc/hostname", str(host_symlink), str(host_symlink.parent), "/root/.bashrc",
+             "/sys", "/var")
+    result = run(shared, f"""
         import os
-        st = os.stat('/etc/shadow')
-        print('stat', st.st_size > 0)  # owner: the overflow uid, root is unmapped here
-        for attempt in (lambda: open('/etc/shadow').read(), lambda: os.listdir('/etc'), lambda: open('/etc/hostname').read()):
-            try:
-                attempt()
-                print('READ')
-            except PermissionError as exc:
-                print(exc.errno)
-    """)
-    assert result.stdout.split("\n")[:4] == ["stat True", "13", "13", "13"], result.stdout + result.stderr
+        for name in {names!r}:
+            for call in (os.stat, os.lstat, os.readlink, os.listxattr):
+                try:
+                    call(name)
+                    print(name, call.__name__, 'ANSWERED')
+                except OSError as exc:
+                    print(name, call.__name__, type(exc).__name__)
+            print(name, 'access', os.access(name, os.F_OK))
+        print(sorted(os.listdir('/')))
+        print(sorted(os.listdir('/etc')), sorted(os.listdir('/dev')))""")
+    lines = result.stdout.splitlines()
+    assert "ANSWERED" not in result.stdout and "True" not in "".join(lines[:-2]), result.stdout + result.stderr
+    assert len([line for line in lines if "FileNotFoundError" in line]) == 4 * len(names)
+    policy = shared.spec.fs_policy
+    tops = {path.split("/")[1] for path in policy["binds"] + list(policy["links"])} | {"proc", "tmp", "mnt"}
+    assert lines[-2] == str(sorted(tops)), lines[-2]
+    assert lines[-1] == "['ld.so.cache', 'localtime'] ['null', 'urandom', 'zero']", lines[-1]
+
+
+def test_numpy_and_matplotlib_work_in_the_sandboxs_root(shared):
+    """What the sandbox advertises (SandboxConfig.packages) still imports, reads its data files,
+    writes through $TMPDIR (/tmp) and into /mnt/data."""
+    result = run(shared, """
+        import os, tempfile, numpy as np, matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        plt.plot(np.arange(4) ** 2)
+        plt.savefig('plot.png')
+        print(tempfile.gettempdir(), os.getcwd(), os.path.getsize('plot.png') > 1000, round(float(np.linalg.norm([3, 4]))))""",
+        timeout_s=60.0)
+    assert result.stdout == "/tmp /mnt/data True 5\n", result.stdout + result.stderr
+    assert [f.path for f in result.files] == ["/mnt/data/plot.png"]
+    run(shared, "import os; os.remove('plot.png')")
 
 
 def test_sandboxed_processes_are_the_oom_killers_first_choice(shared):

@@ -24,7 +24,7 @@ import signal
 import sys
 import traceback
 
-from livecast.services.sandbox import capture, landlock, limits, namespaces, seccomp
+from livecast.services.sandbox import capture, landlock, limits, namespaces, rootfs, seccomp
 
 
 def _send(fd: int, message: dict) -> None:
@@ -119,26 +119,34 @@ def _inner(spec, ctl_in, ctl_out, alive_r, workdir_fd, scratch_fd, rule_fds) -> 
     if select.select([alive_r], [], [], 0)[0]:
         os._exit(1)
     os.close(alive_r)
-    # 4. mounts: private propagation, our own /proc, the workdir at /mnt/data
-    if "namespaces" in layers:
+    # 4. mounts: our own root (the policy's paths, /proc, /tmp, /mnt/data, nothing else of the host), or
+    #    without it the host's tree with our own /proc and the workdir at /mnt/data
+    if "root" in layers:
+        namespaces.set_hostname("sandbox")
+        rootfs.enter(spec["fs"]["binds"], spec["fs"]["links"], spec["workdir"], spec["scratch"])
+        os.environ["TMPDIR"] = os.environ["MPLCONFIGDIR"] = rootfs.TMP  # the scratch directory, bound there
+        os.chdir(rootfs.MOUNT_POINT)
+    elif "namespaces" in layers:
         namespaces.set_hostname("sandbox")
         namespaces.setup_mounts(spec["workdir"])
         os.chdir("/mnt/data")
     else:
         os.fchdir(workdir_fd)
-    # 5. trusted imports, while files outside the policy are still readable (e.g. pyc caches)
+    # 5. trusted imports, before Landlock holds (e.g. pyc caches outside the policy, without our own root)
     for module in spec["preload"]:
         __import__(module)
     # 6. nothing left to gain: capabilities, privileges, filesystem, syscalls — in that order
     namespaces.drop_capabilities()
     namespaces.prctl(namespaces.PR_SET_DUMPABLE, 0)
     namespaces.set_no_new_privs()
+    rules = rule_fds + [(workdir_fd, landlock.READ_WRITE), (scratch_fd, landlock.READ_WRITE)]
+    if "root" in layers:  # its own tree holds only what the policy allows: every folder may be listed
+        rules.append((_open_path("/"), landlock.READ_DIR))
     if "landlock" in layers:
-        rules = rule_fds + [(workdir_fd, landlock.READ_WRITE), (scratch_fd, landlock.READ_WRITE)]
         landlock.restrict(rules, spec["landlock_abi"])
     if "seccomp" in layers:
         seccomp.install()
-    for fd in [workdir_fd, scratch_fd] + [fd for fd, _ in rule_fds]:
+    for fd, _ in rules:
         os.close(fd)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):

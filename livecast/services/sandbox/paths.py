@@ -5,6 +5,8 @@ bind mounts under a tmpfs, so it sees those paths and nothing else of e.g. /root
 Read-only: the interpreter, the standard library, the shared-library directories, a few device
 nodes and /etc files the C library reads, and the files of the allowed distributions and their
 dependencies (site-packages itself is only listable). Read/write: the container's own directory.
+The same paths, bound at their host paths with the symlinks on the way to them, make up the
+sandbox's own root (rootfs.py): nothing else of the host exists in it.
 """
 from __future__ import annotations
 
@@ -27,9 +29,26 @@ _SYSTEM_READ_WRITE = ("/dev/null",)
 class FsPolicy:
     rules: list[tuple[str, int]] = field(default_factory=list)  # (path, Landlock access mask)
     overlays: dict[str, list[str]] = field(default_factory=dict)  # hidden dir -> paths bound back
+    binds: list[str] = field(default_factory=list)  # what the sandbox's own root holds, at the same paths
+    links: dict[str, str] = field(default_factory=dict)  # symlinks on the way to them: path -> target
 
     def to_json(self) -> dict:
-        return {"rules": self.rules, "overlays": self.overlays}
+        return {"rules": self.rules, "overlays": self.overlays, "binds": self.binds, "links": self.links}
+
+
+def symlinks_on_the_way(path: str, links: dict[str, str], depth: int = 0) -> None:
+    """Add to `links` every symlink met while resolving `path` (/lib -> usr/lib, a venv's bin/python
+    -> python3 -> the real interpreter), so the sandbox's root can lay the same names down."""
+    parts = [p for p in os.path.abspath(path).split(os.sep) if p]
+    current = "/"
+    for i, part in enumerate(parts):
+        step = os.path.join(current, part)
+        if os.path.islink(step) and depth < 40:
+            links[step] = os.readlink(step)
+            resolved = os.path.normpath(os.path.join(current, links[step]))
+            symlinks_on_the_way(os.path.join(resolved, *parts[i + 1:]), links, depth + 1)
+            return
+        current = step
 
 
 def _requirement_names(dist: metadata.Distribution) -> list[str]:
@@ -107,6 +126,9 @@ def build_policy(packages: tuple[str, ...], uid: int, gid: int) -> FsPolicy:
         real = os.path.realpath(path)
         merged[real] = merged.get(real, 0) | mask
     policy.rules = sorted(merged.items())
+    policy.binds = [path for path, mask in policy.rules if mask != landlock.READ_DIR]  # site-packages: only its allowed tops
+    for path in (sys.executable, paths["stdlib"], site_packages) + _SYSTEM_READ + _SYSTEM_READ_WRITE:
+        symlinks_on_the_way(path, policy.links)
     for path, _ in policy.rules:
         hidden = _hidden_ancestor(path if not os.path.isdir(path) else os.path.join(path, "x"), uid, gid)
         if hidden is not None:

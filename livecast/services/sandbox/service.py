@@ -36,13 +36,15 @@ def check_support(config: SandboxConfig) -> tuple[Support, str | None]:
     """The probe, logged; and the reason to refuse, if any."""
     support = probe()
     logger.info(support.describe())
-    if not support.missing:
+    if "root" in support.missing and "namespaces" in support.layers:
+        logger.warning("code interpreter runs without its own root (%s)", support.detail["root"])
+    if not support.missing_required:
         return support, None
     if config.unsafe:
         logger.warning("code interpreter runs WITHOUT %s (--unsafe-code-interpreter): model-written code is "
                        "less contained than docs/SECURITY.md describes", ", ".join(support.missing))
         return support, None
-    return support, (f"the code interpreter is disabled: this kernel lacks {', '.join(support.missing)}; "
+    return support, (f"the code interpreter is disabled: this kernel lacks {', '.join(support.missing_required)}; "
                      "start the server with --unsafe-code-interpreter to run code without it")
 
 
