@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from livecast.engine.backend import Backend, choose_backend
 from livecast.kernels.cpu import native_bf16
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
@@ -76,9 +77,5 @@ class EngineConfig:
             return DTYPES[self.dtype]
         return torch.bfloat16 if self.torch_device().type == "cuda" or native_bf16() else torch.float32
 
-    def use_triton(self) -> bool:
-        if self.attention_backend == "torch":
-            return False
-        if self.attention_backend == "triton":
-            return True
-        return self.torch_device().type == "cuda"
+    def backend(self) -> Backend:
+        return choose_backend(self.attention_backend, self.torch_device())

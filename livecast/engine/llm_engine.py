@@ -45,6 +45,7 @@ class LLMEngine:
         if config.max_model_len and config.max_model_len > getattr(hf, "max_position_embeddings", 1 << 30):
             raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's "
                              f"max_position_embeddings {hf.max_position_embeddings}")
+        self.backend = config.backend()
         self.model = self._load_model(max_len)
 
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
@@ -57,10 +58,9 @@ class LLMEngine:
         num_cpu_blocks = int(config.swap_space * (1 << 30)) // block_bytes
         self.block_size = config.block_size
         self.max_model_len = min(max_len, num_blocks * config.block_size)
-        self.use_triton = config.use_triton()
         self.runner = ModelRunner(self.model, hf.num_hidden_layers, hf.num_key_value_heads, head_dim,
                                   num_blocks, num_cpu_blocks, config.block_size, self.dtype, self.device,
-                                  self.use_triton)
+                                  self.backend)
         self.block_manager = BlockManager(num_blocks, config.block_size, num_cpu_blocks,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
@@ -77,15 +77,14 @@ class LLMEngine:
                     self.model_name, hf.architectures[0], self.dtype, self.device, num_blocks, config.block_size,
                     num_blocks * config.block_size, num_blocks * block_bytes / (1 << 30), num_cpu_blocks,
                     num_cpu_blocks * block_bytes / (1 << 30), self.max_model_len,
-                    "triton" if self.use_triton else "torch")
+                    self.backend.reason)
 
     def _load_model(self, max_positions: int) -> LlamaForCausalLM:
-        from livecast.engine.models.llama_native import native_decode
         from livecast.engine.quant.loading import QuantizedCheckpoint
         from livecast.kernels import native
 
         with torch.device("meta"):
-            model = LlamaForCausalLM(self.hf_config, max_positions, self.config.use_triton())
+            model = LlamaForCausalLM(self.hf_config, max_positions, self.backend)
         model = model.to_empty(device="cpu")
         quant = QuantizedCheckpoint.resolve(self.config.quantization, self.config.model, self.model_path,
                                             self.device.type)
@@ -98,8 +97,8 @@ class LLMEngine:
         model = model.to(device=self.device, dtype=self.dtype).eval()
         self.quantization = quant.mode  # none | awq | gguf, for /health
         self.quantization_detail = quant.apply(model, self.device, self.config.weight_kernel)
+        step = model.prepare()
         if quant.mode != "none":
-            model.native_decode, step = native_decode(model)
             self.quantization_detail += f"; {step}"
         logger.info("weights: %s", self.quantization_detail)
         return model
@@ -223,7 +222,7 @@ class LLMEngine:
         self.runner.move_blocks(sched.blocks_to_swap_out, sched.blocks_to_swap_in, sched.blocks_to_copy)
         touched, num_generated = {}, 0
         if sched.scheduled:
-            batch = build_model_input(sched.scheduled, self.block_size, self.device, self.use_triton)
+            batch = build_model_input(sched.scheduled, self.block_size, self.device, self.backend)
             logits = self.runner.forward(batch)
             touched, num_generated = self.postprocess(batch, logits, self.requests)
             for request_id, error in self.postprocess.failed.items():

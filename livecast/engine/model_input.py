@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from livecast.engine.backend import Backend, default_backend
 from livecast.engine.layers.attention import AttentionMetadata
 from livecast.engine.scheduler import ScheduledChunk
 
@@ -28,7 +29,7 @@ def _padded(tables: list[list[int]], width: int, device) -> torch.Tensor:
 
 
 def build_model_input(scheduled: list[ScheduledChunk], block_size: int, device: torch.device,
-                      use_triton: bool) -> ModelInput:
+                      backend: Backend | None = None) -> ModelInput:
     # decodes sorted by context so the torch path can gather each length bucket without much padding
     decodes = sorted((s for s in scheduled if s.num_new_tokens == 1), key=lambda s: s.start_pos)
     prefills = [s for s in scheduled if s.num_new_tokens > 1]
@@ -89,7 +90,7 @@ def build_model_input(scheduled: list[ScheduledChunk], block_size: int, device: 
         prefill_cu_seqlens_q=torch.tensor(cu if prefills else [0], dtype=torch.int32, device=device),
         prefill_seq_lens=torch.tensor(seq_lens[num_decodes:], dtype=torch.int32, device=device),
         prefill_chunks=[(starts[i], q_lens[i], seq_lens[i]) for i in range(num_decodes, len(ordered))],
-        use_triton=use_triton,
+        backend=backend or default_backend(),
     )
     return ModelInput(
         input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from livecast.engine.backend import Backend
 from livecast.engine.layers.attention import allocate_kv_cache
 from livecast.engine.model_input import ModelInput
 
@@ -10,12 +11,12 @@ from livecast.engine.model_input import ModelInput
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, num_layers: int, num_kv_heads: int, head_dim: int,
                  num_blocks: int, num_cpu_blocks: int, block_size: int, dtype: torch.dtype,
-                 device: torch.device, use_triton: bool = False) -> None:
+                 device: torch.device, backend: Backend) -> None:
         self.model = model
         self.device = device
         # the torch attention path wants head-major storage; the Triton kernels the plain layout
         layout = dict(block_size=block_size, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype,
-                      head_major=not use_triton)
+                      head_major=not backend.triton)
         self.kv_caches = [(allocate_kv_cache(num_blocks, device=device, **layout),
                            allocate_kv_cache(num_blocks, device=device, **layout)) for _ in range(num_layers)]
         pin = device.type == "cuda"

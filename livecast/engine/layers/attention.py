@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from livecast.engine.backend import Backend, default_backend
 from livecast.kernels.native import paged_decode
 
 
@@ -28,7 +29,7 @@ class AttentionMetadata:
     prefill_seq_lens: torch.Tensor  # (num_prefills,) int32, cached + new tokens
     # host copies of the prefill layout, for the torch path's per-chunk calls
     prefill_chunks: list[tuple[int, int, int]]  # (query start, query len, seq len)
-    use_triton: bool = False
+    backend: Backend = field(default_factory=default_backend)
     # index tensors and masks the torch path derives on the first layer and every other layer reuses
     derived: dict = field(default_factory=dict)
 
@@ -140,10 +141,10 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """q (num_tokens, num_heads, head_dim); k, v (num_tokens, num_kv_heads, head_dim) -> like q."""
-    if meta.use_triton:
+    if meta.backend.triton:
         return _triton_paged_attention(q, k, v, k_cache, v_cache, meta, scale)
     outs = []
-    if _derive(meta.derived, "native", lambda: paged_decode.supports(q, k_cache)):
+    if _derive(meta.derived, "native", lambda: meta.backend.native and paged_decode.supports(q, k_cache)):
         paged_decode.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         n = meta.num_decodes
         if n:  # every decode in one call, each at its own length: no buckets, no gathers

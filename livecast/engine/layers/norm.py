@@ -5,17 +5,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from livecast.engine.backend import Backend, default_backend
+
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float, use_triton: bool = False) -> None:
+    def __init__(self, hidden_size: int, eps: float, backend: Backend | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
-        self.use_triton = use_triton
+        self.backend = backend or default_backend()
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """With `residual`: returns (norm(x + residual), x + residual), the pre-norm layer pattern."""
-        if self.use_triton:
+        if self.backend.triton:
             from livecast.kernels.rmsnorm import fused_add_rms_norm, rms_norm
 
             if residual is None:

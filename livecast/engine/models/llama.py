@@ -11,15 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from livecast.engine.backend import Backend, default_backend
 from livecast.engine.layers.attention import AttentionMetadata, paged_attention
 from livecast.engine.layers.norm import RMSNorm
 from livecast.engine.layers.rotary import apply_rotary, build_cos_sin_cache, rotary_tables
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, cos_sin_cache: torch.Tensor, use_triton: bool = False) -> None:
+    def __init__(self, config, cos_sin_cache: torch.Tensor, backend: Backend) -> None:
         super().__init__()
-        self.use_triton = use_triton
+        self.backend = backend
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
@@ -40,7 +41,7 @@ class LlamaAttention(nn.Module):
         qkv = self.qkv_proj(hidden)
         qk_size = self.q_size + self.kv_size
         v = qkv[:, qk_size:].view(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.use_triton:
+        if self.backend.triton:
             from livecast.kernels.rotary import rotary_embedding
 
             q = qkv[:, :self.q_size].view(num_tokens, self.num_heads, self.head_dim)
@@ -64,11 +65,11 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, cos_sin_cache, use_triton: bool = False) -> None:
+    def __init__(self, config, cos_sin_cache, backend: Backend) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, use_triton)
-        self.self_attn = LlamaAttention(config, cos_sin_cache, use_triton)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, use_triton)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
+        self.self_attn = LlamaAttention(config, cos_sin_cache, backend)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
         self.mlp = LlamaMLP(config)
 
     def pre_attention(self, rope, hidden, residual):
@@ -92,19 +93,19 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config, max_positions: int, use_triton: bool = False) -> None:
+    def __init__(self, config, max_positions: int, backend: Backend | None = None) -> None:
         super().__init__()
         self.config = config
-        self.use_triton = use_triton
+        self.backend = backend = backend or default_backend()
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         cos_sin = build_cos_sin_cache(config, head_dim, max_positions)
         self.cos_sin_cache = cos_sin  # plain attribute: .to(dtype) must not round it
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, cos_sin, use_triton) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, use_triton)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, cos_sin, backend) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.native_decode = None  # engine.models.llama_native.NativeDecode, set once weights are final
+        self.native_decode = None  # engine.models.llama_native.NativeDecode, built by prepare()
 
     def _apply(self, fn, *args, **kwargs):
         # follow the weights' device but keep the rotary table fp32, shared by all layers
@@ -126,12 +127,23 @@ class LlamaForCausalLM(nn.Module):
             hidden, _ = self.norm(hidden, residual)
             return hidden
         # the rotary tables are the same for every layer: gathered once per step
-        rope = positions if self.use_triton else rotary_tables(positions, self.cos_sin_cache, hidden.dtype)
+        rope = positions if self.backend.triton else rotary_tables(positions, self.cos_sin_cache, hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
             hidden, residual = layer.forward(rope, hidden, residual, kv_cache, meta)  # no hooks: one call less per layer
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+    def prepare(self) -> str:
+        """Once the weights are final (loaded, quantized, on their device and dtype): build the
+        native fused decode step where the backend runs one. Returns the decode step taken."""
+        from livecast.engine.models.llama_native import native_decode
+
+        self.native_decode = None
+        if not self.backend.native:
+            return f"{self.backend.kind} decode step"
+        self.native_decode, step = native_decode(self)
+        return step
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()

@@ -40,7 +40,7 @@ def _quant_linear(module: nn.Module, name: str) -> QuantLinear:
 
 def native_decode(model: nn.Module) -> tuple[NativeDecode | None, str]:
     """(the stack, "native fused decode step"), or (None, why not)."""
-    if getattr(model, "use_triton", False):
+    if model.backend.triton:
         return None, "torch/triton decode step (Triton attention)"
     if not native.available():
         return None, f"torch decode step (native kernels unavailable: {native.unavailable()})"

@@ -53,7 +53,7 @@ def _copy(caches):
 
 @torch.inference_mode()
 def _run(model, caches, chunks, native: bool):
-    step = build_model_input(chunks, BLOCK, torch.device("cpu"), False)
+    step = build_model_input(chunks, BLOCK, torch.device("cpu"))
     saved = model.native_decode
     model.native_decode = saved if native else None
     try:
