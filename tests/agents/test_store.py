@@ -1,8 +1,11 @@
 """The agent store: a restart keeps every stored object; retention sweeps by age and count and
 cascades to children; a failed transaction leaves nothing behind; two Database objects on one store
-see each other's writes. The store-level tests run on SQLite and on a real PostgreSQL server."""
+see each other's writes; a project sees only its own objects, and a store made before projects
+opens with its objects in `default`. The store-level tests run on SQLite and on a real PostgreSQL
+server."""
 from __future__ import annotations
 
+import json
 import time
 import warnings
 
@@ -11,6 +14,9 @@ import pytest
 from livecast.services.agents.config import AgentsConfig
 from livecast.services.agents.db import open_database
 from livecast.services.agents.store import AgentStore, new_id
+from livecast.services.errors import APIError
+from livecast.services.retrieval.file_store import FileStore
+from livecast.services.retrieval.vector_stores import VectorStores
 from tests.agents.conftest import ANSWER
 from tests.services.conftest import running_server
 from tests.agents.conftest import agents_settings
@@ -148,3 +154,65 @@ def test_two_databases_on_one_store_see_each_others_writes(make_store):
     assert [t["id"] for t in second.threads.page(order="asc")[0]] == ["thread_1", "thread_2"]
     second.delete_conversation("conv_1")
     assert first.conversations.get("conv_1") is None
+
+
+def test_each_project_sees_only_its_own_objects(make_store):
+    store = make_store()
+    a, b = store.scoped("proj_a"), store.scoped("proj_b")
+    with a.db.transaction():
+        a.threads.insert({"id": "thread_1"})
+        a.messages.insert({"id": "msg_1"}, "thread_1")
+    b.threads.insert({"id": "thread_2"})
+    assert b.threads.get("thread_1") is None and b.messages.children("thread_1") == []
+    with pytest.raises(APIError) as missing:
+        b.threads.require("thread_1")
+    assert missing.value.status == 404 and missing.value.message == "No thread found with id 'thread_1'."
+    assert [t["id"] for t in b.threads.page()[0]] == ["thread_2"] and b.messages.count("thread_1") == 0
+    b.threads.update({"id": "thread_1", "metadata": {"by": "b"}})
+    assert not b.threads.delete("thread_1") and not b.delete_thread("thread_1")
+    assert a.threads.get("thread_1") == {"id": "thread_1"} and [m["id"] for m in a.messages.children("thread_1")] == [
+        "msg_1"]
+    with pytest.raises(APIError):  # a page cursor of another project is not in this list
+        b.threads.page(after="thread_1")
+
+
+def test_retention_caps_count_per_project(make_store):
+    store = make_store(max_stored_responses=2)
+    a, b = store.scoped("proj_a"), store.scoped("proj_b")
+    ids_a = [_response(a) for _ in range(4)]
+    only_b = _response(b)  # the newest overall: a global cap would keep it and one of A's
+    store.sweep()
+    assert [r for r in ids_a if a.responses.get(r)] == ids_a[-2:] and b.responses.get(only_b) is not None
+
+
+def test_a_store_made_before_projects_opens_with_its_objects_in_default(store_url, tmp_path):
+    db = open_database(store_url, tmp_path)
+    int64 = db.dialect.int64
+    try:
+        with db.transaction():  # the tables as they were before the project column
+            db.execute(f"CREATE TABLE agent_responses (parent_id TEXT NOT NULL, id TEXT NOT NULL, created_at {int64} "
+                       f"NOT NULL, body TEXT NOT NULL, PRIMARY KEY (parent_id, id))")
+            db.execute("INSERT INTO agent_responses VALUES (?, ?, ?, ?)",
+                       ("", "resp_old", 1, json.dumps({"id": "resp_old"})))
+            db.execute(f"CREATE TABLE files (id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, "
+                       f"bytes {int64} NOT NULL, created_at {int64} NOT NULL, expires_at {int64})")
+            db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)", ("file-old", "a.txt", "assistants", 1, 1, None))
+            db.execute(f"CREATE TABLE vector_stores (id TEXT PRIMARY KEY, name TEXT, metadata TEXT NOT NULL, "
+                       f"created_at {int64} NOT NULL, last_active_at {int64} NOT NULL, expires_after TEXT)")
+            db.execute("INSERT INTO vector_stores VALUES (?, ?, ?, ?, ?, ?)", ("vs_old", "old", "{}", 1, 1, None))
+        for _ in range(2):  # opening it again changes nothing
+            store = AgentStore(db, AgentsConfig(data_dir=str(tmp_path)))
+            files = FileStore(db, tmp_path, 1 << 20)
+            stores = VectorStores(db, files, None, lambda *_: None)
+        assert store.scoped("default").responses.get("resp_old") == {"id": "resp_old"}
+        assert store.scoped("proj_b").responses.get("resp_old") is None
+        assert files.scoped("default").get("file-old")["filename"] == "a.txt"
+        assert stores.scoped("default").get("vs_old")["name"] == "old"
+        for missing in (lambda: files.scoped("proj_b").get("file-old"), lambda: stores.scoped("proj_b").get("vs_old")):
+            with pytest.raises(APIError) as error:
+                missing()
+            assert error.value.status == 404
+        assert [f["id"] for f in stores.scoped("default").list(None, None, 20, "desc")[0]] == ["vs_old"]
+        assert stores.scoped("proj_b").list(None, None, 20, "desc")[0] == []
+    finally:
+        db.close()
