@@ -68,6 +68,10 @@ def main(ctl_in: int, ctl_out: int) -> None:
         _first_to_be_killed()
         spec = json.loads(os.fdopen(os.dup(ctl_in), "rb").readline())
         layers = spec["layers"]
+        # 0. into the container's cgroup first: every process of the container is born inside it
+        for procs in spec["cgroup_procs"]:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
         # 1. open every path the policy names while this process may still see it
         workdir_fd, scratch_fd = _open_path(spec["workdir"]), _open_path(spec["scratch"])
         rule_fds = [(_open_path(path), mask) for path, mask in spec["fs"]["rules"] if os.path.exists(path)]

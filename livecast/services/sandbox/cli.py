@@ -14,7 +14,7 @@ from pathlib import Path
 from livecast.services.sandbox.container import Container, pick_uid
 from livecast.services.sandbox.files import remove_tree
 from livecast.services.sandbox.config import SandboxConfig
-from livecast.services.sandbox.service import check_support, container_spec, limits_in_force, make_root
+from livecast.services.sandbox.service import check_support, container_spec, limits_in_force, make_root, setup_cgroup
 
 _DEFAULTS = SandboxConfig()
 
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run Python code in a fresh container and print the result as JSON")
     run.add_argument("file", nargs="?", default="-", help="a Python file, or - for stdin (default)")
     run.add_argument("--timeout", type=float, default=_DEFAULTS.timeout_s, help="wall-clock seconds")
-    run.add_argument("--memory-mb", type=int, default=_DEFAULTS.memory_mb, help="address space limit")
+    run.add_argument("--memory-mb", type=int, default=_DEFAULTS.memory_mb,
+                     help="memory limit: per process, and per container where a cgroup can be made")
     run.add_argument("--cpu-s", type=int, default=_DEFAULTS.cpu_s, help="CPU seconds")
     run.add_argument("--unsafe", action="store_true",
                      help="run even if this kernel lacks a sandbox layer (never do this for untrusted code)")
@@ -40,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "probe":
         support, _ = check_support(SandboxConfig())
+        cgroup, cgroup_note = setup_cgroup(_DEFAULTS)  # made and removed again: whether the host allows it
+        if cgroup is not None:
+            cgroup.close()
         print(json.dumps({"layers": list(support.layers), "missing": list(support.missing),
                           "landlock_abi": support.landlock_abi, "detail": support.detail,
-                          "limits": limits_in_force(_DEFAULTS)}))
+                          "limits": limits_in_force(_DEFAULTS, cgroup, cgroup_note)}))
         return 0 if not support.missing else 1
     try:
         config = SandboxConfig(timeout_s=args.timeout, memory_mb=args.memory_mb, cpu_s=args.cpu_s,
@@ -56,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"livecast sandbox: {refusal}", file=sys.stderr)
         return 2
     root, _ = make_root(config)
+    cgroup, _ = setup_cgroup(config)
     container = None
     try:
-        container = Container("cntr_cli", Path(root) / "cntr_cli", container_spec(config, support),
+        container = Container("cntr_cli", Path(root) / "cntr_cli", container_spec(config, support, cgroup),
                               pick_uid(config.uid_base))
         container.start()
         result = container.run(code, config.timeout_s)
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if container is not None:
                 container.close()
+            if cgroup is not None:
+                cgroup.close()
             remove_tree(root)
         except OSError as exc:
             print(f"livecast sandbox: could not remove {root}: {exc}", file=sys.stderr)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from livecast.services.sandbox.limits import Limits
+from livecast.services.sandbox.cgroups import CgroupLimits
+from livecast.services.sandbox.limits import MIB, Limits
 
 
 @dataclass(slots=True)
@@ -18,7 +19,13 @@ class SandboxConfig:
     cpu_s: int = 30  # CPU seconds per call (RLIMIT_CPU soft, moved before each call)
     cpu_s_total: int = 600  # CPU seconds over a container's life (RLIMIT_CPU hard)
     memory_mb: int = field(default=1024, metadata={
-        "flag": "--sandbox-memory-mb", "help": "address space of one code-interpreter process (MiB)"})
+        "flag": "--sandbox-memory-mb", "help": "memory of one code-interpreter container (MiB): each process's "
+        "address space, and where a cgroup can be made, all its processes together"})
+    cpus: float = 1.0  # CPU bandwidth of one container where a cgroup can be made (cpu.max)
+    cgroup_dir: str = field(default="", metadata={
+        "flag": "--sandbox-cgroup-dir", "help": "a cgroup v2 directory delegated to the server (empty, e.g. a "
+        "systemd unit's with Delegate=yes) for per-container memory, process and CPU limits; "
+        "empty = the server's own cgroup, else v1 as root"})
     max_processes: int = 64  # processes and threads (RLIMIT_NPROC)
     max_file_mb: int = 256  # largest file the code may write (RLIMIT_FSIZE)
     max_open_files: int = 256  # RLIMIT_NOFILE
@@ -38,7 +45,7 @@ class SandboxConfig:
                      "max_open_files", "disk_mb", "output_limit_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("idle_expiry_s", "timeout_s"):
+        for name in ("idle_expiry_s", "timeout_s", "cpus"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.spares < 0 or self.spares > 8:
@@ -52,3 +59,6 @@ class SandboxConfig:
     def limits(self) -> Limits:
         return Limits(self.cpu_s, self.cpu_s_total, self.memory_mb, self.max_processes, self.max_file_mb,
                       self.max_open_files)
+
+    def cgroup_limits(self) -> CgroupLimits:
+        return CgroupLimits(self.memory_mb * MIB, self.max_processes, self.cpus)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from livecast.services.sandbox import files as cfiles
-from livecast.services.sandbox import limits
+from livecast.services.sandbox import cgroups, limits
 from livecast.services.sandbox.files import ContainerFile, FileIndex
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[3])
@@ -68,6 +68,7 @@ class ContainerSpec:
     preload: tuple[str, ...]
     output_limit_bytes: int
     disk_limit_bytes: int
+    cgroup: cgroups.Site | None = None  # each container's own cgroup under it, where the host allows one
 
 
 class Container:
@@ -104,7 +105,8 @@ class Container:
         spec = {"uid": self.uid, "gid": self.uid, "workdir": str(self.workdir), "scratch": str(self.scratch),
                 "limits": self.spec.limits.to_json(), "fs": self.spec.fs_policy, "layers": list(self.spec.layers),
                 "landlock_abi": self.spec.landlock_abi, "preload": list(self.spec.preload),
-                "output_limit_bytes": self.spec.output_limit_bytes}
+                "output_limit_bytes": self.spec.output_limit_bytes,
+                "cgroup_procs": self.spec.cgroup.create(self.id) if self.spec.cgroup else []}
         self._write(spec)
         try:
             message = self._read(time.monotonic() + _START_TIMEOUT_S)
@@ -145,6 +147,8 @@ class Container:
         """Kill every process, then remove the directory completely — or raise IncompleteRemoval
         (an OSError) naming what is left, so a caller never reports a half-done delete as done."""
         self.kill()
+        if self.spec.cgroup:
+            self.spec.cgroup.remove(self.id)
         cfiles.remove_tree(str(self.directory))
 
     def pids(self) -> list[int]:
@@ -224,6 +228,7 @@ class Container:
             self.start()
         cpu_s = min(cpu_s or self.spec.limits.cpu_s_per_call, self.spec.limits.cpu_s_total)
         self._calls += 1
+        oom_kills = self._oom_kills()
         try:
             if self._pending():  # only the outer process's word that the interpreter died may come unasked
                 early = self._read(time.monotonic() + 1.0)
@@ -245,6 +250,10 @@ class Container:
                 result = self._ended(message, timed_out=message is None and time.monotonic() >= started + timeout_s)
         except ProtocolError as exc:
             result = self._violation(exc)
+        if self._oom_kills() > oom_kills and result.limit in (None, limits.CRASH):
+            result.limit = limits.MEMORY
+            result.stderr += f"the kernel killed a process of this container: all its processes together reached " \
+                             f"the container's memory limit of {self.spec.limits.memory_mb} MiB (cgroup)\n"
         changed = self.files.sync(str(self.workdir))
         scratch_changed = self.scratch_files.sync(str(self.scratch))
         if self.files.total_bytes() + self.scratch_files.total_bytes() > self.spec.disk_limit_bytes:
@@ -289,6 +298,9 @@ class Container:
         note = f"files written by this call removed: the container's disk limit of " \
                f"{self.spec.disk_limit_bytes >> 20} MiB was exceeded\n"
         return ExecResult(result.stdout, result.stderr + note, result.exit_code or 1, result.timed_out, limits.DISK)
+
+    def _oom_kills(self) -> int:
+        return self.spec.cgroup.oom_kills(self.id) if self.spec.cgroup else 0
 
     # ---- files ---------------------------------------------------------------------------
     def upload(self, name: str, data: bytes) -> ContainerFile:

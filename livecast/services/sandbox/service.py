@@ -12,7 +12,7 @@ import tempfile
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
-from livecast.services.sandbox import paths
+from livecast.services.sandbox import cgroups, paths
 from livecast.services.sandbox.config import SandboxConfig
 from livecast.services.sandbox.container import ContainerSpec
 from livecast.services.sandbox.files import MAX_DEPTH, MAX_ENTRIES, remove_tree
@@ -23,13 +23,25 @@ from livecast.services.sandbox.probe import Support, probe
 logger = logging.getLogger("livecast.sandbox")
 
 
-def container_spec(config: SandboxConfig, support: Support) -> ContainerSpec:
-    """Layers: all three, or (unsafe) whichever this kernel has. The uid only decides which
-    directories need hiding; any uid in the pool's range sees the same ones."""
+def container_spec(config: SandboxConfig, support: Support, cgroup: cgroups.Site | None = None) -> ContainerSpec:
+    """Layers: every one this kernel has (without the required ones only when unsafe). The uid
+    only decides which directories need hiding; any uid in the pool's range sees the same ones."""
     uid = config.uid_base if os.geteuid() == 0 else os.getuid()
     policy = paths.build_policy(config.packages, uid, uid)
     return ContainerSpec(config.limits(), support.layers, support.landlock_abi, policy.to_json(), config.preload,
-                         config.output_limit_bytes, config.disk_mb << 20)
+                         config.output_limit_bytes, config.disk_mb << 20, cgroup)
+
+
+def setup_cgroup(config: SandboxConfig) -> tuple[cgroups.Site | None, str]:
+    """This server's parent cgroup for its containers, logged; or None and why not."""
+    site, note = cgroups.setup(config.cgroup_limits(), config.cgroup_dir)
+    if site is not None:
+        logger.info("code interpreter: each container gets its own cgroup v%d under %s (%s)", site.version,
+                    ", ".join(site.parents.values()), ", ".join(site.in_force) + (f"; {note}" if note else ""))
+    else:
+        logger.warning("code interpreter: no cgroup can be made here, so memory and processes are bounded per "
+                       "process, not per container: %s", note)
+    return site, note
 
 
 def check_support(config: SandboxConfig) -> tuple[Support, str | None]:
@@ -67,8 +79,9 @@ def _server_oom_score_adj() -> int | None:
         return None
 
 
-def limits_in_force(config: SandboxConfig) -> dict:
-    """What bounds a container with this configuration, and what does not (no cgroup)."""
+def limits_in_force(config: SandboxConfig, cgroup: cgroups.Site | None = None, cgroup_note: str = "") -> dict:
+    """What bounds a container with this configuration: per process, per container, and the cgroup
+    (null, with the reason, where none can be made)."""
     return {"per_process": {"memory_mb": config.memory_mb, "file_mb": config.max_file_mb,
                             "open_files": config.max_open_files, "cpu_s_per_call": config.cpu_s,
                             "cpu_s_total": config.cpu_s_total},
@@ -77,7 +90,7 @@ def limits_in_force(config: SandboxConfig) -> dict:
                               "timeout_s": config.timeout_s, "scan_max_entries": MAX_ENTRIES,
                               "scan_max_depth": MAX_DEPTH},
             "oom_score_adj": {"sandbox": OOM_SCORE_ADJ, "server": _server_oom_score_adj()},
-            "cgroup": None}  # memory and pids are bounded per process, not per container (docs/SECURITY.md)
+            "cgroup": cgroup.to_json() if cgroup else None, "cgroup_note": cgroup_note or None}
 
 
 @asynccontextmanager
@@ -91,14 +104,20 @@ async def containers_service(config: SandboxConfig) -> AsyncIterator[ContainerPo
         yield None
         return
     root, owned = make_root(config)
-    pool = ContainerPool(container_spec(config, support), root, max_containers=config.max_containers,
+    cgroup, cgroup_note = setup_cgroup(config)
+    pool = ContainerPool(container_spec(config, support, cgroup), root, max_containers=config.max_containers,
                          idle_expiry_s=config.idle_expiry_s, timeout_s=config.timeout_s, spares=config.spares,
-                         uid_base=config.uid_base, limits=limits_in_force(config))
+                         uid_base=config.uid_base, limits=limits_in_force(config, cgroup, cgroup_note))
     await pool.start()
     try:
         yield pool
     finally:
         await pool.close()
+        if cgroup is not None:
+            try:
+                cgroup.close()
+            except OSError as exc:
+                logger.error("code interpreter: cgroup %s not removed: %s", cgroup.parents, exc)
         if owned:
             try:
                 remove_tree(root)
