@@ -16,7 +16,7 @@ async def health(request: Request):
     device loop that steps both: its policy and counters; `sandbox` the code interpreter's layers and
     the limits in force (per process, per container, OOM scores; no cgroup)."""
     state = request.app.state
-    sides = {"llm": getattr(state, "llm", None), "diffusion": getattr(state, "diffusion", None)}
+    sides = {"llm": getattr(state, "llm", None), "diffusion": getattr(state, "media", None)}
     body = {name: side.health() if side is not None else None for name, side in sides.items()}
     healthy = all(part is None or part.get("healthy", True) for part in body.values())
     runtime = getattr(state, "runtime", None)

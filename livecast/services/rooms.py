@@ -48,7 +48,7 @@ async def _store(settings: ServerSettings):
 
 def _llm(settings: ServerSettings, up):
     # after media: on CUDA the KV cache is sized from what its models leave free
-    engine_config = plan_memory(settings.engine, settings.memory, up.diffusion)
+    engine_config = plan_memory(settings.engine, settings.memory, up.media)
     return llm_service(engine_config, settings.llm, up.registry, settings.retry_after_s)
 
 
@@ -58,9 +58,9 @@ def _retrieval(settings: ServerSettings, up):
 
 
 def _runtime(settings: ServerSettings, up):
-    llm, diffusion, retrieval = up.llm, up.diffusion, up.retrieval
+    llm, media, retrieval = up.llm, up.media, up.retrieval
     embeddings = (retrieval.batcher,) if retrieval is not None and retrieval.batcher is not None else ()
-    return device_runtime(llm.engine if llm is not None else None, diffusion.batcher if diffusion is not None else None,
+    return device_runtime(llm.engine if llm is not None else None, media.batcher if media is not None else None,
                           settings.runtime, up.registry, others=embeddings)
 
 
@@ -69,7 +69,7 @@ def _agents_on(settings: ServerSettings) -> bool:
 
 
 ROOMS = (
-    Room("diffusion", lambda s: s.enable_diffusion, (webrtc.router, frames.router, images.router),
+    Room("media", lambda s: s.enable_diffusion, (webrtc.router, frames.router, images.router),
          lambda s, up: media_service(s.diffusion, up.registry)),
     Room("llm", lambda s: s.enable_llm,
          (models.router, chat.router, completions.router, generate.router, tokenize.router, ws.router), _llm),

@@ -1,7 +1,7 @@
 """Server settings: the app shell's own fields plus each room's config, composed (never copied).
 
 Every default is written once, in the dataclass that owns it: EngineConfig (engine), LLMConfig
-(the LLM service), DiffusionConfig (media), RuntimePolicy and MemoryConfig (the device runtime),
+(the LLM service), MediaConfig (media), RuntimePolicy and MemoryConfig (the device runtime),
 AgentsConfig, SandboxConfig and RetrievalConfig (agents), ScaleConfig (replicas on Ray Serve).
 `livecast serve` builds its flags from these fields (services.serve).
 """
@@ -14,7 +14,7 @@ from livecast.services.agents.config import AgentsConfig
 from livecast.services.retrieval.config import RetrievalConfig
 from livecast.services.sandbox.config import SandboxConfig
 from livecast.services.llm.config import LLMConfig
-from livecast.services.media.config import DiffusionConfig
+from livecast.services.media.config import MediaConfig
 from livecast.services.runtime.memory import MemoryConfig
 from livecast.services.runtime.policy import RuntimePolicy
 from livecast.services.core import Shell
@@ -50,7 +50,7 @@ class ServerSettings:
         "flag": "--no-agents", "help": "do not serve the Responses, Conversations and Assistants APIs"})
     engine: EngineConfig = field(default_factory=EngineConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    diffusion: MediaConfig = field(default_factory=MediaConfig)
     runtime: RuntimePolicy = field(default_factory=RuntimePolicy)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     agents: AgentsConfig = field(default_factory=AgentsConfig)

@@ -19,7 +19,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fa
 class MediaServer(LiveServer):
     @property
     def diffusion(self):
-        return self.app.state.diffusion
+        return self.app.state.media
 
     def wait_for(self, predicate, timeout: float = 20.0, message: str = "condition") -> None:
         deadline = time.monotonic() + timeout

@@ -8,8 +8,8 @@ import httpx
 from aiortc import RTCPeerConnection
 
 import livecast.services.media.video_sessions
-from livecast.services.media.config import DiffusionConfig
-from livecast.services.media.service import DiffusionService
+from livecast.services.media.config import MediaConfig
+from livecast.services.media.service import MediaService
 from livecast.services.runtime.loop import DeviceRuntime
 from tests.media.app import build_app
 from tests.media.conftest import MediaServer
@@ -74,8 +74,8 @@ def test_health_and_metrics_report_the_diffusion_side(media_server, http):
 
 async def test_the_runtime_drives_the_batcher():
     """No private thread: a frame waits until the device runtime, woken by the submit, steps it."""
-    config = DiffusionConfig(resolution=64)
-    service = DiffusionService(await asyncio.to_thread(config.load_pipeline), config)
+    config = MediaConfig(resolution=64)
+    service = MediaService(await asyncio.to_thread(config.load_pipeline), config)
     service.start()
     woken = []
     service.batcher.set_notify(lambda: woken.append(1))
@@ -133,8 +133,8 @@ def test_serve_flags_reach_the_diffusion_config():
     config = settings.diffusion
     assert (config.model, config.max_video_sessions, config.latency_probe, config.resolution, config.dtype) == \
         ("sd-turbo-shape", 2, True, 192, "bfloat16")
-    assert parse_settings([])[0].diffusion == DiffusionConfig()
+    assert parse_settings([])[0].diffusion == MediaConfig()
     assert not parse_settings(["--no-diffusion"])[0].enable_diffusion
     for bad in ({"max_video_sessions": 0}, {"resolution": 4}, {"max_frame_clients": 0}, {"dtype": "int4"}):
         with pytest.raises(ValueError):
-            DiffusionConfig(**bad)
+            MediaConfig(**bad)

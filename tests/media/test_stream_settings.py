@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from livecast.services.media.service import DiffusionService
+from livecast.services.media.service import MediaService
 from livecast.services.media.stream_settings import SETTABLE, StreamSettings, param_error_name
 from tests.streamdiff.conftest import make_pipe
 
@@ -32,7 +32,7 @@ def test_a_mistyped_field_is_named():
 
 
 def test_the_service_reads_each_streams_settings_from_the_batcher():
-    service = DiffusionService(make_pipe())
+    service = MediaService(make_pipe())
     try:
         stream_id = service.open_stream(prompt="a cat", t_index_list=[0, 1], num_inference_steps=2)
         assert service.stream_settings(stream_id)["t_index_list"] == [0, 1]

@@ -100,7 +100,7 @@ async def test_rss_stays_flat_over_repeated_media_sessions():
         assert growth < 40, f"RSS grew {growth:.1f} MB over 25 sessions"
         # the server closes a stream in its handler's `finally`, which may run just after the
         # client's close handshake returns: give it a bounded moment, then it must be gone
-        batcher = server.app.state.diffusion.batcher
+        batcher = server.app.state.media.batcher
         deadline = time.monotonic() + 10
         while batcher.stream_ids() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from livecast.engine import EngineConfig
-from livecast.services.media.service import DiffusionService
+from livecast.services.media.service import MediaService
 from livecast.services.runtime.memory import MemoryConfig, plan_kv_cache_bytes, plan_memory
 from livecast.streamdiff import StreamPipeline
 
@@ -21,7 +21,7 @@ def test_the_kv_cache_gets_what_is_left_up_to_the_cap():
 
 
 def test_plan_memory_counts_diffusion_and_llm_weights(tiny_llama_path):
-    diffusion = DiffusionService(StreamPipeline.from_pretrained("demo", resolution=64))
+    diffusion = MediaService(StreamPipeline.from_pretrained("demo", resolution=64))
     try:
         engine = EngineConfig(model=str(tiny_llama_path), dtype="float32")
         budget = MemoryConfig(memory_budget=GiB // 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livecast.services.media.config import DiffusionConfig
+from livecast.services.media.config import MediaConfig
 from tests.services.conftest import tiny_settings
 
 CLUSTER_CPUS = 2
@@ -20,7 +20,7 @@ def cluster(tiny_llama_path):
     from livecast.services.scale.config import ScaleConfig
     from livecast.services.scale.launcher import Cluster
 
-    settings = tiny_settings(tiny_llama_path, port=0, enable_diffusion=True, diffusion=DiffusionConfig(
+    settings = tiny_settings(tiny_llama_path, port=0, enable_diffusion=True, diffusion=MediaConfig(
         resolution=128, ice_loopback=True, max_video_sessions=2))
     # Cluster.__enter__ tears everything down itself when startup fails; __exit__ on any test outcome
     with Cluster(settings, ScaleConfig(replicas=2, replica_timeout_s=240), num_cpus=CLUSTER_CPUS) as c:

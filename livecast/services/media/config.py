@@ -8,7 +8,7 @@ from livecast.streamdiff.components import resolve_device, resolve_dtype
 
 
 @dataclass(slots=True)
-class DiffusionConfig:
+class MediaConfig:
     model: str = field(default="demo", metadata={
         "flag": "--diffusion-model",
         "help": "demo (random weights, CPU-live), sd-turbo-shape, a diffusers folder or hub id"})

@@ -1,18 +1,18 @@
-"""How media routes reach the diffusion service (tests override this with dependency_overrides)."""
+"""How media routes reach the media room's service (tests override this with dependency_overrides)."""
 from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
 from livecast.services.errors import APIError
-from livecast.services.media.service import DiffusionService
+from livecast.services.media.service import MediaService
 from livecast.services.media.stream_settings import param_error_name
 
 
-def get_diffusion(conn: HTTPConnection) -> DiffusionService:
-    diffusion = getattr(conn.app.state, "diffusion", None)
-    if diffusion is None:
+def get_media(conn: HTTPConnection) -> MediaService:
+    media = getattr(conn.app.state, "media", None)
+    if media is None:
         raise APIError(503, "the diffusion pipeline is not running", code="diffusion_unavailable")
-    return diffusion
+    return media
 
 
 def settings_error(exc: ValueError) -> APIError:

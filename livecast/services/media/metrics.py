@@ -8,7 +8,7 @@ from prometheus_client.registry import Collector
 _FRAME_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 
-class DiffusionMetrics:
+class MediaMetrics:
     """Frame counters and latencies by source (`webrtc`, `ws`, `images`) on the app's registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:

@@ -1,4 +1,4 @@
-"""The diffusion side of the server: one StreamPipeline and its StreamBatcher behind DiffusionService.
+"""The diffusion side of the server: one StreamPipeline and its StreamBatcher behind MediaService.
 
 Every route that makes pictures (WebRTC video, WebSocket frames, the images API) opens a batcher
 stream, submits frames and awaits the batcher's futures with `asyncio.wrap_future`; no model work
@@ -19,30 +19,30 @@ from typing import Any, AsyncIterator
 import PIL.Image
 from prometheus_client import CollectorRegistry
 
-from livecast.services.media.config import DiffusionConfig
-from livecast.services.media.metrics import DiffusionMetrics, LiveCollector
+from livecast.services.media.config import MediaConfig
+from livecast.services.media.metrics import MediaMetrics, LiveCollector
 from livecast.services.media.stream_settings import SETTABLE, StreamSettings
 from livecast.services.runtime.threads import on_own_thread
 from livecast.streamdiff import StreamBatcher, StreamPipeline
 from livecast.streamdiff.config import StreamParams
 from livecast.streamdiff.image import Frame
 
-logger = logging.getLogger("livecast.diffusion")
+logger = logging.getLogger("livecast.media")
 
 
 class ServiceBusy(Exception):
     """Every batcher stream is taken; the caller should answer 503."""
 
 
-class DiffusionService:
+class MediaService:
     """Owns the pipeline and the batcher; hands out streams; awaits frames off the event loop."""
 
-    def __init__(self, pipe: StreamPipeline, config: DiffusionConfig | None = None,
+    def __init__(self, pipe: StreamPipeline, config: MediaConfig | None = None,
                  registry: CollectorRegistry | None = None) -> None:
-        self.config = config or DiffusionConfig()
+        self.config = config or MediaConfig()
         self.pipe = pipe
         self.batcher = StreamBatcher(pipe, self.config.max_batch_size, self.config.max_streams)
-        self.metrics = DiffusionMetrics(registry or CollectorRegistry())
+        self.metrics = MediaMetrics(registry or CollectorRegistry())
         self._collector = LiveCollector(self)
         self.metrics.registry.register(self._collector)
         self.video = None  # services.media.video_sessions.VideoSessions, attached by the media lifespan
@@ -153,7 +153,7 @@ def _settings(params: StreamParams) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def media_service(config: DiffusionConfig, registry: CollectorRegistry) -> AsyncIterator[DiffusionService]:
+async def media_service(config: MediaConfig, registry: CollectorRegistry) -> AsyncIterator[MediaService]:
     from livecast.services.media.ice import use_loopback_only
     from livecast.services.media.jitterbuffer import reassemble_on_marker
     from livecast.services.media.video_sessions import VideoSessions  # aiortc is only needed once the side is enabled
@@ -162,7 +162,7 @@ async def media_service(config: DiffusionConfig, registry: CollectorRegistry) ->
     if config.ice_loopback:
         use_loopback_only()
     pipe = await on_own_thread(config.load_pipeline)  # not an executor thread: see on_own_thread
-    service = DiffusionService(pipe, config, registry)
+    service = MediaService(pipe, config, registry)
     service.video = VideoSessions(service, config.max_video_sessions, latency_probe=config.latency_probe)
     service.start()
     logger.info("diffusion: serving %s", service.model_info)

@@ -25,9 +25,9 @@ from livecast.services.media.pump import FramePump
 from livecast.services.media.stream_settings import param_error_name
 
 if TYPE_CHECKING:
-    from livecast.services.media.service import DiffusionService
+    from livecast.services.media.service import MediaService
 
-logger = logging.getLogger("livecast.video")
+logger = logging.getLogger("livecast.media")
 
 CONNECT_TIMEOUT_S = 30.0  # a session that never connects is closed
 _NEGOTIATE_TIMEOUT_S = 15.0
@@ -186,7 +186,7 @@ class VideoSession:
 class VideoSessions:
     """All live sessions of the server, bounded by `max_sessions`."""
 
-    def __init__(self, service: DiffusionService, max_sessions: int, latency_probe: bool = False) -> None:
+    def __init__(self, service: MediaService, max_sessions: int, latency_probe: bool = False) -> None:
         self.service, self.max_sessions, self.latency_probe = service, max_sessions, latency_probe
         self.peers: set[RTCPeerConnection] = set()
         self.sessions: dict[str, VideoSession] = {}

@@ -102,8 +102,8 @@ class LivecastReplica:
         if self.kind == "llm" and state.llm is not None:
             stats = state.llm.engine.stats()
             return int(stats.num_running + stats.num_waiting)
-        if self.kind == "media" and state.diffusion is not None and state.diffusion.video is not None:
-            return len(state.diffusion.video.sessions)
+        if self.kind == "media" and state.media is not None and state.media.video is not None:
+            return len(state.media.video.sessions)
         return 0
 
     def info(self) -> dict:

@@ -22,10 +22,10 @@ from fastapi import APIRouter, Depends, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from livecast.services.deps import admit_websocket, get_shell
-from livecast.services.media.deps import get_diffusion
+from livecast.services.media.deps import get_media
 from livecast.services.media.imageio import MEDIA_TYPES, decode_image, encode_image, image_format
 from livecast.services.media.pump import FramePump
-from livecast.services.media.service import DiffusionService, ServiceBusy
+from livecast.services.media.service import MediaService, ServiceBusy
 from livecast.services.media.stream_settings import param_error_name
 from livecast.services.core import Shell
 
@@ -36,7 +36,7 @@ MODES = ("img2img", "txt2img")
 
 @router.websocket("/v1/ws/frames")
 async def ws_frames(websocket: WebSocket, shell: Shell = Depends(get_shell),
-                    service: DiffusionService = Depends(get_diffusion)):
+                    service: MediaService = Depends(get_media)):
     if not await admit_websocket(websocket, shell):
         return
     await websocket.accept()
@@ -60,7 +60,7 @@ async def ws_frames(websocket: WebSocket, shell: Shell = Depends(get_shell),
 
 
 class _FrameSession:
-    def __init__(self, websocket: WebSocket, service: DiffusionService, stream_id: str) -> None:
+    def __init__(self, websocket: WebSocket, service: MediaService, stream_id: str) -> None:
         self.websocket, self.service, self.stream_id = websocket, service, stream_id
         self.mode, self.format, self.quality = "img2img", "JPEG", 85
         # items: ("frame", bytes, seq, t) or ("next", None, None, t); tags: (seq, t)

@@ -22,9 +22,9 @@ from pydantic import ConfigDict, Field
 from livecast.services.deps import get_shell
 from livecast.services.request_base import EdgeModel
 from livecast.services.errors import APIError, overloaded
-from livecast.services.media.deps import get_diffusion, settings_error
+from livecast.services.media.deps import get_media, settings_error
 from livecast.services.media.imageio import decode_image, encode_image, image_format
-from livecast.services.media.service import DiffusionService, ServiceBusy
+from livecast.services.media.service import MediaService, ServiceBusy
 from livecast.services.core import Shell
 
 router = APIRouter()
@@ -51,7 +51,7 @@ class ImageGenerationRequest(EdgeModel):
 
 
 @router.post("/v1/images/generations")
-async def create_image(body: ImageGenerationRequest, service: DiffusionService = Depends(get_diffusion),
+async def create_image(body: ImageGenerationRequest, service: MediaService = Depends(get_media),
                        shell: Shell = Depends(get_shell)):
     fmt = _check_formats(body.response_format, body.output_format)
     width, height = _parse_size(body.size, service)
@@ -69,7 +69,7 @@ async def edit_image(image: UploadFile = File(...), prompt: str = Form(..., min_
                      response_format: str = Form("b64_json"), output_format: str = Form("png"),
                      negative_prompt: str = Form("", max_length=4000), guidance_scale: float | None = Form(None),
                      num_inference_steps: int = Form(DEFAULT_STEPS, ge=1, le=50), mask: UploadFile | None = File(None),
-                     model: str | None = Form(None), service: DiffusionService = Depends(get_diffusion),
+                     model: str | None = Form(None), service: MediaService = Depends(get_media),
                      shell: Shell = Depends(get_shell)):
     if mask is not None:
         raise APIError(400, "mask is not supported: the whole image is edited", param="mask")
@@ -93,7 +93,7 @@ def _load_input(data: bytes, size: tuple[int, int] | None) -> PIL.Image.Image:
     return PIL.ImageOps.fit(picture, size, PIL.Image.Resampling.BILINEAR) if size else picture
 
 
-async def _respond(service: DiffusionService, jobs: list, prompt: str, fmt: str,
+async def _respond(service: MediaService, jobs: list, prompt: str, fmt: str,
                    retry_after_s: int) -> dict[str, Any]:
     try:
         images = await service.generate(jobs)
@@ -125,7 +125,7 @@ def _check_formats(response_format: str, output_format: str) -> str:
         raise APIError(400, f"output_format {exc}", param="output_format") from exc
 
 
-def _parse_size(size: str | None, service: DiffusionService) -> tuple[int, int]:
+def _parse_size(size: str | None, service: MediaService) -> tuple[int, int]:
     default = tuple(service.model_info["resolution"])
     if size is None or size == "auto":
         return default

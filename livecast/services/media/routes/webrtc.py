@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 
 from livecast.services.deps import get_shell
 from livecast.services.errors import APIError, overloaded
-from livecast.services.media.deps import get_diffusion, settings_error
-from livecast.services.media.service import DiffusionService, ServiceBusy
+from livecast.services.media.deps import get_media, settings_error
+from livecast.services.media.service import MediaService, ServiceBusy
 from livecast.services.media.stream_settings import StreamSettings
 from livecast.services.media.video_sessions import OfferError, SessionLimit
 from livecast.services.core import Shell
@@ -34,7 +34,7 @@ class WebRTCAnswer(BaseModel):
 
 
 @router.post("/v1/webrtc/offer", response_model=WebRTCAnswer)
-async def webrtc_offer(offer: WebRTCOffer, service: DiffusionService = Depends(get_diffusion),
+async def webrtc_offer(offer: WebRTCOffer, service: MediaService = Depends(get_media),
                        shell: Shell = Depends(get_shell)):
     try:
         return await service.video.answer(offer.sdp, offer.type, offer.stream_kwargs({"sdp", "type", "passthrough"}),
@@ -50,12 +50,12 @@ async def webrtc_offer(offer: WebRTCOffer, service: DiffusionService = Depends(g
 
 
 @router.get("/v1/webrtc/sessions")
-async def list_sessions(service: DiffusionService = Depends(get_diffusion)):
+async def list_sessions(service: MediaService = Depends(get_media)):
     return {"object": "list", "max_sessions": service.video.max_sessions, "data": service.video.snapshot()}
 
 
 @router.delete("/v1/webrtc/sessions/{session_id}")
-async def close_session(session_id: str, service: DiffusionService = Depends(get_diffusion)):
+async def close_session(session_id: str, service: MediaService = Depends(get_media)):
     if not await service.video.close(session_id):
         raise APIError(404, f"no video session {session_id!r}", param="session_id", code="session_not_found")
     return {"id": session_id, "object": "webrtc.session", "deleted": True}
