@@ -111,7 +111,8 @@ def _make_objects(c: httpx.Client, tag: str) -> dict[str, str]:
                                  json={"file_ids": [ids["other_file_id"]]}))["id"]
     _until(lambda: _ok(c.get(f"/v1/vector_stores/{ids['store_id']}")), lambda s: not s["file_counts"]["in_progress"],
            "ingestion")
-    ids["response_id"] = _ok(c.post("/v1/responses", json={"model": "tiny", "input": "hi", "max_output_tokens": 2}))["id"]
+    ids["response_id"] = _ok(c.post("/v1/responses", json={"model": "tiny", "input": "hi",
+                                                           "max_output_tokens": 2}))["id"]
     ids["conversation_id"] = _ok(c.post("/v1/conversations", json={
         "items": [{"type": "message", "role": "user", "content": "hello"}]}))["id"]
     ids["item_id"] = _ok(c.get(f"/v1/conversations/{ids['conversation_id']}/items"))["data"][0]["id"]
@@ -124,6 +125,8 @@ def _make_objects(c: httpx.Client, tag: str) -> dict[str, str]:
     ids["run_id"] = run["id"]
     _until(lambda: _ok(c.get(f"/v1/threads/{thread}/runs/{run['id']}")), lambda r: r["status"] not in ACTIVE, "the run")
     ids["step_id"] = _ok(c.get(f"/v1/threads/{thread}/runs/{run['id']}/steps"))["data"][0]["id"]
+    ids["completion_id"] = _ok(c.post("/v1/chat/completions", json={  # kept where the server stores them
+        "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "store": True}))["id"]
     ids["container_id"] = _ok(c.post("/v1/containers", json={"name": tag}))["id"]
     ids["container_file_id"] = _ok(c.post(f"/v1/containers/{ids['container_id']}/files",
                                           files={"file": ("notes.txt", b"hi")}))["id"]
@@ -243,7 +246,7 @@ def test_every_route_that_names_an_object_is_scoped_or_said_not_to_be():
     """With every room on (no lifespan): each id a path can name is one test_another_projects_… makes."""
     app = create_app(ServerSettings())
     known = {"response_id", "conversation_id", "item_id", "assistant_id", "thread_id", "message_id", "run_id",
-             "step_id", "file_id", "store_id", "batch_id", "container_id"}
+             "step_id", "file_id", "store_id", "batch_id", "container_id", "completion_id"}
     for _, path in _object_routes(app):
         names = set(re.findall(r"\{([^}:]+)", path))
         assert names <= known, f"{path}: make an object for {names - known} in _make_objects, or add it to NOT_STORED"
