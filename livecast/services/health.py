@@ -14,7 +14,7 @@ async def health(request: Request):
     """`{"status", "llm": {…} | null, "diffusion": {…} | null, "runtime": {…} | null, "sandbox": {…} |
     null}`: a side is null when disabled; 503 when an enabled side is not healthy. `runtime` is the
     device loop that steps both: its policy and counters; `sandbox` the code interpreter's layers and
-    the limits in force (per process, per container, OOM scores; no cgroup)."""
+    the limits in force (per process, per container, OOM scores, and each container's cgroup or null and why)."""
     state = request.app.state
     sides = {"llm": getattr(state, "llm", None), "diffusion": getattr(state, "media", None)}
     body = {name: side.health() if side is not None else None for name, side in sides.items()}

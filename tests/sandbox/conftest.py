@@ -57,20 +57,31 @@ def make_container(spec, sandbox_root):
         container.close()
 
 
+def _status(pid: int | str) -> tuple[int, int] | None:
+    """(real uid, parent pid), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith(("Uid:", "PPid:")))
+    except (OSError, ValueError):
+        return None
+    return int(fields["Uid"].split()[0]), int(fields["PPid"])
+
+
 def container_uid_pids() -> list[int]:
-    """Processes running as any uid a root server hands to containers."""
+    """Processes running as any uid a root server hands to containers, but those of another live
+    server or test run on this machine: climbing their parents, the first process that is not a
+    container's must be this test run, or init (they were orphaned, which is a leak too)."""
     low = SandboxConfig().uid_base
     high = low + (1 << 24)
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/status") as f:
-                    uid_line = next(line for line in f if line.startswith("Uid:"))
-            except (OSError, StopIteration):
-                continue
-            if low <= int(uid_line.split()[1]) < high:
-                found.append(int(entry))
+        if not entry.isdigit() or (status := _status(entry)) is None or not low <= status[0] < high:
+            continue
+        owner = status[1]
+        while (above := _status(owner)) is not None and low <= above[0] < high:
+            owner = above[1]
+        if owner in (os.getpid(), 1, 0):
+            found.append(int(entry))
     return found
 
 

@@ -23,7 +23,7 @@ from livecast.services.sandbox.container import Container, pick_uid
 from livecast.services.sandbox.service import limits_in_force
 
 MIB = 1 << 20
-LIMITS = cgroups.CgroupLimits(memory_bytes=512 * MIB, max_pids=12, cpus=0.2)
+LIMITS = cgroups.CgroupLimits(memory_bytes=512 * MIB, max_pids=16, cpus=0.2)
 
 
 def _tree(root: Path, files: dict[str, str]) -> None:
@@ -53,9 +53,9 @@ def test_v2_own_cgroup_gets_the_controllers_enabled_and_a_parent(tmp_path):
     assert (tmp_path / parent / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
     assert site.create("cntr_a") == [str(tmp_path / parent / "cntr_a" / "cgroup.procs")]
     written = {f.name: f.read_text() for f in (tmp_path / parent / "cntr_a").iterdir()}
-    assert written == {"memory.max": str(512 * MIB), "memory.swap.max": "0", "pids.max": "12", "cpu.max": "20000 100000"}
+    assert written == {"memory.max": str(512 * MIB), "memory.swap.max": "0", "pids.max": "16", "cpu.max": "20000 100000"}
     assert site.to_json() == {"version": 2, "parents": site.parents, "memory_mb": 512, "swap_mb": 0,
-                              "processes_and_threads": 12, "cpus": 0.2}
+                              "processes_and_threads": 16, "cpus": 0.2}
 
 
 def test_v2_delegated_directory_is_used_as_given(tmp_path):
@@ -98,7 +98,7 @@ def test_hybrid_host_falls_back_to_v1_and_says_why_not_v2(tmp_path):
     assert procs == [str(tmp_path / "fs/memory/job" / name / "cntr_b/cgroup.procs"),
                      str(tmp_path / "fs/pids" / name / "cntr_b/cgroup.procs")]
     assert (tmp_path / "fs/memory/job" / name / "cntr_b/memory.limit_in_bytes").read_text() == str(512 * MIB)
-    assert (tmp_path / "fs/pids" / name / "cntr_b/pids.max").read_text() == "12"
+    assert (tmp_path / "fs/pids" / name / "cntr_b/pids.max").read_text() == "16"
     assert site.to_json()["cpus"] is None  # no cpu hierarchy mounted in this tree
 
 
@@ -133,7 +133,7 @@ def site():
 
 @pytest.fixture
 def limited(spec, sandbox_root, site):
-    """A container in its own cgroup: 512 MiB for all its processes (and per process), 12 tasks, 0.2 CPU."""
+    """A container in its own cgroup: 512 MiB for all its processes (and per process), 16 tasks, 0.2 CPU."""
     small = dataclasses.replace(spec, cgroup=site, limits=dataclasses.replace(spec.limits, memory_mb=512))
     container = Container(f"cntr_cg{os.urandom(4).hex()}", sandbox_root / os.urandom(8).hex(), small,
                           pick_uid(SandboxConfig().uid_base))
@@ -166,7 +166,7 @@ def test_forked_children_share_the_container_memory_limit(limited, site):
     result = run(limited, """
         import os, time
         children = []
-        for _ in range(7):  # beside the bootstrap, the interpreter and its two capture threads: 11 of 12 tasks
+        for _ in range(8):  # beside the bootstrap, the interpreter and its two capture threads: 12 of 16 tasks
             pid = os.fork()
             if pid == 0:
                 block = b'x' * (200 << 20)  # written, so resident
@@ -175,14 +175,14 @@ def test_forked_children_share_the_container_memory_limit(limited, site):
             children.append(pid)
         statuses = [os.waitpid(pid, 0)[1] for pid in children]
         print(sum(os.WIFSIGNALED(s) and os.WTERMSIG(s) == 9 for s in statuses))""")
-    assert int(result.stdout) >= 5, result  # at most two 200 MiB children fit beside the interpreter
+    assert int(result.stdout) >= 6, result  # at most two 200 MiB children fit beside the interpreter
     assert result.limit == limits.MEMORY and "memory limit of 512 MiB (cgroup)" in result.stderr, result
     assert 400 * MIB < site.peak_bytes(limited.id) <= 512 * MIB  # the children did allocate; the host gave no more
     assert run(limited, "'alive'").stdout == "'alive'\n"  # the interpreter was not the one killed
 
 
 def test_the_cgroup_bounds_processes_below_the_rlimit(limited):
-    """pids.max 12, RLIMIT_NPROC 32: a fork loop stops at the cgroup's count (threads count too)."""
+    """pids.max 16, RLIMIT_NPROC 32: a fork loop stops at the cgroup's count (threads count too)."""
     result = run(limited, """
         import os, time
         n = 0
@@ -194,8 +194,8 @@ def test_the_cgroup_bounds_processes_below_the_rlimit(limited):
                 n += 1
         except BlockingIOError:
             print(n)""")
-    assert result.limit is None and 1 <= int(result.stdout) <= 12 - 2, result  # bootstrap and interpreter hold two
-    assert len(limited.pids()) <= 12
+    assert result.limit is None and 1 <= int(result.stdout) <= 16 - 2, result  # bootstrap and interpreter hold two
+    assert len(limited.pids()) <= 16
     limited.kill()
 
 

@@ -602,6 +602,27 @@ def test_host_paths_do_not_exist_in_the_sandbox(shared, support, host_symlink):
     assert lines[-1] == "['ld.so.cache', 'localtime'] ['null', 'urandom', 'zero']", lines[-1]
 
 
+def test_without_its_own_root_the_sandbox_keeps_the_hosts_tree(spec, sandbox_root, support):
+    """The fallback where the probe finds no pivot_root: the layers before it, as they were."""
+    _need(support, "landlock")
+    from livecast.services.sandbox.container import Container, pick_uid
+    from livecast.services.sandbox.config import SandboxConfig
+    host_tree = dataclasses.replace(spec, layers=tuple(layer for layer in spec.layers if layer != "root"))
+    container = Container("cntr_host_tree", sandbox_root / "host_tree", host_tree, pick_uid(SandboxConfig().uid_base))
+    container.start()
+    try:
+        result = run(container, """
+            import os, numpy
+            print(os.stat('/etc/shadow').st_size > 0, os.getcwd())
+            try:
+                open('/etc/shadow')
+            except OSError as exc:
+                print(exc.errno)""")
+        assert result.stdout == "True /mnt/data\n13\n", result  # metadata answers, contents do not (Landlock)
+    finally:
+        container.close()
+
+
 def test_numpy_and_matplotlib_work_in_the_sandboxs_root(shared):
     """What the sandbox advertises (SandboxConfig.packages) still imports, reads its data files,
     writes through $TMPDIR (/tmp) and into /mnt/data."""
