@@ -32,12 +32,10 @@ KEY_A, KEY_B, KEY_A2 = "sk-project-a-0001", "sk-project-b-0001", "sk-project-a-0
 ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
           "required": ["answer"], "additionalProperties": False}
 ACTIVE = ("queued", "in_progress", "cancelling")
-# routes whose path names something that is no project's stored object
-NOT_STORED = {"/v1/models/{model_id:path}": "a served model",
-              "/v1/webrtc/sessions/{session_id}": "a live video session (media room), not a stored object",
-              "/docs/oauth2-redirect": "the docs page"}
-# lists that hold no project's objects
-NOT_STORED_LISTS = {"/v1/models", "/v1/webrtc/sessions"}
+# routes whose path names something that is no project's stored object: a served model, and the
+# media room's live video (WebRTC sessions, WHIP/WHEP streams), which docs/SECURITY.md lists as not scoped
+NOT_STORED = ("/v1/models/", "/v1/webrtc/", "/v1/whip/", "/v1/whep/", "/v1/streams")
+NOT_STORED_LISTS = {"/v1/models", "/v1/webrtc/sessions", "/v1/streams"}
 # creates (POST, no id in the path): the bodies that reference project A's objects, each a 404 for B
 # ([] where the body references no stored object)
 RESPONSE_REFERENCES = lambda a: [  # noqa: E731
@@ -55,7 +53,7 @@ CREATES = {
     "/v1/threads/runs": lambda a: [{"assistant_id": a["assistant_id"]}],
     **{path: lambda a: [] for path in (
         "/v1/files", "/v1/conversations", "/v1/containers", "/v1/embeddings", "/v1/chat/completions",
-        "/v1/completions", "/generate", "/generate_stream", "/tokenize", "/detokenize", "/v1/webrtc/offer",
+        "/v1/completions", "/generate", "/generate_stream", "/tokenize", "/detokenize", "/v1/webrtc/offer", "/v1/whip",
         "/v1/images/generations", "/v1/images/edits")},
 }
 
@@ -156,7 +154,7 @@ def _object_routes(app) -> list[tuple[str, str]]:
     """(method, path) of every HTTP route whose path names a stored object."""
     found = []
     for route in _routes(app.routes):
-        if isinstance(route, WebSocketRoute) or "{" not in route.path or route.path in NOT_STORED:
+        if isinstance(route, WebSocketRoute) or "{" not in route.path or route.path.startswith(NOT_STORED):
             continue
         found += [(method, route.path) for method in sorted(route.methods - {"HEAD"})]
     return found
