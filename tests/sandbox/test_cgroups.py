@@ -113,6 +113,17 @@ def test_no_cgroup_reports_null_and_the_reasons(tmp_path):
     assert report["per_process"]["memory_mb"] == SandboxConfig().memory_mb  # the rlimits still hold
 
 
+def test_a_killed_servers_empty_cgroups_are_swept(tmp_path):
+    dead = 1 << 22  # past any pid_max default: no such process
+    _tree(tmp_path, {"fs/cgroup.controllers": "memory pids", "fs/srv/cgroup.controllers": "memory pids",
+                     "fs/srv/cgroup.subtree_control": "memory pids"})
+    for name in (f"livecast-sandbox-{dead}/cntr_x", f"livecast-sandbox-{os.getppid()}", "other"):
+        (tmp_path / "fs/srv" / name).mkdir(parents=True)
+    site, _ = _setup(tmp_path, "0::/srv\n")
+    left = sorted(entry.name for entry in (tmp_path / "fs/srv").iterdir() if entry.is_dir())
+    assert left == sorted([f"livecast-sandbox-{os.getppid()}", f"livecast-sandbox-{os.getpid()}", "other"])
+
+
 def test_membership_parses_v1_and_v2_lines():
     text = "9:name=systemd:/\n4:memory:/process_api/x\n2:cpu,cpuacct:/c\n0::/user.slice\n"
     assert cgroups.membership(text) == {"name=systemd": "/", "memory": "/process_api/x", "cpu": "/c",

@@ -140,6 +140,31 @@ def _rmdir(path: str) -> None:
     os.rmdir(path)
 
 
+def _sweep(base: str) -> None:
+    """Remove what a server that was killed left here: its parent cgroup, once empty (rmdir refuses
+    a cgroup that holds processes), when no process of its pid is alive."""
+    for entry in os.scandir(base) if os.path.isdir(base) else ():
+        pid = entry.name.removeprefix("livecast-sandbox-")
+        if entry.name.startswith("livecast-sandbox-") and pid.isdigit() and not _alive(int(pid)):
+            try:
+                for child in os.scandir(entry.path):
+                    if child.is_dir(follow_symlinks=False):
+                        os.rmdir(child.path)
+                os.rmdir(entry.path)
+            except OSError:
+                pass  # still in use, or not ours to remove
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def membership(text: str) -> dict[str, str]:
     """/proc/self/cgroup as {controller: path}; cgroup v2's line ("0::/path") under ""."""
     found = {}
@@ -175,6 +200,7 @@ def _setup_v2(name: str, limits: CgroupLimits, root: str, member: dict[str, str]
                    "without any; delegate an empty one with --sandbox-cgroup-dir") if exc.errno == errno.EBUSY else exc
             raise Unavailable(f"cannot enable {', '.join(wanted)} for the children of {base}: {why}") from None
     parent = os.path.join(base, name)
+    _sweep(base)
     try:
         os.makedirs(parent, exist_ok=True)
         _write(os.path.join(parent, "cgroup.subtree_control"), enable)
@@ -192,6 +218,7 @@ def _setup_v1(name: str, limits: CgroupLimits, root: str, member: dict[str, str]
                 raise Unavailable(f"no v1 {controller} hierarchy at {mount} that this process is in")
             continue
         parent = os.path.join(mount, member[controller].lstrip("/"), name)
+        _sweep(os.path.dirname(parent))
         try:
             os.makedirs(parent, exist_ok=True)
         except OSError as exc:
