@@ -180,10 +180,23 @@ def test_another_projects_objects_are_not_found_on_every_route(server, a, b, obj
     ids_a, _ = objects
     routes = _object_routes(server.app)
     assert len(routes) > 40 and ("DELETE", "/v1/containers/{container_id}/files/{file_id}") in routes
+    missing = {name: f"{value}0" for name, value in ids_a.items()}  # ids no one has
+
+    def as_names(error: dict) -> dict:
+        text = error["message"]
+        for ids in (missing, ids_a):  # the longer ids first: each missing id extends one of A's
+            for name, value in ids.items():
+                text = text.replace(value, f"<{name}>")
+        return {**error, "message": text}
+
     for method, path in routes:
         r = b.request(method, _concrete(path, ids_a), **_body(method, path, ids_a))
         assert r.status_code == 404, (method, path, r.status_code, r.text)
         assert r.json()["error"]["code"] == "not_found", (method, path, r.text)
+        # the very 404 of an object that does not exist: the answer says nothing of A's ids
+        absent = a.request(method, _concrete(path, missing), **_body(method, path, ids_a))
+        assert absent.status_code == 404 and as_names(r.json()["error"]) == as_names(absent.json()["error"]), (
+            method, path, r.text, absent.text)
     for method, path in routes:  # A still has every object
         if method == "GET":
             r = a.get(_concrete(path, ids_a))
