@@ -25,14 +25,17 @@ class AgentsConfig:
                 "postgresql://USER[:PASSWORD]@HOST:PORT/DB for a store every replica shares (uploaded files "
                 "stay in --data-dir, which replicas must then share too) (default: $LIVECAST_STORE_URL)"})
     store_max_age_days: float = field(default=30.0, metadata={
-        "flag": "--store-max-age", "help": "stored responses, conversations, assistants and threads older than "
-                                           "this many days are deleted by the sweeper (0: keep forever)"})
+        "flag": "--store-max-age", "help": "stored responses, conversations, assistants, threads and chat "
+                                           "completions older than this many days are deleted by the sweeper "
+                                           "(0: keep forever)"})
     max_stored_responses: int = field(default=100_000, metadata={
         "help": "keep at most this many stored responses per project (the oldest go first)"})
     max_conversations: int = field(default=10_000, metadata={
         "help": "keep at most this many conversations per project"})
     max_assistants: int = field(default=10_000, metadata={"help": "keep at most this many assistants per project"})
     max_threads: int = field(default=10_000, metadata={"help": "keep at most this many threads per project"})
+    max_chat_completions: int = field(default=100_000, metadata={
+        "help": "keep at most this many stored chat completions (`store: true`) per project"})
     max_items_per_conversation: int = field(default=10_000, metadata={
         "help": "a conversation (or thread) keeps at most this many items (messages), dropping the oldest"})
     sweep_interval_s: float = field(default=60.0, metadata={"help": "how often the store sweeper runs"})
@@ -47,7 +50,7 @@ class AgentsConfig:
         check_store_url(self.store_url)
         if self.store_max_age_days < 0:
             raise ValueError(f"store_max_age_days must be >= 0, got {self.store_max_age_days}")
-        for name in ("max_stored_responses", "max_conversations", "max_assistants", "max_threads",
+        for name in ("max_stored_responses", "max_conversations", "max_assistants", "max_threads", "max_chat_completions",
                      "max_items_per_conversation", "max_background"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

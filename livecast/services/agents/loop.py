@@ -83,7 +83,7 @@ class RunLoop:
                 builtin = self.req.toolset.builtins.get(call["name"])
                 if builtin is None:
                     continue
-                item = builtin.start_item(new_id(builtin.id_prefix), call["arguments"])
+                item = await builtin.start_item(new_id(builtin.id_prefix), call["arguments"])
                 yield LoopEvent("tool.start", item, progress=builtin.progress(item))
                 item = await builtin.call(item)
                 tool_calls_made += 1
@@ -137,6 +137,13 @@ class RunLoop:
         self.context = self.context[starts[fits]:]
         return self._prompt(self.context)
 
+    def num_prompt_tokens(self) -> int:
+        """The first turn's prompt length, as `open()` would build it (truncation included)."""
+        return len(self._fit()) if self.req.truncation == "auto" else self.prompt_tokens(self.context)
+
+    def prompt_tokens(self, items: list[dict]) -> int:
+        return len(self._prompt(items))
+
     def _prompt(self, items: list[dict]) -> list[int]:
         system = [{"role": "system", "content": self.req.instructions}] if self.req.instructions else []
         offered = None
@@ -161,7 +168,8 @@ class RunLoop:
                 if content:
                     if message is None:
                         message = {"id": new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
-                                   "content": [{"type": "output_text", "text": "", "annotations": []}]}
+                                   "content": [{"type": "output_text", "text": "", "annotations": [],
+                                                                 "logprobs": []}]}
                         opened.append(message)
                         yield LoopEvent("text.start", message)
                     message["content"][0]["text"] += content

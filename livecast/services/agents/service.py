@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 from livecast.services.agents.assistants.runs import Runs
 from livecast.services.agents.background import Background
+from livecast.services.agents.chat_completions import ChatCompletionStore, StoredChatCompletions
 from livecast.services.agents.config import AgentsConfig
 from livecast.services.agents.responses.service import Responses
 from livecast.services.agents.store import AgentStore
@@ -31,6 +32,7 @@ class AgentsService:
         self.background = Background(config.max_background, retry_after_s)
         self.responses = Responses(self)
         self.runs = Runs(self)
+        self.chat_completions = StoredChatCompletions(self.store)
 
     def for_project(self, project: str) -> "AgentsService":
         """This service as `project` sees it: the same LLM, config and background tasks; the store
@@ -38,6 +40,7 @@ class AgentsService:
         view = copy.copy(self)
         view.store, view.tools = self.store.scoped(project), self.tools.scoped(project)
         view.responses, view.runs = Responses(view), Runs(view)
+        view.chat_completions = StoredChatCompletions(view.store)
         return view
 
     async def sweep_forever(self) -> None:
@@ -65,9 +68,11 @@ async def agents_service(config: AgentsConfig, llm: LLMService | None, db, tools
     service = AgentsService(config, llm, db, tools, retry_after_s)
     await asyncio.to_thread(service.store.sweep)
     sweeper = asyncio.create_task(service.sweep_forever(), name="agents:sweeper")
+    llm.completion_store = ChatCompletionStore(service.store)  # `store: true` chat completions land here
     try:
         yield service
     finally:
+        llm.completion_store = None
         sweeper.cancel()
         with suppress(asyncio.CancelledError):
             await sweeper

@@ -148,6 +148,8 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     response_format: ResponseFormat | None = None
+    store: bool = False  # keep it for GET /v1/chat/completions[/{id}] (the agents room's store)
+    metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
     cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot/route.py
 
 

@@ -52,6 +52,9 @@ class LLMService:
         self.grammars = GrammarCache(self.tokenizer, self.vocab_size, sorted(core.eos_token_ids),
                                      config.grammar_cache_size)
         self.cot_demos = cot_demos or {}  # the `cot` field's named demo sets (--cot-demos), by name
+        # where `store: true` chat completions go: the agents room sets it (services.agents.chat_completions);
+        # .save(project, completion, request messages, metadata)
+        self.completion_store = None
 
     # -- prompts -------------------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:

@@ -17,6 +17,7 @@ def page(db, table: str, id_col: str, where: str, params: list, *, after: str | 
          limit: int, order: str, max_limit: int = MAX_PAGE) -> tuple[list[dict], bool]:
     """Rows of `table` matching `where` after/before the cursor row, and whether more follow."""
     check_page_args(limit, order, max_limit)
+    after, before = after or None, before or None  # "": the first_id/last_id of an empty page
     base = list(params)
     sql, params = f"SELECT * FROM {table} WHERE {where}", list(params)
     for cursor_id, forward in ((after, True), (before, False)):
@@ -35,5 +36,7 @@ def page(db, table: str, id_col: str, where: str, params: list, *, after: str | 
 
 
 def list_object(data: list[dict], has_more: bool, id_key: str = "id") -> dict:
-    return {"object": "list", "data": data, "first_id": data[0][id_key] if data else None,
-            "last_id": data[-1][id_key] if data else None, "has_more": has_more}
+    """A page. OpenAI's document requires `first_id` and `last_id` as strings, null not allowed: an
+    empty page gives "" (and "" as a cursor means none)."""
+    return {"object": "list", "data": data, "first_id": data[0][id_key] if data else "",
+            "last_id": data[-1][id_key] if data else "", "has_more": has_more}

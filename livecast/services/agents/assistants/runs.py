@@ -47,7 +47,7 @@ class Runs:
         run = {"id": new_id("run"), "object": "thread.run", "created_at": int(time.time()), "thread_id": thread_id,
                "assistant_id": assistant["id"], "status": "queued", "required_action": None, "last_error": None,
                "expires_at": None, "started_at": None, "cancelled_at": None, "failed_at": None, "completed_at": None,
-               "incomplete_details": None, "model": self.llm.model_name, "instructions": instructions,
+               "incomplete_details": None, "model": self.llm.model_name, "instructions": instructions or "",
                "tools": tools, "metadata": body.metadata or {}, "usage": None, "temperature": pick("temperature"),
                "top_p": pick("top_p"), "max_prompt_tokens": body.max_prompt_tokens,
                "max_completion_tokens": body.max_completion_tokens,

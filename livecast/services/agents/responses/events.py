@@ -45,7 +45,7 @@ class ResponseEvents:
             return [self.event("response.output_item.added", output_index=at["output_index"],
                                item={**copy.deepcopy(item), "content": []}),
                     self.event("response.content_part.added", **at, content_index=0,
-                               part={"type": "output_text", "text": "", "annotations": []})]
+                               part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})]
         if ev.kind == "text.delta":
             return [self.event("response.output_text.delta", **at, content_index=0, delta=ev.delta, logprobs=[])]
         if ev.kind == "text.done":

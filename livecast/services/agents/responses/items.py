@@ -1,17 +1,21 @@
 """Responses items: checked and normalised on the way in, turned into chat messages for the prompt.
 
 Input is a string or a list of items: `message` (role user/system/developer/assistant, content a
-string or `input_text`/`output_text`/`input_image` parts), `function_call`, `function_call_output`
-and the built-in tools' call items a client passes back (`code_interpreter_call`, `file_search_call`).
+string or `input_text`/`output_text`/`input_image` parts, or `input_file` sent inline and read as
+text), `function_call`, `function_call_output` and the built-in tools' call items a client passes
+back (`code_interpreter_call`, `file_search_call`).
 Every item stored gets a fresh `id` (a client passing back earlier output items resends their ids,
 which must not collide).
 """
 from __future__ import annotations
 
+import base64
+import functools
 import json
 
 from livecast.services.agents.store import new_id
 from livecast.services.agents.tools.file_search import render as render_search
+from livecast.services.retrieval.parsers import ParseError, extract_text
 from livecast.services.errors import APIError
 
 ROLES = ("user", "system", "developer", "assistant")
@@ -29,7 +33,7 @@ def normalize_input(value, param: str = "input") -> list[dict]:
 
 def message_item(role: str, text: str, item_id: str | None = None) -> dict:
     part = "output_text" if role == "assistant" else "input_text"
-    content = {"type": part, "text": text, **({"annotations": []} if part == "output_text" else {})}
+    content = {"type": part, "text": text, **({"annotations": [], "logprobs": []} if part == "output_text" else {})}
     return {"id": item_id or new_id("msg"), "type": "message", "role": role, "status": "completed",
             "content": [content]}
 
@@ -83,16 +87,42 @@ def _message(item: dict, param: str) -> dict:
             parts.append({**part, "type": "output_text" if role == "assistant" else "input_text"})
         elif kind == "input_image":
             parts.append(part)
+        elif kind == "input_file":
+            parts.append(_file_part(part, where))
         elif kind == "refusal" and role == "assistant":
             parts.append(part)
         else:
-            raise APIError(400, f"{where}: unsupported content part {kind!r}; expected input_text, output_text or "
-                                f"input_image", param=where, code="invalid_item_type")
+            raise APIError(400, f"{where}: unsupported content part {kind!r}; expected input_text, output_text, "
+                                f"input_file or input_image", param=where, code="invalid_item_type")
     for p in parts:
-        if p["type"] == "output_text":
+        if p["type"] == "output_text":  # both required by OpenAI's document
             p.setdefault("annotations", [])
+            p.setdefault("logprobs", [])
     return {"id": new_id("msg"), "type": "message", "role": role, "status": "completed",
             "content": parts}
+
+
+def _file_part(part: dict, where: str) -> dict:
+    """An `input_file` sent inline (`filename` + `file_data`, base64 or a data: URL): its text is read
+    now, so a file the parsers cannot read is a 400 before anything runs."""
+    if part.get("file_id") is not None or part.get("file_url") is not None:
+        raise APIError(400, f"{where}: input_file by file_id or file_url is not supported; send the file inline as "
+                            f"filename + file_data (base64)", param=where, code="unsupported_content")
+    filename, data = part.get("filename"), part.get("file_data")
+    if not isinstance(filename, str) or not isinstance(data, str):
+        raise APIError(400, f"{where}: an input_file needs filename and file_data (strings)", param=where)
+    _file_text(filename, data, where)
+    return {"type": "input_file", "filename": filename, "file_data": data}
+
+
+@functools.lru_cache(maxsize=32)  # a context is rendered once per turn; a PDF is parsed once
+def _file_text(filename: str, data: str, where: str = "input") -> str:
+    try:
+        raw = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=True)
+        return extract_text(filename, raw)
+    except (ValueError, ParseError) as exc:  # binascii.Error is a ValueError
+        raise APIError(400, f"{where}.file_data: {exc}", param=f"{where}.file_data",
+                       code="invalid_file") from None
 
 
 def _require_str(item: dict, keys: tuple[str, ...], param: str) -> None:
@@ -118,8 +148,11 @@ def item_text(item: dict) -> str:
     texts = []
     for part in item.get("content") or []:
         if part.get("type") == "input_image":
-            raise APIError(400, "input_image: the served model reads text only; send the image's description as "
-                                "input_text", param="input", code="unsupported_content")
+            raise APIError(400, "input_image: the served model has no vision support (it reads text only); send "
+                                "the image's description as input_text", param="input", code="unsupported_content")
+        if part.get("type") == "input_file":
+            texts.append(f"[{part['filename']}]\n{_file_text(part['filename'], part['file_data'])}\n")
+            continue
         texts.append(part.get("text") or part.get("refusal") or "")
     return "".join(texts)
 

@@ -25,8 +25,9 @@ class TextFormat(BaseModel):
     def to_openai(self) -> dict:
         out = {"type": self.type}
         if self.type == "json_schema":
-            out.update(name=self.name or "response", schema=self.json_schema, strict=self.strict,
-                       description=self.description)
+            out.update(name=self.name or "response", schema=self.json_schema, strict=bool(self.strict))
+            if self.description is not None:
+                out["description"] = self.description
         return out
 
 

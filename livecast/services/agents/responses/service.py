@@ -105,7 +105,9 @@ class Responses:
                 "conversation": {"id": body.conversation_id} if body.conversation_id else None,
                 "reasoning": None, "store": body.store, "temperature": body.temperature, "top_p": body.top_p,
                 "text": {"format": fmt}, "tool_choice": tool_choice, "tools": body.tools or [],
-                "truncation": body.truncation, "usage": None, "metadata": body.metadata or {}, "user": body.user}
+                "truncation": body.truncation, "metadata": body.metadata or {},
+                # optional but not nullable in OpenAI's document: absent until known
+                **({"user": body.user} if body.user is not None else {})}
 
     # -- run --------------------------------------------------------------------------------------
     async def _run(self, loop: RunLoop, events: ResponseEvents, body: ResponseCreate,
@@ -168,7 +170,7 @@ class Responses:
 
 
 def _usage(loop: RunLoop) -> dict:
-    return {"input_tokens": loop.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+    return {"input_tokens": loop.input_tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": loop.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": loop.input_tokens + loop.output_tokens}
 

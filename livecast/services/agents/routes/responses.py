@@ -6,6 +6,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 
 from livecast.services.agents.deps import get_agents
+from livecast.services.agents.responses import compaction
 from livecast.services.retrieval.pagination import list_object
 from livecast.services.agents.responses.protocol import ResponseCreate
 from livecast.services.llm.streaming import sse_response, until_disconnected
@@ -20,6 +21,16 @@ async def create_response(request: Request, body: ResponseCreate, agents=Depends
         return sse_response(result) if body.stream else result
 
     return await until_disconnected(request, respond())
+
+
+@router.post("/v1/responses/input_tokens")
+async def count_input_tokens(body: ResponseCreate, agents=Depends(get_agents)):
+    return compaction.input_tokens(agents.responses, body)
+
+
+@router.post("/v1/responses/compact")
+async def compact_response(body: ResponseCreate, agents=Depends(get_agents)):
+    return compaction.compact(agents.responses, body)
 
 
 @router.get("/v1/responses/{response_id}")

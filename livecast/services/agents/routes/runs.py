@@ -51,7 +51,20 @@ async def create_run(request: Request, thread_id: str, body: RunCreate, agents=D
 async def create_thread_and_run(request: Request, body: ThreadAndRunCreate, agents=Depends(get_agents)):
     agents.store.assistants.require(body.assistant_id, param="assistant_id")
     thread = create_thread_now(agents, body.thread or ThreadCreate())
-    return await _respond(request, agents.runs.create(thread["id"], body), body.stream)
+
+    async def run():
+        result = await agents.runs.create(thread["id"], body)
+        return _after_thread_created(thread, result) if body.stream else result
+
+    return await _respond(request, run(), body.stream)
+
+
+async def _after_thread_created(thread: dict, events: AsyncIterator[tuple[str, dict]]):
+    """A created-and-run thread's stream starts with `thread.created`, as OpenAI's does."""
+    async with aclosing(events):
+        yield "thread.created", thread
+        async for event in events:
+            yield event
 
 
 @router.get("/v1/threads/{thread_id}/runs")

@@ -28,6 +28,8 @@ class AgentStore:
         self.messages = Table(db, "agent_messages", "message")  # parent: the thread
         self.runs = Table(db, "agent_runs", "run")  # parent: the thread
         self.steps = Table(db, "agent_run_steps", "run step")  # parent: the run
+        self.chat_completions = Table(db, "agent_chat_completions", "chat completion")  # `store: true`
+        self.chat_messages = Table(db, "agent_chat_messages", "chat message")  # parent: the completion
 
     def scoped(self, project: str) -> "AgentStore":
         """The store as `project` sees it: every table holds only that project's objects."""
@@ -63,11 +65,13 @@ class AgentStore:
         with self.db.transaction():
             if c.store_max_age_days > 0:
                 cutoff = now_us() - int(c.store_max_age_days * 86400e6)
-                for table in (self.responses, self.conversations, self.assistants, self.threads):
+                for table in (self.responses, self.conversations, self.assistants, self.threads,
+                              self.chat_completions):
                     deleted += table.sweep_older(cutoff)
             for table, max_count in ((self.responses, c.max_stored_responses),
                                      (self.conversations, c.max_conversations),
-                                     (self.assistants, c.max_assistants), (self.threads, c.max_threads)):
+                                     (self.assistants, c.max_assistants), (self.threads, c.max_threads),
+                                     (self.chat_completions, c.max_chat_completions)):
                 for project in table.projects():
                     deleted += table.scoped(project).sweep_over(max_count)
             for conversation_id in self.items.parents_over(cap):
@@ -79,4 +83,5 @@ class AgentStore:
             deleted += self.messages.delete_orphans([self.threads])
             deleted += self.runs.delete_orphans([self.threads])
             deleted += self.steps.delete_orphans([self.runs])
+            deleted += self.chat_messages.delete_orphans([self.chat_completions])
         return deleted

@@ -41,8 +41,9 @@ class BuiltinTool(Protocol):
     id_prefix: str  # of its output items' ids
     function: dict  # the definition the model sees (its name is what the model calls)
 
-    def start_item(self, item_id: str, arguments: str) -> dict:
-        """The output item, in progress, once the model has written the call."""
+    async def start_item(self, item_id: str, arguments: str) -> dict:
+        """The output item, in progress, once the model has written the call (complete in what OpenAI's
+        document requires of an in-progress item, e.g. a code call's container)."""
 
     def progress(self, item: dict) -> list[tuple[str, dict]]:
         """Streaming events (type, fields) between `.in_progress` and running the tool."""

@@ -37,11 +37,13 @@ class CodeInterpreter:
                 raise APIError(404, exc.args[0], param="tools.container", code="not_found") from None
         return cls(pool, container, rooms.project)
 
-    def start_item(self, item_id: str, arguments: str) -> dict:
+    async def start_item(self, item_id: str, arguments: str) -> dict:
         try:
             code = json.loads(arguments).get("code", "")
         except (ValueError, AttributeError):
             code = ""
+        if self.container_id is None:  # "auto": the container exists before the call item is shown
+            self.container_id = (await self.pool.create(name="auto", project=self.project))["id"]
         return {"id": item_id, "type": "code_interpreter_call", "status": "in_progress", "code": code,
                 "container_id": self.container_id, "outputs": None}
 

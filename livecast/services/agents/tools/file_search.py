@@ -73,7 +73,7 @@ class FileSearch:
                 raise APIError(400, str(exc), param="tools.filters") from None
         return cls(retrieval, list(ids), max_num_results, filters, float(threshold))
 
-    def start_item(self, item_id: str, arguments: str) -> dict:
+    async def start_item(self, item_id: str, arguments: str) -> dict:
         try:
             query = json.loads(arguments).get("query")
         except (ValueError, AttributeError):

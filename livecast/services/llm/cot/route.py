@@ -98,7 +98,7 @@ class _ChatShape:
 
     def _chunk(self, call: CotCall, choices: list[dict], **extra) -> dict:
         chunk = {"id": f"chatcmpl-{call.id}", "object": "chat.completion.chunk", "created": call.created,
-                 "model": call.llm.model_name, "system_fingerprint": None, "choices": choices, **extra}
+                 "model": call.llm.model_name, "choices": choices, **extra}
         if self.include_usage:
             chunk.setdefault("usage", None)
         return chunk
@@ -125,7 +125,7 @@ class _ChatShape:
         choice = {"index": 0, "message": message, "finish_reason": call.generate.finish_reason(result),
                   "logprobs": None}
         return {"id": f"chatcmpl-{call.id}", "object": "chat.completion", "created": call.created,
-                "model": call.llm.model_name, "system_fingerprint": None, "choices": [choice],
+                "model": call.llm.model_name, "choices": [choice],
                 "usage": call.usage(), "cot": cot_extension(result)}
 
 
@@ -147,7 +147,7 @@ class _CompletionShape:
 
     def _chunk(self, call: CotCall, choices: list[dict], **extra) -> dict:
         chunk = {"id": f"cmpl-{call.id}", "object": "text_completion", "created": call.created,
-                 "model": call.llm.model_name, "system_fingerprint": None, "choices": choices, **extra}
+                 "model": call.llm.model_name, "choices": choices, **extra}
         if self.include_usage:
             chunk.setdefault("usage", None)
         return chunk

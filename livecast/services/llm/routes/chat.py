@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from livecast.engine import CompletionOutput, RequestOutput
 from livecast.services.llm.deps import get_llm
 from livecast.services.errors import APIError
+from livecast.services.projects import current_project
 from livecast.services.llm.cot.route import chat_cot
 from livecast.services.llm.service import LLMService
 from livecast.services.llm.protocol import ChatCompletionRequest
@@ -27,6 +28,8 @@ router = APIRouter()
 async def create_chat_completion(request: Request, body: ChatCompletionRequest, llm: LLMService = Depends(get_llm)):
     llm.check_model(body.model)
     if body.cot is not None:
+        if body.store:
+            raise APIError(400, "store: chat completions with the cot extension are not stored", param="store")
         return await chat_cot(request, body, llm)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
     tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
@@ -52,6 +55,12 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest, 
                                   logprobs=(body.top_logprobs or 0) if body.logprobs else None, grammar=grammar)
 
     completion = _ChatCompletion(llm, body, choice)
+    if body.store:  # kept in the agents room's store, in the request's project
+        if llm.completion_store is None:
+            raise APIError(400, "store: this server keeps no chat completions (the agents room is off)",
+                           param="store")
+        project, store = current_project(request), llm.completion_store
+        completion.on_done = lambda done: store.save(project, done, messages, body.metadata)
 
     async def respond():
         stream = await llm.open_stream(prompt_ids, params, completion.id)
@@ -96,11 +105,14 @@ class _ChatCompletion:
         self.choices = [_Choice(i, choice) for i in range(body.n)]
         self.top_logprobs = body.top_logprobs or 0
         self.num_prompt_tokens = 0
+        # each choice's message as it grows: the non-streamed answer, and what `store: true` keeps of a stream
+        self.messages = [{"content": "", "tool_calls": [], "logprobs": [], "finish_reason": None} for _ in self.choices]
+        self.on_done = None  # called with the finished completion (storing it)
 
     def _logprobs(self, o: CompletionOutput) -> dict | None:
         if not self.body.logprobs:
             return None
-        return {"content": self.llm.token_texts.chat(o.logprobs or [], self.top_logprobs)}
+        return {"content": self.llm.token_texts.chat(o.logprobs or [], self.top_logprobs), "refusal": None}
 
     def _usage(self) -> dict:
         completion = sum(c.num_tokens for c in self.choices)
@@ -109,7 +121,7 @@ class _ChatCompletion:
 
     def _chunk(self, choices: list[dict], usage: bool = False) -> dict:
         chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                 "model": self.llm.model_name, "system_fingerprint": None, "choices": choices}
+                 "model": self.llm.model_name, "choices": choices}
         if self.body.stream_options and self.body.stream_options.include_usage:
             chunk["usage"] = self._usage() if usage else None
         return chunk
@@ -121,36 +133,48 @@ class _ChatCompletion:
         async for out in stream:
             self.num_prompt_tokens = len(out.prompt_token_ids)
             for o in out.outputs:
-                delta, reason = self.choices[o.index].step(o)
+                delta, reason = self._step(o)
                 if delta or reason or o.token_ids:
                     yield self._chunk([{"index": o.index, "delta": delta, "logprobs": self._logprobs(o),
                                         "finish_reason": reason}])
         if self.body.stream_options and self.body.stream_options.include_usage:
             yield self._chunk([], usage=True)
+        if self.on_done is not None:
+            self.on_done(self._completion())
 
     async def response(self, stream: AsyncIterator[RequestOutput]) -> dict:
-        messages = [{"content": "", "tool_calls": [], "logprobs": [], "finish_reason": None} for _ in self.choices]
         async for out in stream:
             self.num_prompt_tokens = len(out.prompt_token_ids)
             for o in out.outputs:
-                delta, reason = self.choices[o.index].step(o)
-                m = messages[o.index]
-                m["content"] += delta.get("content", "")
-                for call in delta.get("tool_calls", []):
-                    if "id" in call:
-                        m["tool_calls"].append({"id": call["id"], "type": "function", "function": call["function"]})
-                    else:
-                        m["tool_calls"][call["index"]]["function"]["arguments"] += call["function"]["arguments"]
-                if self.body.logprobs:
-                    m["logprobs"].extend(self._logprobs(o)["content"])
-                m["finish_reason"] = reason or m["finish_reason"]
+                self._step(o)
+        completion = self._completion()
+        if self.on_done is not None:
+            self.on_done(completion)
+        return completion
+
+    def _step(self, o: CompletionOutput) -> tuple[dict, str | None]:
+        """One choice's delta, added to its message."""
+        delta, reason = self.choices[o.index].step(o)
+        m = self.messages[o.index]
+        m["content"] += delta.get("content", "")
+        for call in delta.get("tool_calls", []):
+            if "id" in call:
+                m["tool_calls"].append({"id": call["id"], "type": "function", "function": dict(call["function"])})
+            else:
+                m["tool_calls"][call["index"]]["function"]["arguments"] += call["function"]["arguments"]
+        if self.body.logprobs:
+            m["logprobs"].extend(self._logprobs(o)["content"])
+        m["finish_reason"] = reason or m["finish_reason"]
+        return delta, reason
+
+    def _completion(self) -> dict:
         choices = []
-        for i, m in enumerate(messages):
+        for i, m in enumerate(self.messages):
             message = {"role": "assistant", "content": m["content"], "refusal": None}
             if m["tool_calls"]:
                 message["tool_calls"] = m["tool_calls"]
                 message["content"] = m["content"] if m["content"].strip() else None
             choices.append({"index": i, "message": message, "finish_reason": m["finish_reason"],
-                            "logprobs": {"content": m["logprobs"]} if self.body.logprobs else None})
+                            "logprobs": {"content": m["logprobs"], "refusal": None} if self.body.logprobs else None})
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.llm.model_name,
-                "system_fingerprint": None, "choices": choices, "usage": self._usage()}
+                "choices": choices, "usage": self._usage()}

@@ -75,7 +75,7 @@ class _Completion:
 
     def _chunk(self, choices: list[dict], usage: bool = False) -> dict:
         chunk = {"id": self.id, "object": "text_completion", "created": self.created,
-                 "model": self.llm.model_name, "system_fingerprint": None, "choices": choices}
+                 "model": self.llm.model_name, "choices": choices}
         if usage or (self.body.stream and self.body.stream_options and self.body.stream_options.include_usage):
             chunk["usage"] = self._usage() if usage else None
         return chunk
@@ -130,4 +130,4 @@ class _Completion:
                 if c["logprobs"] is not None:
                     merged["logprobs"] = {k: merged["logprobs"][k] + c["logprobs"][k] for k in c["logprobs"]}
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.llm.model_name,
-                "system_fingerprint": None, "choices": [choices[i] for i in sorted(choices)], "usage": self._usage()}
+                "choices": [choices[i] for i in sorted(choices)], "usage": self._usage()}
