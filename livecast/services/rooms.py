@@ -18,7 +18,7 @@ from livecast.services.agents.tools import ToolRooms
 from livecast.services.llm.routes import chat, completions, generate, models, tokenize, ws
 from livecast.services.llm.service import llm_service
 from livecast.services.media.service import media_service
-from livecast.services.media.routes import frames, images, webrtc
+from livecast.services.media.routes import broadcast, frames, images, webrtc
 from livecast.services.retrieval.routes import router as retrieval_router
 from livecast.services.retrieval.service import retrieval_service
 from livecast.services.runtime.service import device_runtime
@@ -69,7 +69,7 @@ def _agents_on(settings: ServerSettings) -> bool:
 
 
 ROOMS = (
-    Room("media", lambda s: s.enable_diffusion, (webrtc.router, frames.router, images.router),
+    Room("media", lambda s: s.enable_diffusion, (webrtc.router, broadcast.router, frames.router, images.router),
          lambda s, up: media_service(s.diffusion, up.registry)),
     Room("llm", lambda s: s.enable_llm,
          (models.router, chat.router, completions.router, generate.router, tokenize.router, ws.router), _llm),

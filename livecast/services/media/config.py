@@ -22,13 +22,17 @@ class MediaConfig:
     max_streams: int = 64
     max_video_sessions: int = field(default=4, metadata={"help": "WebRTC sessions beyond this get 503"})
     max_frame_clients: int = field(default=16, metadata={"help": "/v1/ws/frames sockets beyond this are refused"})
+    max_whip_sources: int = field(default=4, metadata={"help": "WHIP publishers beyond this get 503"})
+    max_whep_viewers: int = field(default=32, metadata={
+        "help": "WHEP viewers (of all streams together) beyond this get 503"})
     latency_probe: bool = field(default=False, metadata={
         "help": "stamp each WebRTC input frame's pixel id on its output (livecast bench webrtc)"})
     ice_loopback: bool = field(default=False, metadata={
         "help": "offer only 127.0.0.1 to WebRTC peers (browser and server on one machine)"})
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_streams", "max_video_sessions", "max_frame_clients"):
+        for name in ("max_batch_size", "max_streams", "max_video_sessions", "max_frame_clients", "max_whip_sources",
+                     "max_whep_viewers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.resolution is not None and self.resolution < 8:

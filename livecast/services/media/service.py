@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from livecast.services.media.config import MediaConfig
 from livecast.services.media.metrics import MediaMetrics, LiveCollector
-from livecast.services.media.stream_settings import SETTABLE, StreamSettings
+from livecast.services.media.stream_settings import StreamSettings, settings_json
 from livecast.services.runtime.threads import on_own_thread
 from livecast.streamdiff import StreamBatcher, StreamPipeline
 from livecast.streamdiff.config import StreamParams
@@ -46,6 +46,7 @@ class MediaService:
         self._collector = LiveCollector(self)
         self.metrics.registry.register(self._collector)
         self.video = None  # services.media.video_sessions.VideoSessions, attached by the media lifespan
+        self.broadcasts = None  # services.media.broadcast.Broadcasts (WHIP/WHEP), attached likewise
         self.frame_clients = 0  # open /v1/ws/frames sockets
         self._started = False
 
@@ -68,6 +69,8 @@ class MediaService:
                 "resolution": info["resolution"], "streams": self.num_streams,
                 "video_sessions": len(self.video.snapshot()) if self.video is not None else 0,
                 "max_video_sessions": self.config.max_video_sessions, "latency_probe": self.config.latency_probe,
+                "whip_sources": len(self.broadcasts.sources) if self.broadcasts is not None else 0,
+                "whep_viewers": self.broadcasts.num_viewers() if self.broadcasts is not None else 0,
                 "healthy": self._started}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -146,17 +149,15 @@ class MediaService:
 
 def _settings(params: StreamParams) -> dict[str, Any]:
     """The settable part of a stream's params, as plain JSON values."""
-    values = {name: getattr(params, name) for name in SETTABLE}
-    if values["t_index_list"] is not None:
-        values["t_index_list"] = list(values["t_index_list"])
-    return values
+    return settings_json(params)
 
 
 @asynccontextmanager
 async def media_service(config: MediaConfig, registry: CollectorRegistry) -> AsyncIterator[MediaService]:
     from livecast.services.media.ice import use_loopback_only
     from livecast.services.media.jitterbuffer import reassemble_on_marker
-    from livecast.services.media.video_sessions import VideoSessions  # aiortc is only needed once the side is enabled
+    from livecast.services.media.broadcast import Broadcasts  # aiortc is only needed once the side is enabled
+    from livecast.services.media.video_sessions import VideoSessions
 
     reassemble_on_marker()
     if config.ice_loopback:
@@ -164,10 +165,12 @@ async def media_service(config: MediaConfig, registry: CollectorRegistry) -> Asy
     pipe = await on_own_thread(config.load_pipeline)  # not an executor thread: see on_own_thread
     service = MediaService(pipe, config, registry)
     service.video = VideoSessions(service, config.max_video_sessions, latency_probe=config.latency_probe)
+    service.broadcasts = Broadcasts(service, config.max_whip_sources, config.max_whep_viewers)
     service.start()
     logger.info("diffusion: serving %s", service.model_info)
     try:
         yield service
     finally:
+        await service.broadcasts.close_all()
         await service.video.close_all()
         await service.stop()

@@ -122,7 +122,7 @@ class VideoSession:
 
     async def _convert(self, item) -> tuple:
         frame, arrived = item
-        rgb, frame_id = await asyncio.to_thread(_to_rgb, frame, self.max_size, self.owner.latency_probe)
+        rgb, frame_id = await asyncio.to_thread(to_rgb, frame, self.max_size, self.owner.latency_probe)
         return rgb, (frame, arrived, frame_id)
 
     async def next_frame(self) -> VideoFrame:
@@ -130,7 +130,7 @@ class VideoSession:
             image, (frame, arrived, frame_id) = await self._convert(await self.pump.slot.get())
         else:
             image, (frame, arrived, frame_id) = await self.pump.next_result()
-        out = await asyncio.to_thread(_to_frame, image, frame_id)
+        out = await asyncio.to_thread(to_frame, image, frame_id)
         out.pts, out.time_base = frame.pts, frame.time_base
         self.stats.frame_done(arrived)
         return out
@@ -208,21 +208,13 @@ class VideoSessions:
         self.sessions[session.id] = session
         self.peers.add(pc)
         try:
-            await asyncio.wait_for(self._negotiate(session, sdp, sdp_type), _NEGOTIATE_TIMEOUT_S)
-        except Exception as exc:
+            await negotiate(pc, sdp, sdp_type, lambda: session.has_input, "the offer has no video track to stylize")
+        except OfferError:
             await session.close()
-            if isinstance(exc, asyncio.TimeoutError):
-                raise OfferError("negotiation timed out") from exc
-            raise OfferError(f"cannot answer the offer: {exc or type(exc).__name__}") from exc
+            raise
         session.watch()
         local = pc.localDescription
         return {"sdp": local.sdp, "type": local.type, "session_id": session.id}
-
-    async def _negotiate(self, session: VideoSession, sdp: str, sdp_type: str) -> None:
-        await session.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
-        if not session.has_input:
-            raise ValueError("the offer has no video track to stylize")
-        await session.pc.setLocalDescription(await session.pc.createAnswer())
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [session.info() for session in list(self.sessions.values())]
@@ -240,6 +232,25 @@ class VideoSessions:
         self.peers.clear()
 
 
+async def negotiate(pc: RTCPeerConnection, sdp: str, sdp_type: str, ready, missing: str) -> None:
+    """Take the remote offer, check `ready()` (else OfferError(missing)), answer with every
+    candidate gathered (non-trickle). Any failure or a stall is an OfferError."""
+    async def run() -> None:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
+        if not ready():
+            raise OfferError(missing)
+        await pc.setLocalDescription(await pc.createAnswer())
+
+    try:
+        await asyncio.wait_for(run(), _NEGOTIATE_TIMEOUT_S)
+    except OfferError:
+        raise
+    except asyncio.TimeoutError as exc:
+        raise OfferError("negotiation timed out") from exc
+    except Exception as exc:
+        raise OfferError(f"cannot answer the offer: {exc or type(exc).__name__}") from exc
+
+
 def check_offer(sdp: str) -> None:
     """Refuse, before any session slot is taken, offers aiortc would choke on later: no DTLS
     fingerprint (the handshake would assert), or more than one video track to stylize."""
@@ -253,7 +264,7 @@ def check_offer(sdp: str) -> None:
         raise OfferError(f"the offer must carry one video track to stylize, got {videos}")
 
 
-def _to_rgb(frame: VideoFrame, max_size: tuple[int, int], read_probe: bool) -> tuple[np.ndarray, int | None]:
+def to_rgb(frame: VideoFrame, max_size: tuple[int, int], read_probe: bool) -> tuple[np.ndarray, int | None]:
     """The frame scaled to fit `max_size` (aspect kept, even sides) as (H, W, 3) uint8 RGB."""
     scale = min(1.0, max_size[0] / frame.width, max_size[1] / frame.height)
     width, height = max(2, round(frame.width * scale / 2) * 2), max(2, round(frame.height * scale / 2) * 2)
@@ -261,7 +272,7 @@ def _to_rgb(frame: VideoFrame, max_size: tuple[int, int], read_probe: bool) -> t
     return rgb, probe.read_id(rgb) if read_probe else None
 
 
-def _to_frame(image, frame_id: int | None) -> VideoFrame:
+def to_frame(image, frame_id: int | None) -> VideoFrame:
     rgb = np.array(image, dtype=np.uint8)  # a writable copy: the probe stamps on it
     if frame_id is not None:
         probe.stamp_id(rgb, frame_id)
