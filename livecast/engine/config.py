@@ -40,6 +40,9 @@ class EngineConfig:
         "help": "append grammar-forced text (JSON keys, tool-call frames) without sampling"})
     preemption_mode: str = "swap"
     attention_backend: str = "auto"  # "torch", "triton" or "auto" (triton on CUDA)
+    deterministic: bool = field(default=False, metadata={
+        "help": "batch-invariant numerics on a CPU: a request's tokens do not depend on what else runs, the "
+                "prefill chunking or prefix-cache hits (every row through the same native kernels)"})
     seed: int = 0
     num_threads: int | None = None
     stats_interval_s: float = 5.0
@@ -78,4 +81,4 @@ class EngineConfig:
         return torch.bfloat16 if self.torch_device().type == "cuda" or native_bf16() else torch.float32
 
     def backend(self) -> Backend:
-        return choose_backend(self.attention_backend, self.torch_device())
+        return choose_backend(self.attention_backend, self.torch_device(), self.deterministic)

@@ -49,8 +49,10 @@ class LLMEngine:
         self.model = self._load_model(max_len)
 
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        # the deterministic attention reads float32 K/V (bf16 values widen exactly)
+        kv_dtype = torch.float32 if self.backend.deterministic else self.dtype
         block_bytes = ModelRunner.bytes_per_block(hf.num_hidden_layers, hf.num_key_value_heads, head_dim,
-                                                  config.block_size, self.dtype)
+                                                  config.block_size, kv_dtype)
         num_blocks = self._kv_budget() // block_bytes
         if num_blocks < 2:
             raise ValueError(f"KV cache budget {self._kv_budget()} bytes holds fewer than 2 blocks "
@@ -59,7 +61,7 @@ class LLMEngine:
         self.block_size = config.block_size
         self.max_model_len = min(max_len, num_blocks * config.block_size)
         self.runner = ModelRunner(self.model, hf.num_hidden_layers, hf.num_key_value_heads, head_dim,
-                                  num_blocks, num_cpu_blocks, config.block_size, self.dtype, self.device,
+                                  num_blocks, num_cpu_blocks, config.block_size, kv_dtype, self.device,
                                   self.backend)
         self.block_manager = BlockManager(num_blocks, config.block_size, num_cpu_blocks,
                                           config.enable_prefix_caching)
@@ -96,7 +98,8 @@ class LLMEngine:
             self.dtype = torch.float32
         model = model.to(device=self.device, dtype=self.dtype).eval()
         self.quantization = quant.mode  # none | awq | gguf, for /health
-        self.quantization_detail = quant.apply(model, self.device, self.config.weight_kernel)
+        self.quantization_detail = quant.apply(model, self.device, self.config.weight_kernel,
+                                               dense_copy=not self.backend.deterministic)
         step = model.prepare()
         if quant.mode != "none":
             self.quantization_detail += f"; {step}"

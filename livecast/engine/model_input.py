@@ -92,6 +92,9 @@ def build_model_input(scheduled: list[ScheduledChunk], block_size: int, device: 
         prefill_chunks=[(starts[i], q_lens[i], seq_lens[i]) for i in range(num_decodes, len(ordered))],
         backend=backend or default_backend(),
     )
+    if attn.backend.deterministic:  # every token a single query over its own sequence, up to itself
+        attn.token_block_tables = all_tables[token_seq].to(device, torch.int32)
+        attn.token_context_lens = (positions + 1).to(device, torch.int32)
     return ModelInput(
         input_ids=torch.tensor(input_ids, dtype=torch.int64, device=device),
         positions=positions.to(device),

@@ -30,6 +30,9 @@ class AttentionMetadata:
     # host copies of the prefill layout, for the torch path's per-chunk calls
     prefill_chunks: list[tuple[int, int, int]]  # (query start, query len, seq len)
     backend: Backend = field(default_factory=default_backend)
+    # deterministic backends: each token's own block table row and context (its position + 1)
+    token_block_tables: torch.Tensor | None = None  # (num_tokens, max_blocks) int32
+    token_context_lens: torch.Tensor | None = None  # (num_tokens,) int32
     # index tensors and masks the torch path derives on the first layer and every other layer reuses
     derived: dict = field(default_factory=dict)
 
@@ -143,6 +146,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     """q (num_tokens, num_heads, head_dim); k, v (num_tokens, num_kv_heads, head_dim) -> like q."""
     if meta.backend.triton:
         return _triton_paged_attention(q, k, v, k_cache, v_cache, meta, scale)
+    if meta.backend.deterministic:
+        return _per_token_attention(q, k, v, k_cache, v_cache, meta, scale)
     outs = []
     if _derive(meta.derived, "native", lambda: meta.backend.native and paged_decode.supports(q, k_cache)):
         paged_decode.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
@@ -163,6 +168,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
         outs.append(prefill_attention(q[sl], k_cache, v_cache, meta.prefill_block_tables[i], seq_len,
                                       scale, k[sl], v[sl], meta.derived, ("prefill", i)))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _per_token_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Batch-invariant attention: every query, prefill or decode, is one single-token query over
+    its sequence's float32 cache up to its own position, in the one native kernel (a fixed order
+    per row and head, no split of the context), after all of the step's new K/V are written."""
+    paged_decode.write_kv(k.float(), v.float(), k_cache, v_cache, meta.slot_mapping)
+    out = paged_decode.decode_attention(q.float(), k_cache, v_cache, meta.token_block_tables,
+                                        meta.token_context_lens, scale)
+    return out.to(q.dtype)
 
 
 def _triton_paged_attention(q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:

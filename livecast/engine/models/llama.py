@@ -92,6 +92,24 @@ class LlamaDecoderLayer(nn.Module):
         return self.post_attention(out, residual)
 
 
+def _batch_invariant_linears(model: nn.Module) -> None:
+    """Every linear on a kernel whose rows do not depend on the batch: dense ones on the native
+    dense GEMM; quantized ones on their native kernel at every step size (no dense copy, whose
+    float GEMM rounds differently from the kernel's int8 activations)."""
+    from livecast.engine.layers.linear import InvariantLinear
+    from livecast.engine.quant.linear import QuantizedLinear
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantizedLinear):
+            if getattr(module, "kernel", None) != "native":
+                raise ValueError(f"{name}: deterministic numerics need the native quantized kernels, "
+                                 f"not {getattr(module, 'kernel', type(module).__name__)!r}")
+            module.dense_weight, module.dense_min_tokens = None, 1 << 62
+        elif type(module) is nn.Linear:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, InvariantLinear(module))
+
+
 class LlamaForCausalLM(nn.Module):
     def __init__(self, config, max_positions: int, backend: Backend | None = None) -> None:
         super().__init__()
@@ -120,6 +138,12 @@ class LlamaForCausalLM(nn.Module):
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # (num_tokens, hidden_size)
         fused = self.native_decode
+        if fused is not None and self.backend.deterministic:
+            # every token, prefill or decode, as a decode row of the stack: one per-row path
+            hidden, residual = fused.stack.run(hidden, kv_caches, positions, meta.slot_mapping,
+                                               meta.token_block_tables, meta.token_context_lens)
+            hidden, _ = self.norm(hidden, residual)
+            return hidden
         if (fused is not None and not meta.prefill_chunks and meta.num_decodes == input_ids.shape[0]
                 and input_ids.shape[0] < fused.max_tokens):
             hidden, residual = fused.stack.run(hidden, kv_caches, positions, meta.slot_mapping,
@@ -142,7 +166,11 @@ class LlamaForCausalLM(nn.Module):
         self.native_decode = None
         if not self.backend.native:
             return f"{self.backend.kind} decode step"
+        if self.backend.deterministic:
+            _batch_invariant_linears(self)
         self.native_decode, step = native_decode(self)
+        if self.backend.deterministic and self.native_decode is not None:
+            return "native fused step for every token, prefill and decode (deterministic)"
         return step
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -77,14 +77,15 @@ class QuantizedCheckpoint:
                 self.source_types.add(qtype)
             yield name, value
 
-    def apply(self, model: nn.Module, device: torch.device, kernel: str = "auto") -> str:
+    def apply(self, model: nn.Module, device: torch.device, kernel: str = "auto", dense_copy: bool = True) -> str:
         """Swap the quantized linears in (after the model reached its device and dtype); returns
-        the description logged at load and reported by the server."""
+        the description logged at load and reported by the server. `dense_copy=False` keeps the
+        quantized kernel at every step size (deterministic numerics)."""
         if self.mode == "none":
             return "none (dense weights)"
         fused = swap_linears(model, self.int4, self.int8, device)
         kernel = choose_kernel(model, fused, device, kernel) if fused else "int4"
-        schedule = attach_dense(model, fused, device, kernel)
+        schedule = attach_dense(model, fused, device, kernel) if dense_copy else f"{kernel} at every step size"
         types = "/".join(sorted(self.source_types)) or "AutoAWQ GEMM"
         int8 = f", {len(self.int8)} int8" if self.int8 else ""
         return f"{self.mode} ({types}): {len(self.int4)} int4{int8} linears; {schedule}"
