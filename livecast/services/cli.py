@@ -11,6 +11,7 @@ BENCHMARKS = {
     "serving": "livecast.services.bench.serving",
     "diffusion": "livecast.services.bench.diffusion",
     "webrtc": "livecast.services.bench.webrtc",
+    "fanout": "livecast.services.bench.fanout",
     "cohost": "livecast.services.bench.cohost",
     "kernels": "livecast.services.bench.kernels",
     "retrieval": "livecast.services.bench.retrieval",

@@ -1,5 +1,6 @@
-"""An aiortc client for the WebRTC tests: a synthetic moving camera, a `control` channel, and
-everything the server sends back collected for assertions."""
+"""aiortc clients for the video tests: a synthetic moving camera; RTCClient for /v1/webrtc/offer
+(a `control` channel, everything the server sends back collected for assertions); Publisher
+(OBS-like, WHIP) and Player (WHEP)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +10,16 @@ import time
 
 import httpx
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
+
+from livecast.services.bench.whip_client import WhepViewer, WhipPublisher
 
 VIDEO_CLOCK = 90_000
 
@@ -107,3 +115,13 @@ class RTCClient:
         await self.pc.close()
         if self._reader is not None:
             self._reader.cancel()
+
+
+class Publisher(WhipPublisher):
+    """OBS-like, with the moving pattern at 20 fps."""
+
+    def __init__(self, base_url: str, **kwargs) -> None:
+        super().__init__(base_url, MovingPattern(fps=20), **kwargs)
+
+
+Player = WhepViewer

@@ -129,3 +129,64 @@ def test_pages_say_which_side_is_off(media_server, llm_server, page):
     page.goto(f"{media_server.url}/")
     page.wait_for_function("document.querySelector('#card-chat').textContent.includes('off')")
     assert page.text_content("#card-stylize") == "ready"
+
+
+class _Loop:
+    """An asyncio loop on its own thread, for aiortc peers beside the sync Playwright API."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 60.0):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def test_watch_plays_a_whip_stream_over_whep(media_server, page):
+    from tests.media.rtc_client import Publisher
+
+    service = media_server.diffusion
+    loop = _Loop()
+
+    async def make() -> Publisher:  # aiortc binds its peer to the loop it is made on
+        return Publisher(media_server.url)
+    publisher = loop.run(make())
+    try:
+        response = loop.run(publisher.publish("?prompt=ink%20wash"))
+        assert response.status_code == 201, response.text
+        page.goto(f"{media_server.url}/watch.html?stream={publisher.stream_id}")
+        page.wait_for_function("window.livecastTest.watch.framesRendered >= 10", timeout=30_000)
+        assert page.evaluate("window.livecastTest.watch.errors") == []
+        source = service.broadcasts.get(publisher.stream_id)
+        assert len(source.viewers) == 1 and next(iter(source.viewers.values())).frames_sent >= 10
+        # the picture is a picture: not a blank frame
+        stddev = page.evaluate("""() => {
+          const video = document.querySelector('#remote'), canvas = document.createElement('canvas');
+          [canvas.width, canvas.height] = [64, 48];
+          const context = canvas.getContext('2d');
+          context.drawImage(video, 0, 0, 64, 48);
+          const data = context.getImageData(0, 0, 64, 48).data;
+          let sum = 0, sq = 0, n = 0;
+          for (let i = 0; i < data.length; i += 4) { sum += data[i]; sq += data[i] * data[i]; n += 1; }
+          return Math.sqrt(sq / n - (sum / n) ** 2);
+        }""")
+        assert stddev > 2
+        page.click("#stop")
+        media_server.wait_for(lambda: not source.viewers, 15, "the viewer to leave")
+    finally:
+        loop.run(publisher.close())
+        with media_server.http() as http:
+            if publisher.location:
+                http.delete(publisher.location)
+        loop.close()
+    media_server.wait_for(lambda: not service.broadcasts.sources and not service.broadcasts.peers, 15, "hang-up")

@@ -7,83 +7,10 @@ import time
 
 import httpx
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
-from tests.media.conftest import running
 from tests.media.app import build_app
-from tests.media.rtc_client import MovingPattern
-
-
-class Publisher:
-    """OBS-like: one send-only video track (and an audio track nobody needs)."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.pc = RTCPeerConnection()
-        self.camera = MovingPattern(fps=20)
-        self.pc.addTransceiver(self.camera, direction="sendonly")
-        self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
-        self.location: str | None = None
-
-    async def publish(self, query: str = "", headers: dict | None = None) -> httpx.Response:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
-            response = await http.post(f"/v1/whip{query}", content=self.pc.localDescription.sdp,
-                                       headers={"Content-Type": "application/sdp", **(headers or {})})
-        if response.status_code == 201:
-            self.location = response.headers["location"]
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
-        return response
-
-    @property
-    def stream_id(self) -> str:
-        return self.location.rsplit("/", 1)[1]
-
-    async def close(self) -> None:
-        await self.pc.close()
-
-
-class Player:
-    """WHEP-like: receive-only video; counts frames."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.pc = RTCPeerConnection()
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.frames = []
-        self.ended = asyncio.Event()
-        self.location: str | None = None
-        self._reader = None
-        self.pc.on("track", lambda track: setattr(self, "_reader", asyncio.ensure_future(self._read(track))))
-
-    async def _read(self, track) -> None:
-        try:
-            while True:
-                self.frames.append(await track.recv())
-        except MediaStreamError:
-            self.ended.set()
-
-    async def watch(self, stream_id: str) -> httpx.Response:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
-            response = await http.post(f"/v1/whep/{stream_id}", content=self.pc.localDescription.sdp,
-                                       headers={"Content-Type": "application/sdp"})
-        if response.status_code == 201:
-            self.location = response.headers["location"]
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
-        return response
-
-    async def wait_frames(self, count: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.frames) < count:
-            assert time.monotonic() < deadline, f"got {len(self.frames)} of {count} frames in {timeout}s"
-            await asyncio.sleep(0.05)
-
-    async def close(self) -> None:
-        await self.pc.close()
-        if self._reader is not None:
-            self._reader.cancel()
+from tests.media.conftest import running
+from tests.media.rtc_client import Player, Publisher
 
 
 @pytest.fixture(scope="module")

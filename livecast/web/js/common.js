@@ -1,6 +1,7 @@
 // Shared by every page: the header, /health, the API key, URLs and small DOM helpers.
 
-const PAGES = [["index.html", "Home"], ["stylize.html", "Stylize"], ["chat.html", "Chat"], ["imagine.html", "Imagine"]];
+const PAGES = [["index.html", "Home"], ["stylize.html", "Stylize"], ["watch.html", "Watch"], ["chat.html", "Chat"],
+  ["imagine.html", "Imagine"]];
 
 // A key given once as ?api_key=… is kept for the session's other pages.
 const params = new URLSearchParams(location.search);

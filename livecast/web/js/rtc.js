@@ -2,7 +2,7 @@
 // a `control` data channel for settings and stats, and the stylized track back.
 import { postJSON } from "./common.js";
 
-function gatheringComplete(pc, timeoutMs = 5000) {
+export function gatheringComplete(pc, timeoutMs = 5000) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
