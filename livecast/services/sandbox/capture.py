@@ -24,10 +24,14 @@ class _Reader(threading.Thread):
 
     def run(self) -> None:
         while True:
-            timeout = None if self.stop_at is None else max(self.stop_at - time.monotonic(), 0.0)
+            # stop_at read once, before select: if the call ends while select waits (the last output
+            # written, then stop_at set), the next turn still reads what came — a thread held off the
+            # CPU (a container at its cgroup's cpu.max) used to return with the output unread
+            stop_at = self.stop_at
+            timeout = None if stop_at is None else max(stop_at - time.monotonic(), 0.0)
             ready, _, _ = select.select([self.read_fd], [], [], 0.05 if timeout is None else timeout)
             if not ready:
-                if self.stop_at is not None:
+                if stop_at is not None:
                     return  # a background process still holds the pipe: stop listening to it
                 continue
             chunk = os.read(self.read_fd, 1 << 16)
