@@ -82,10 +82,10 @@ class RTCClient:
         except MediaStreamError:
             pass
 
-    async def connect(self, **settings) -> httpx.Response:
+    async def connect(self, headers: dict | None = None, **settings) -> httpx.Response:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", **settings}
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30, headers=headers) as http:
             response = await http.post("/v1/webrtc/offer", json=body)
         if response.status_code == 200:
             answer = response.json()

@@ -167,7 +167,7 @@ def test_watch_plays_a_whip_stream_over_whep(media_server, page):
         page.goto(f"{media_server.url}/watch.html?stream={publisher.stream_id}")
         page.wait_for_function("window.livecastTest.watch.framesRendered >= 10", timeout=30_000)
         assert page.evaluate("window.livecastTest.watch.errors") == []
-        source = service.broadcasts.get(publisher.stream_id)
+        source = service.broadcasts.get(publisher.stream_id, "default")
         assert len(source.viewers) == 1 and next(iter(source.viewers.values())).frames_sent >= 10
         # the picture is a picture: not a blank frame
         stddev = page.evaluate("""() => {

@@ -10,7 +10,7 @@ import pytest
 
 from tests.media.app import build_app
 from tests.media.conftest import running
-from tests.media.rtc_client import Player, Publisher
+from tests.media.rtc_client import Player, Publisher, RTCClient
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ async def test_publish_watch_three_viewers_change_prompt_and_hang_up(server):
             # a prompt change mid-stream reaches the batcher stream and frames keep coming
             changed = await http.patch(f"/v1/streams/{stream_id}", json={"prompt": "neon city", "strength": 0.8})
             assert changed.status_code == 200 and changed.json()["settings"]["prompt"] == "neon city"
-            source = service.broadcasts.get(stream_id)
+            source = service.broadcasts.get(stream_id, "default")
             assert service.batcher.params(source.stream_id).prompt == "neon city"
             before = [len(p.frames) for p in players]
             await asyncio.gather(*(p.wait_frames(n + 5) for p, n in zip(players, before)))
@@ -85,7 +85,7 @@ async def test_eight_viewers_cost_one_unet_row_per_source_frame(server):
         assert (await publisher.publish("?prompt=ink")).status_code == 201
         assert [(await p.watch(publisher.stream_id)).status_code for p in players] == [201] * 8
         await asyncio.gather(*(p.wait_frames(10) for p in players))
-        source = service.broadcasts.get(publisher.stream_id)
+        source = service.broadcasts.get(publisher.stream_id, "default")
         with service.batcher._step_lock:  # between two batched steps: nothing half-counted
             made, total_rows = service.batcher.stats(source.stream_id)["frames_out"], sum(rows)
         # one row per source frame, whatever the number of viewers
@@ -166,3 +166,43 @@ def test_whip_needs_the_bearer_token():
             authed = http.get("/v1/streams", headers={"Authorization": "Bearer sk-test"})
             assert authed.status_code == 200 and authed.json()["data"] == []
         assert not server.diffusion.broadcasts.sources and not server.diffusion.batcher.stream_ids()
+
+
+async def test_streams_and_sessions_are_scoped_per_project(tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-project-a-0001 proj_a\nsk-project-b-0001 proj_b\n")
+    a, b = ({"Authorization": f"Bearer sk-project-{p}-0001"} for p in "ab")
+    with running(build_app(diffusion=dict(resolution=64), api_keys=str(keys))) as server:
+        service = server.diffusion
+        publisher, session = Publisher(server.url, api_key="sk-project-a-0001"), RTCClient(server.url)
+        try:
+            assert (await publisher.publish("?prompt=ink")).status_code == 201
+            assert (await session.connect(headers=a, prompt="ink")).status_code == 200
+            stream_id = publisher.stream_id
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                assert [s["id"] for s in (await http.get("/v1/streams", headers=a)).json()["data"]] == [stream_id]
+                assert (await http.get("/v1/streams", headers=b)).json()["data"] == []
+                assert [s["id"] for s in (await http.get("/v1/webrtc/sessions", headers=a)).json()["data"]] == \
+                    [session.session_id]
+                assert (await http.get("/v1/webrtc/sessions", headers=b)).json()["data"] == []
+                # another project's stream or session is as missing as one that never was
+                for method, path, kwargs in (
+                        ("GET", f"/v1/streams/{stream_id}", {}),
+                        ("PATCH", f"/v1/streams/{stream_id}", {"json": {"prompt": "mine now"}}),
+                        ("PATCH", f"/v1/whip/{stream_id}", {"content": "a=mid:0\r\n", "headers": {
+                            "Content-Type": "application/trickle-ice-sdpfrag"}}),
+                        ("POST", f"/v1/whep/{stream_id}", {"content": "v=0\r\n", "headers": {
+                            "Content-Type": "application/sdp"}}),
+                        ("DELETE", f"/v1/whip/{stream_id}", {}),
+                        ("DELETE", f"/v1/webrtc/sessions/{session.session_id}", {})):
+                    headers = {**b, **kwargs.pop("headers", {})}
+                    response = await http.request(method, path, headers=headers, **kwargs)
+                    assert response.status_code == 404, (method, path, response.text)
+                assert service.broadcasts.get(stream_id, "proj_a").info()["settings"]["prompt"] == "ink"
+                assert session.session_id in service.video.sessions
+                assert (await http.delete(f"/v1/whip/{stream_id}", headers=a)).status_code == 200
+                assert (await http.delete(f"/v1/webrtc/sessions/{session.session_id}", headers=a)).status_code == 200
+        finally:
+            await publisher.close()
+            await session.close()
+        await _drained(service)

@@ -33,7 +33,8 @@ ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "enum": 
           "required": ["answer"], "additionalProperties": False}
 ACTIVE = ("queued", "in_progress", "cancelling")
 # routes whose path names something that is no project's stored object: a served model, and the
-# media room's live video (WebRTC sessions, WHIP/WHEP streams), which docs/SECURITY.md lists as not scoped
+# media room's live video (WebRTC sessions, WHIP/WHEP streams: scoped per project too, tested with
+# real peers in tests/media/test_whip_whep.py::test_streams_and_sessions_are_scoped_per_project)
 NOT_STORED = ("/v1/models/", "/v1/webrtc/", "/v1/whip/", "/v1/whep/", "/v1/streams")
 NOT_STORED_LISTS = {"/v1/models", "/v1/webrtc/sessions", "/v1/streams"}
 # creates (POST, no id in the path): the bodies that reference project A's objects, each a 404 for B

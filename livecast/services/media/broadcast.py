@@ -139,9 +139,9 @@ class Viewer(_Peer):
 class Source(_Peer):
     """A WHIP publisher: its video through one batcher stream, its results to every viewer."""
 
-    def __init__(self, owner: Broadcasts, stream_id: str) -> None:
+    def __init__(self, owner: Broadcasts, stream_id: str, project: str) -> None:
         super().__init__(owner)
-        self.stream_id = stream_id
+        self.stream_id, self.project = stream_id, project
         self.service = owner.service
         self.pump = FramePump(self.service, stream_id, "whip", self._convert)
         self.stats: FrameStats = self.pump.stats
@@ -207,19 +207,20 @@ class Broadcasts:
     def num_viewers(self) -> int:
         return sum(len(s.viewers) for s in self.sources.values())
 
-    async def publish(self, sdp: str, settings: dict[str, Any]) -> tuple[Source, str]:
-        """Answer a WHIP offer: (the source, the answer SDP). Raises SessionLimit, OfferError,
-        or ValueError / ServiceBusy from opening the batcher stream; nothing stays allocated."""
+    async def publish(self, sdp: str, settings: dict[str, Any], project: str) -> tuple[Source, str]:
+        """Answer a WHIP offer: (the source, the answer SDP); the source belongs to `project`.
+        Raises SessionLimit, OfferError, or ValueError / ServiceBusy from opening the batcher
+        stream; nothing stays allocated."""
         if len(self.sources) >= self.max_sources:
             raise SessionLimit(f"all {self.max_sources} WHIP sources are in use; retry later")
         stream_id = self.service.open_stream(**settings)  # settings errors first
-        source = Source(self, stream_id)
+        source = Source(self, stream_id, project)
         self.sources[source.id] = source
         return source, await self._answer(source, sdp, lambda: source.has_input, "the offer has no video track to stylize")
 
-    async def watch(self, source_id: str, sdp: str) -> tuple[Viewer, str]:
+    async def watch(self, source_id: str, sdp: str, project: str) -> tuple[Viewer, str]:
         """Answer a WHEP offer for `source_id`'s stylized video: (the viewer, the answer SDP)."""
-        source = self.get(source_id)
+        source = self.get(source_id, project)
         if self.num_viewers() >= self.max_viewers:
             raise SessionLimit(f"all {self.max_viewers} WHEP viewers are in use; retry later")
         viewer = Viewer(source)
@@ -243,20 +244,21 @@ class Broadcasts:
         peer.watch()
         return peer.pc.localDescription.sdp
 
-    def get(self, source_id: str) -> Source:
-        try:
-            return self.sources[source_id]
-        except KeyError:
-            raise UnknownStream(f"no stream {source_id!r}") from None
+    def get(self, source_id: str, project: str) -> Source:
+        """The project's source: another project's is as missing as one that never was."""
+        source = self.sources.get(source_id)
+        if source is None or source.project != project:
+            raise UnknownStream(f"no stream {source_id!r}")
+        return source
 
-    def viewer(self, source_id: str, viewer_id: str) -> Viewer:
+    def viewer(self, source_id: str, viewer_id: str, project: str) -> Viewer:
         try:
-            return self.get(source_id).viewers[viewer_id]
+            return self.get(source_id, project).viewers[viewer_id]
         except KeyError:
             raise UnknownStream(f"no viewer {viewer_id!r} of stream {source_id!r}") from None
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [source.info() for source in list(self.sources.values())]
+    def snapshot(self, project: str) -> list[dict[str, Any]]:
+        return [source.info() for source in list(self.sources.values()) if source.project == project]
 
     async def close_all(self) -> None:
         await asyncio.gather(*(s.close() for s in list(self.sources.values())), return_exceptions=True)

@@ -53,9 +53,10 @@ class StylizedTrack(MediaStreamTrack):
 
 
 class VideoSession:
-    def __init__(self, owner: VideoSessions, pc: RTCPeerConnection, stream_id: str | None) -> None:
+    def __init__(self, owner: VideoSessions, pc: RTCPeerConnection, stream_id: str | None,
+                 project: str = "default") -> None:
         self.id = uuid.uuid4().hex[:16]
-        self.owner, self.pc, self.stream_id = owner, pc, stream_id
+        self.owner, self.pc, self.stream_id, self.project = owner, pc, stream_id, project
         self.service = owner.service
         self.pump = FramePump(self.service, stream_id, "webrtc", self._convert)
         self.stats = self.pump.stats
@@ -191,7 +192,8 @@ class VideoSessions:
         self.peers: set[RTCPeerConnection] = set()
         self.sessions: dict[str, VideoSession] = {}
 
-    async def answer(self, sdp: str, sdp_type: str, settings: dict[str, Any], passthrough: bool = False) -> dict:
+    async def answer(self, sdp: str, sdp_type: str, settings: dict[str, Any], passthrough: bool = False,
+                     project: str = "default") -> dict:
         """Answer an offer (non-trickle: the answer carries all candidates). Raises SessionLimit,
         OfferError, or ValueError / ServiceBusy from opening the batcher stream."""
         if len(self.sessions) >= self.max_sessions:
@@ -204,7 +206,7 @@ class VideoSessions:
                 self.service.close_stream(stream_id)
             raise
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN
-        session = VideoSession(self, pc, stream_id)
+        session = VideoSession(self, pc, stream_id, project)
         self.sessions[session.id] = session
         self.peers.add(pc)
         try:
@@ -216,12 +218,15 @@ class VideoSessions:
         local = pc.localDescription
         return {"sdp": local.sdp, "type": local.type, "session_id": session.id}
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [session.info() for session in list(self.sessions.values())]
+    def snapshot(self, project: str | None = None) -> list[dict[str, Any]]:
+        """Every session, or `project`'s."""
+        return [session.info() for session in list(self.sessions.values())
+                if project is None or session.project == project]
 
-    async def close(self, session_id: str) -> bool:
+    async def close(self, session_id: str, project: str) -> bool:
+        """Close `project`'s session; False when it has none of that id (another project's included)."""
         session = self.sessions.get(session_id)
-        if session is None:
+        if session is None or session.project != project:
             return False
         await session.close()
         return True

@@ -8,7 +8,8 @@
   `PATCH /v1/streams/{id}`.
 - `POST /v1/whep/{stream_id}` attaches a viewer to a stream's stylized output, the same way.
 - `GET /v1/streams` lists the sources and their viewers.
-The server's API key is the WHIP/WHEP bearer token (the app-wide guard checks it).
+The server's API key is the WHIP/WHEP bearer token (the app-wide guard checks it); a stream
+belongs to its key's project, and another project's key finds no such stream (404).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from livecast.services.media.deps import get_media, settings_error
 from livecast.services.media.service import MediaService, ServiceBusy
 from livecast.services.media.stream_settings import StreamSettings
 from livecast.services.media.video_sessions import OfferError, SessionLimit, check_offer
+from livecast.services.projects import Project
 
 router = APIRouter()
 
@@ -103,27 +105,28 @@ async def _trickle(peer_of, request: Request) -> Response:
 
 # -- WHIP ------------------------------------------------------------------------------------------
 @router.post("/v1/whip", status_code=201, response_class=Response)
-async def whip_publish(request: Request, service: MediaService = Depends(get_media),
+async def whip_publish(request: Request, project: Project, service: MediaService = Depends(get_media),
                        shell: Shell = Depends(get_shell)):
     sdp = await _body(request, "application/sdp", "the WHIP offer")
     settings = _settings(request)
 
     async def publish():
         check_offer(sdp)  # before anything is allocated
-        source, answer = await service.broadcasts.publish(sdp, settings)
+        source, answer = await service.broadcasts.publish(sdp, settings, project)
         return _created(answer, f"/v1/whip/{source.id}")
     return await _open(publish, shell)
 
 
 @router.patch("/v1/whip/{stream_id}", status_code=204, response_class=Response)
-async def whip_trickle(stream_id: str, request: Request, service: MediaService = Depends(get_media)):
-    return await _trickle(lambda: service.broadcasts.get(stream_id), request)
+async def whip_trickle(stream_id: str, request: Request, project: Project,
+                       service: MediaService = Depends(get_media)):
+    return await _trickle(lambda: service.broadcasts.get(stream_id, project), request)
 
 
 @router.delete("/v1/whip/{stream_id}")
-async def whip_stop(stream_id: str, service: MediaService = Depends(get_media)):
+async def whip_stop(stream_id: str, project: Project, service: MediaService = Depends(get_media)):
     try:
-        await service.broadcasts.get(stream_id).close()
+        await service.broadcasts.get(stream_id, project).close()
     except UnknownStream as exc:
         raise _not_found(exc) from None
     return {"id": stream_id, "object": "stream", "deleted": True}
@@ -131,27 +134,28 @@ async def whip_stop(stream_id: str, service: MediaService = Depends(get_media)):
 
 # -- WHEP ------------------------------------------------------------------------------------------
 @router.post("/v1/whep/{stream_id}", status_code=201, response_class=Response)
-async def whep_watch(stream_id: str, request: Request, service: MediaService = Depends(get_media),
+async def whep_watch(stream_id: str, request: Request, project: Project, service: MediaService = Depends(get_media),
                      shell: Shell = Depends(get_shell)):
     sdp = await _body(request, "application/sdp", "the WHEP offer")
 
     async def watch():
-        service.broadcasts.get(stream_id)  # 404 before the offer is looked at
+        service.broadcasts.get(stream_id, project)  # 404 before the offer is looked at
         check_offer(sdp)
-        viewer, answer = await service.broadcasts.watch(stream_id, sdp)
+        viewer, answer = await service.broadcasts.watch(stream_id, sdp, project)
         return _created(answer, f"/v1/whep/{stream_id}/{viewer.id}")
     return await _open(watch, shell)
 
 
 @router.patch("/v1/whep/{stream_id}/{viewer_id}", status_code=204, response_class=Response)
-async def whep_trickle(stream_id: str, viewer_id: str, request: Request, service: MediaService = Depends(get_media)):
-    return await _trickle(lambda: service.broadcasts.viewer(stream_id, viewer_id), request)
+async def whep_trickle(stream_id: str, viewer_id: str, request: Request, project: Project,
+                       service: MediaService = Depends(get_media)):
+    return await _trickle(lambda: service.broadcasts.viewer(stream_id, viewer_id, project), request)
 
 
 @router.delete("/v1/whep/{stream_id}/{viewer_id}")
-async def whep_stop(stream_id: str, viewer_id: str, service: MediaService = Depends(get_media)):
+async def whep_stop(stream_id: str, viewer_id: str, project: Project, service: MediaService = Depends(get_media)):
     try:
-        await service.broadcasts.viewer(stream_id, viewer_id).close()
+        await service.broadcasts.viewer(stream_id, viewer_id, project).close()
     except UnknownStream as exc:
         raise _not_found(exc) from None
     return {"id": viewer_id, "object": "stream.viewer", "deleted": True}
@@ -159,25 +163,25 @@ async def whep_stop(stream_id: str, viewer_id: str, service: MediaService = Depe
 
 # -- streams ---------------------------------------------------------------------------------------
 @router.get("/v1/streams")
-async def list_streams(service: MediaService = Depends(get_media)):
+async def list_streams(project: Project, service: MediaService = Depends(get_media)):
     broadcasts = service.broadcasts
     return {"object": "list", "max_sources": broadcasts.max_sources, "max_viewers": broadcasts.max_viewers,
-            "data": broadcasts.snapshot()}
+            "data": broadcasts.snapshot(project)}
 
 
 @router.get("/v1/streams/{stream_id}")
-async def retrieve_stream(stream_id: str, service: MediaService = Depends(get_media)):
+async def retrieve_stream(stream_id: str, project: Project, service: MediaService = Depends(get_media)):
     try:
-        return service.broadcasts.get(stream_id).info()
+        return service.broadcasts.get(stream_id, project).info()
     except UnknownStream as exc:
         raise _not_found(exc) from None
 
 
 @router.patch("/v1/streams/{stream_id}")
-async def update_stream(stream_id: str, changes: dict, service: MediaService = Depends(get_media)):
+async def update_stream(stream_id: str, changes: dict, project: Project, service: MediaService = Depends(get_media)):
     """Change a live stream's settings from its next frame on (the body: any StreamSettings fields)."""
     try:
-        source = service.broadcasts.get(stream_id)
+        source = service.broadcasts.get(stream_id, project)
         service.update_stream(source.stream_id, **changes)
     except UnknownStream as exc:
         raise _not_found(exc) from None

@@ -17,6 +17,7 @@ from livecast.services.media.service import MediaService, ServiceBusy
 from livecast.services.media.stream_settings import StreamSettings
 from livecast.services.media.video_sessions import OfferError, SessionLimit
 from livecast.services.core import Shell
+from livecast.services.projects import Project
 
 router = APIRouter()
 
@@ -34,11 +35,11 @@ class WebRTCAnswer(BaseModel):
 
 
 @router.post("/v1/webrtc/offer", response_model=WebRTCAnswer)
-async def webrtc_offer(offer: WebRTCOffer, service: MediaService = Depends(get_media),
+async def webrtc_offer(offer: WebRTCOffer, project: Project, service: MediaService = Depends(get_media),
                        shell: Shell = Depends(get_shell)):
     try:
         return await service.video.answer(offer.sdp, offer.type, offer.stream_kwargs({"sdp", "type", "passthrough"}),
-                                          passthrough=offer.passthrough)
+                                          passthrough=offer.passthrough, project=project)
     except SessionLimit as exc:
         raise overloaded(str(exc), shell.retry_after_s, "too_many_sessions") from exc
     except ServiceBusy as exc:
@@ -50,12 +51,12 @@ async def webrtc_offer(offer: WebRTCOffer, service: MediaService = Depends(get_m
 
 
 @router.get("/v1/webrtc/sessions")
-async def list_sessions(service: MediaService = Depends(get_media)):
-    return {"object": "list", "max_sessions": service.video.max_sessions, "data": service.video.snapshot()}
+async def list_sessions(project: Project, service: MediaService = Depends(get_media)):
+    return {"object": "list", "max_sessions": service.video.max_sessions, "data": service.video.snapshot(project)}
 
 
 @router.delete("/v1/webrtc/sessions/{session_id}")
-async def close_session(session_id: str, service: MediaService = Depends(get_media)):
-    if not await service.video.close(session_id):
+async def close_session(session_id: str, project: Project, service: MediaService = Depends(get_media)):
+    if not await service.video.close(session_id, project):
         raise APIError(404, f"no video session {session_id!r}", param="session_id", code="session_not_found")
     return {"id": session_id, "object": "webrtc.session", "deleted": True}
