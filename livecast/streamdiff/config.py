@@ -2,12 +2,29 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 CFG_TYPES = ("none", "full", "self", "initialize")
 SCHEDULES = ("turbo", "lcm")
 MAX_TRAIN_TIMESTEPS = 1000
+MAX_BLEND = 8  # entries of a weighted prompt or seed list
+MAX_TEMPORAL_BLEND = 0.9  # beyond this the output barely follows the input
+
+
+class PromptWeight(NamedTuple):
+    """One prompt of a blend: its embeddings count `weight / sum(weights)` of the conditioning."""
+
+    text: str
+    weight: float
+
+
+class SeedWeight(NamedTuple):
+    """One seed of a blend: its noise enters as `weight * noise / sqrt(sum(weights**2))`."""
+
+    seed: int
+    weight: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,14 +45,21 @@ class StreamParams:
       `lcm` applies LCM's boundary-condition scalings (c_skip, c_out).
     - `similarity_filter` skips a frame whose cosine similarity to the last processed input is at
       least `similarity_threshold`, at most `max_skip_frames` times in a row.
+    - Blending (StreamDiffusion's): `prompt` may be a weighted list of prompts, `[{"text", "weight"}]`
+      or (text, weight) pairs, conditioned on the weight-normalised sum of their embeddings; `seed`
+      a weighted list of seeds, `[{"seed", "weight"}]` or pairs, whose noise tensors are summed
+      with the weights and renormalised to unit variance. Lists are stored as tuples of
+      PromptWeight / SeedWeight; weights are finite and >= 0 with a positive sum.
+    - `temporal_blend` in [0, 0.9]: an exponential moving average over the stream's denoised
+      latents, `out_t = (1 - b) * x0_t + b * out_{t-1}`; 0 (the default) is off.
     """
 
-    prompt: str = ""
+    prompt: str | tuple[PromptWeight, ...] = ""
     negative_prompt: str = ""
     guidance_scale: float = 0.0
     delta: float = 1.0
     cfg_type: str = "self"
-    seed: int = 0
+    seed: int | tuple[SeedWeight, ...] = 0
     num_inference_steps: int = 2
     strength: float = 0.5
     t_index_list: tuple[int, ...] | None = None  # any sequence of ints; stored as a tuple
@@ -46,11 +70,13 @@ class StreamParams:
     similarity_filter: bool = False
     similarity_threshold: float = 0.98
     max_skip_frames: int = 10
+    temporal_blend: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("prompt", "negative_prompt"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.prompt, str):
+            object.__setattr__(self, "prompt", _blend("prompt", self.prompt, "text", _check_text))
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a str, got {type(self.negative_prompt).__name__}")
         for name, high in (("guidance_scale", 50.0), ("delta", 10.0)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= high:
@@ -59,8 +85,10 @@ class StreamParams:
             raise ValueError(f"cfg_type must be one of {CFG_TYPES}, got {self.cfg_type!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        if _is_int(self.seed):
+            _check_seed("seed", self.seed)
+        else:
+            object.__setattr__(self, "seed", _blend("seed", self.seed, "seed", _check_seed))
         n = self.num_inference_steps
         if not _is_int(n) or not 1 <= n <= MAX_TRAIN_TIMESTEPS:
             raise ValueError(f"num_inference_steps must be an int in [1, 1000], got {n!r}")
@@ -85,6 +113,12 @@ class StreamParams:
             raise ValueError(f"similarity_threshold must be in (0, 1], got {self.similarity_threshold!r}")
         if not _is_int(self.max_skip_frames) or self.max_skip_frames < 0:
             raise ValueError(f"max_skip_frames must be an int >= 0, got {self.max_skip_frames!r}")
+        b = self.temporal_blend
+        if (not isinstance(b, (int, float)) or isinstance(b, bool) or not math.isfinite(b)
+                or not 0 <= b <= MAX_TEMPORAL_BLEND):
+            raise ValueError(f"temporal_blend must be a number in [0, {MAX_TEMPORAL_BLEND}] "
+                             f"(0: off), got {b!r}")
+        object.__setattr__(self, "temporal_blend", float(b))
 
     def step_indices(self, txt2img: bool) -> tuple[int, ...]:
         """Indices into the trailing timesteps that this stream denoises, in order."""
@@ -107,3 +141,49 @@ class StreamParams:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_text(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a str, got {type(value).__name__}")
+
+
+def _check_seed(name: str, value: Any) -> None:
+    if not _is_int(value) or not 0 <= value < 2**63:
+        raise ValueError(f"{name} must be an int in [0, 2**63), got {value!r}")
+
+
+def _blend(name: str, value: Any, key: str, check: Any) -> tuple:
+    """`value` as a tuple of PromptWeight (key "text") or SeedWeight (key "seed"), checked.
+
+    Entries are mappings {key, "weight"} or (value, weight) pairs. Errors start with `name`.
+    """
+    entry_type = PromptWeight if key == "text" else SeedWeight
+    plain = "a str" if key == "text" else "an int"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be {plain} or a list of {{{key}, weight}} entries, "
+                         f"got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must list at least one {{{key}, weight}} entry, got an empty list")
+    if len(value) > MAX_BLEND:
+        raise ValueError(f"{name} may blend at most {MAX_BLEND} entries, got {len(value)}")
+    entries = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, Mapping):
+            if set(entry) != {key, "weight"}:
+                raise ValueError(f"{name} entry {i} must have exactly the keys {key!r} and 'weight', "
+                                 f"got {sorted(map(str, entry))}")
+            item, weight = entry[key], entry["weight"]
+        elif isinstance(entry, Sequence) and not isinstance(entry, (str, bytes)) and len(entry) == 2:
+            item, weight = entry
+        else:
+            raise ValueError(f"{name} entry {i} must be {{{key!r}: ..., 'weight': ...}}, got {entry!r}")
+        check(f"{name} entry {i} {key}", item)
+        if (not isinstance(weight, (int, float)) or isinstance(weight, bool)
+                or not math.isfinite(weight) or weight < 0):
+            raise ValueError(f"{name} entry {i} weight must be a finite number >= 0, got {weight!r}")
+        entries.append(entry_type(item, float(weight)))
+    total = sum(e.weight for e in entries)
+    if not 0 < total < math.inf:
+        raise ValueError(f"{name} weights must have a finite sum greater than 0, got {total:g}")
+    return tuple(entries)

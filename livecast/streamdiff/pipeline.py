@@ -53,7 +53,7 @@ class StreamPipeline:
         side = resolution or unet.config.sample_size * self.codec.downscale
         # alphas_cumprod for any SD-family scheduler config (beta schedule, rescaling, ...).
         alphas_cumprod = DDPMScheduler.from_config(scheduler.config).alphas_cumprod
-        self.states = StateFactory(encode_prompt=self.prompts, alphas_cumprod=alphas_cumprod,
+        self.states = StateFactory(encode_prompt=self.prompts.embed, alphas_cumprod=alphas_cumprod,
                                    latent_channels=self.codec.latent_channels,
                                    downscale=self.codec.downscale,
                                    size_multiple=self.codec.downscale * unet_down,
@@ -97,12 +97,18 @@ class StreamPipeline:
             settings["prompt"] = prompt
         self._state = self.states.build(StreamParams(**settings))
 
-    def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
-        """Switch the prompt mid-stream: cached embeddings, same buffers, next frame onwards."""
-        state = self._ensure_state()
+    def update_prompt(self, prompt: str | Sequence[Any], negative_prompt: str | None = None) -> None:
+        """Switch the prompt (or prompt blend) mid-stream: cached embeddings, same buffers, next
+        frame onwards."""
         changes: dict[str, Any] = {"prompt": prompt}
         if negative_prompt is not None:
             changes["negative_prompt"] = negative_prompt
+        self.update(**changes)
+
+    def update(self, **changes: Any) -> None:
+        """Change StreamParams fields from the next frame on, keeping what stays valid: prompt
+        and seed blends and temporal_blend carry the Stream Batch buffer over."""
+        state = self._ensure_state()
         self._state = self.states.build(state.params.updated(**changes), previous=state)
 
     @property
@@ -174,8 +180,13 @@ class StreamPipeline:
             jobs.append(Job.start(plan, state.guidance, x_first, state.params.use_denoising_batch))
         # 4. denoise: one batched UNet call per round
         self.denoiser.run(jobs)
-        # 5. decode all results in one VAE call, then back to each frame's own size
-        images = self.codec.decode(torch.cat([job.output for job in jobs]))
+        # 5. temporal blend (opt-in): a stream's output latent is an EMA of its denoised latents
+        finished = []
+        for (i, box, _), job in zip(todo, jobs):
+            temporal = items[i][0].temporal
+            finished.append(job.output if temporal is None else temporal(job.output, txt2img=box is None))
+        # 6. decode all results in one VAE call, then back to each frame's own size
+        images = self.codec.decode(torch.cat(finished))
         for (i, box, size), image in zip(todo, images):
             state = items[i][0]
             outputs[i] = to_pil(image, box or (0, 0, state.width, state.height), size)

@@ -1,10 +1,15 @@
-"""Prompt embeddings with a bounded per-pipeline cache, so switching prompts mid-stream is free."""
+"""Prompt embeddings with a bounded per-pipeline cache, so switching prompts mid-stream is free,
+and StreamDiffusion's prompt blending: a weighted list of prompts conditions on the
+weight-normalised sum of their embeddings (linear interpolation in embedding space)."""
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Sequence
 
 import torch
+
+from .config import PromptWeight
 
 
 class PromptEncoder:
@@ -37,6 +42,18 @@ class PromptEncoder:
                 self._cache.popitem(last=False)
         return embeds
 
+    def embed(self, prompt: str | Sequence[PromptWeight]) -> torch.Tensor:
+        """(1, L, D) conditioning for a prompt or a blend of prompts (StreamParams.prompt).
+
+        Each distinct text is encoded once (then served from the cache), so changing only the
+        weights of a blend costs one weighted sum, no text-encoder call.
+        """
+        if isinstance(prompt, str):
+            return self(prompt)
+        # Every entry is encoded, zero weights included: moving a weight up from 0 never stalls.
+        embeds = [self(entry.text) for entry in prompt]
+        return blend_embeddings(embeds, [entry.weight for entry in prompt])
+
     @torch.inference_mode()
     def _encode(self, prompt: str) -> torch.Tensor:
         # Same tokenization as StableDiffusionPipeline.encode_prompt: pad/truncate to the context.
@@ -50,3 +67,20 @@ class PromptEncoder:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+def blend_embeddings(embeds: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """sum(w_i * e_i) / sum(w_i), computed in float32 and returned in the embeddings' dtype.
+
+    The same linear interpolation applies to pooled embeddings (SDXL-style models); the SD
+    1.x/2.x text encoders streamdiff serves condition on the hidden states only. One entry with
+    a positive weight returns that entry's own tensor, bit for bit.
+    """
+    live = [(e, w) for e, w in zip(embeds, weights) if w > 0]
+    if len(live) == 1:
+        return live[0][0]
+    total = sum(w for _, w in live)
+    out = torch.zeros_like(live[0][0], dtype=torch.float32)
+    for e, w in live:
+        out.add_(e.float(), alpha=w / total)
+    return out.to(live[0][0].dtype)

@@ -8,11 +8,12 @@ one Euler step there; multi-step re-noising with fresh noise is the LCM/consiste
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from .config import StreamParams
+from .config import SeedWeight, StreamParams
 
 # LCM's boundary condition (LCMScheduler.get_scalings_for_boundary_condition_discrete).
 LCM_SIGMA_DATA = 0.5
@@ -62,6 +63,42 @@ def draw_noise(seed: int, num: int, latent_shape: tuple[int, int, int],
     generator = torch.Generator("cpu").manual_seed(seed)
     draws = [torch.randn((1, *latent_shape), generator=generator) for _ in range(num)]
     return torch.cat(draws).to(device)  # (num, C, h, w)
+
+
+def seed_noise(seed: int | Sequence[SeedWeight], num: int, latent_shape: tuple[int, int, int],
+               device: torch.device, bank: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """`draw_noise` for a seed, or StreamDiffusion's seed blend for a weighted list of seeds.
+
+    `bank` maps seeds to their draws for this (num, latent_shape): the caller keeps it between
+    calls so that changing only the weights re-blends without drawing again; it is updated to
+    hold exactly the seeds of `seed`.
+    """
+    weights: dict[int, float] = {}  # a seed listed twice is one noise: its weights add up
+    for entry in [SeedWeight(seed, 1.0)] if isinstance(seed, int) else seed:
+        weights[entry.seed] = weights.get(entry.seed, 0.0) + entry.weight
+    draws = {}
+    for s in weights:
+        cached = bank.get(s) if bank is not None else None
+        draws[s] = cached if cached is not None else draw_noise(s, num, latent_shape, device)
+    if bank is not None:
+        bank.clear()
+        bank.update(draws)
+    return blend_noise(list(draws.values()), list(weights.values()))
+
+
+def blend_noise(noises: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """sum(w_i * n_i) / sqrt(sum(w_i**2)): a weighted sum of independent unit-variance noises,
+    rescaled back to unit variance (StreamDiffusion's seed blending). One entry with a positive
+    weight returns that entry's own tensor, bit for bit."""
+    live = [(n, w) for n, w in zip(noises, weights) if w > 0]
+    if len(live) == 1:
+        return live[0][0]
+    total = sum(w for _, w in live)  # normalising first keeps huge weights from overflowing
+    scale = sum((w / total) ** 2 for _, w in live) ** 0.5
+    out = torch.zeros_like(live[0][0])
+    for n, w in live:
+        out.add_(n, alpha=w / total / scale)
+    return out
 
 
 def build_plan(params: StreamParams, txt2img: bool, alphas_cumprod: torch.Tensor,
