@@ -114,12 +114,12 @@ def test_no_cgroup_reports_null_and_the_reasons(tmp_path):
 
 
 def test_a_killed_servers_empty_cgroups_are_swept(tmp_path):
-    dead = 1 << 22  # past any pid_max default: no such process
+    dead = 1 << 22  # pids stay below pid_max, at most 2**22: no such process
     _tree(tmp_path, {"fs/cgroup.controllers": "memory pids", "fs/srv/cgroup.controllers": "memory pids",
                      "fs/srv/cgroup.subtree_control": "memory pids"})
     for name in (f"livecast-sandbox-{dead}/cntr_x", f"livecast-sandbox-{os.getppid()}", "other"):
         (tmp_path / "fs/srv" / name).mkdir(parents=True)
-    site, _ = _setup(tmp_path, "0::/srv\n")
+    assert _setup(tmp_path, "0::/srv\n")[0] is not None
     left = sorted(entry.name for entry in (tmp_path / "fs/srv").iterdir() if entry.is_dir())
     assert left == sorted([f"livecast-sandbox-{os.getppid()}", f"livecast-sandbox-{os.getpid()}", "other"])
 

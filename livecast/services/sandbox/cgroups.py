@@ -25,9 +25,10 @@ import os
 import time
 from dataclasses import dataclass
 
+from livecast.services.sandbox.limits import MIB
+
 REQUIRED = ("memory", "pids")
 _CONTROLLERS = ("memory", "pids", "cpu")
-MIB = 1 << 20
 
 
 class Unavailable(Exception):
