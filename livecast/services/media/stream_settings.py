@@ -3,27 +3,53 @@ WebSocket frame configs. Types are checked here; ranges by streamdiff's StreamPa
 messages start with the field name (so errors name the parameter)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, ValidationError
 
 from livecast.services.request_base import EdgeModel
+from livecast.streamdiff.config import StreamParams
+
+PromptText = Annotated[str, Field(max_length=2000)]
+
+
+class PromptEntry(EdgeModel):
+    """One prompt of a blend; weights are relative (the conditioning is their normalised sum)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: PromptText
+    weight: float
+
+
+class SeedEntry(EdgeModel):
+    """One seed of a blend; noise = sum(weight * noise(seed)) / sqrt(sum(weight ** 2))."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int
+    weight: float
 
 
 class StreamSettings(EdgeModel):
-    """Starting settings of a stream, or a partial update of them (only the fields sent apply)."""
+    """Starting settings of a stream, or a partial update of them (only the fields sent apply).
+
+    `prompt` and `seed` may be weighted lists (blends, at most 8 entries); `temporal_blend` in
+    [0, 0.9] smooths the output over time (0: off). StreamParams checks the ranges.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
-    prompt: str = Field("", max_length=2000)
+    prompt: PromptText | list[PromptEntry] = ""
     negative_prompt: str = Field("", max_length=2000)
     strength: float | None = None
-    seed: int | None = None
+    seed: int | list[SeedEntry] | None = None
     guidance_scale: float | None = None
     delta: float | None = None
     t_index_list: list[int] | None = None
     num_inference_steps: int | None = None
     similarity_filter: bool | None = None
+    temporal_blend: float | None = None
 
     @classmethod
     def changes(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -33,11 +59,15 @@ class StreamSettings(EdgeModel):
             checked = cls.model_validate(values)
         except ValidationError as exc:
             errors = exc.errors()
-            unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+            unknown = sorted(str(e["loc"][0]) for e in errors
+                             if e["type"] == "extra_forbidden" and len(e["loc"]) == 1)
             if unknown:
                 raise ValueError(f"{unknown[0]} is not a stream setting; settable: {list(SETTABLE)}") from None
-            err = errors[0]
-            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            # A union (prompt, seed) reports one error per member: keep the member the value got
+            # furthest into (a list with a bad entry), and leave the members' names out.
+            first = errors[0]["loc"][:1]
+            err = max((e for e in errors if e["loc"][:1] == first), key=lambda e: len(e["loc"]))
+            name = ".".join(str(p) for p in err["loc"] if not _union_member(p)) or "settings"
             raise ValueError(f"{name} {err['msg'][0].lower()}{err['msg'][1:]}") from None
         return checked.model_dump(include=set(values))
 
@@ -46,6 +76,22 @@ class StreamSettings(EdgeModel):
 
 
 SETTABLE = tuple(StreamSettings.model_fields)
+
+
+def _union_member(part: Any) -> bool:
+    return isinstance(part, str) and (part in ("str", "int", "constrained-str") or "[" in part)
+
+
+def settings_json(params: StreamParams) -> dict[str, Any]:
+    """The settable part of a stream's params as plain JSON values, in the form StreamSettings
+    accepts back: blends as lists of {text|seed, weight}."""
+    values = {name: getattr(params, name) for name in SETTABLE}
+    if values["t_index_list"] is not None:
+        values["t_index_list"] = list(values["t_index_list"])
+    for name in ("prompt", "seed"):
+        if isinstance(values[name], tuple):
+            values[name] = [entry._asdict() for entry in values[name]]
+    return values
 
 
 def param_error_name(message: str) -> str | None:
