@@ -10,6 +10,7 @@ BENCHMARKS = {
     "throughput": "livecast.services.bench.throughput",
     "serving": "livecast.services.bench.serving",
     "diffusion": "livecast.services.bench.diffusion",
+    "video": "livecast.services.bench.video",
     "webrtc": "livecast.services.bench.webrtc",
     "fanout": "livecast.services.bench.fanout",
     "cohost": "livecast.services.bench.cohost",
