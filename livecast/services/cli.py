@@ -1,4 +1,4 @@
-"""The `livecast` command: serve, generate, chat, sandbox, cot and the benchmarks."""
+"""The `livecast` command: serve, generate, chat, sandbox, cot, train and the benchmarks."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,7 @@ COMMANDS = {
     "quantize": "livecast.engine.quant.cli",
     "generate": "livecast.engine.cli",
     "chat": "livecast.engine.cli",
+    "train": "livecast.streamdiff.training.train",
 }
 
 

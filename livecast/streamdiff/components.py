@@ -1,4 +1,5 @@
-"""Where models come from: built-in random models, diffusers folders and hub ids; device/dtype."""
+"""Where models come from: the trained demo (a diffusers folder in the package), built-in random
+models, diffusers folders and hub ids; device/dtype."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ import torch
 
 from livecast.kernels.cpu import native_bf16
 
-from .demo import DEMO_SEED, SPECS, build_random_components
+from .demo import DEMO, DEMO_SEED, DEMO_WEIGHTS_DIR, SPECS, build_random_components
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,27 @@ def load_components(name_or_path: str, *, tiny_vae: bool | str | None, seed: int
                     dtype: torch.dtype) -> dict[str, Any]:
     """StreamPipeline constructor arguments for a built-in name, diffusers folder or hub id.
 
+    "demo" loads the trained weights shipped in the package exactly as a diffusers folder;
+    "demo-random" and "sd-turbo-shape" are built from configs with random weights (`seed`).
+
     Returns unet, vae (the one streaming uses), text_encoder, tokenizer, scheduler, name, demo and
     resolution (None: derived from the UNet's sample_size).
     """
+    if name_or_path == "demo":
+        # The trained demo is an ordinary diffusers folder; only its tiny VAE is shipped.
+        if seed is not None:
+            raise ValueError("seed only applies to the built-in random models "
+                             "('demo-random', 'sd-turbo-shape'); the demo's weights are trained")
+        if tiny_vae not in (None, True):
+            raise ValueError("the trained demo ships only its own tiny VAE; pass tiny_vae=True or "
+                             "use 'demo-random' for the KL VAE")
+        if not (DEMO_WEIGHTS_DIR / "unet").is_dir():
+            logger.warning("streamdiff: the demo's weights are missing from %s (rebuild them with "
+                           "`livecast train demo`); serving 'demo-random' instead", DEMO_WEIGHTS_DIR)
+            return load_components("demo-random", tiny_vae=tiny_vae, seed=seed, dtype=dtype)
+        parts = _load_diffusers(str(DEMO_WEIGHTS_DIR), tiny_vae=str(DEMO_WEIGHTS_DIR / "tiny_vae"),
+                                dtype=dtype)
+        return {**parts, "name": "demo", "demo": True, "resolution": DEMO.resolution}
     if name_or_path in SPECS:
         seed = DEMO_SEED if seed is None else seed
         parts = build_random_components(name_or_path, seed=seed)
@@ -60,7 +79,8 @@ def load_components(name_or_path: str, *, tiny_vae: bool | str | None, seed: int
         return {**parts, "name": name_or_path, "demo": True,
                 "resolution": SPECS[name_or_path].resolution}
     if seed is not None:
-        raise ValueError("seed only applies to the built-in random models ('demo', 'sd-turbo-shape')")
+        raise ValueError("seed only applies to the built-in random models ('demo-random', "
+                         "'sd-turbo-shape')")
     return _load_diffusers(name_or_path, tiny_vae=tiny_vae, dtype=dtype)
 
 

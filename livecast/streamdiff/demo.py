@@ -1,5 +1,12 @@
-"""Built-in models made from configs with random weights: `demo` (live on 2 CPU cores) and
-`sd-turbo-shape` (SD-Turbo's exact architecture, for timing). Nothing is downloaded.
+"""Built-in models. Nothing is downloaded.
+
+- `demo`: the trained demo (live on 2 CPU cores). Its weights ship in the package
+  (`weights/demo/`, a diffusers folder made by `livecast train demo`, see `training/`) and load
+  through the same `from_pretrained` path as any diffusers folder.
+- `demo-random`: the same family built from configs with random weights (seeded), for timing.
+- `sd-turbo-shape`: SD-Turbo's exact architecture with random weights, for timing.
+
+The random builds below:
 
 The demo keeps Stable Diffusion's topology at reduced width so every code path (cross-attention,
 KL and tiny VAEs, CLIP text encoder, 8x latent downsampling) is exercised for real:
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +35,11 @@ from .tokenizer import build_demo_tokenizer
 logger = logging.getLogger(__name__)
 
 DEMO_SEED = 20240601
+
+# The trained demo: a diffusers folder shipped in the package, and how /health describes it.
+DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "demo"
+TRAINED_LABEL = "trained by livecast on procedural scenes"
+RANDOM_LABEL = "random weights"
 
 # SD-Turbo's scheduler: trailing spacing puts 1-step sampling at t=999, 2 steps at (999, 499).
 TURBO_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -81,7 +94,17 @@ SD_TURBO_SHAPE = ModelSpec(
                       vocab_size=49408),
 )
 
-SPECS = {spec.name: spec for spec in (DEMO, SD_TURBO_SHAPE)}
+# Names build_random_components accepts: "demo" and "demo-random" are the same random build.
+SPECS = {"demo": DEMO, "demo-random": DEMO, SD_TURBO_SHAPE.name: SD_TURBO_SHAPE}
+# Names StreamPipeline.from_pretrained accepts without a path: the trained demo and random builds.
+BUILT_IN = ("demo", "demo-random", SD_TURBO_SHAPE.name)
+
+
+def describe_weights(name: str, demo: bool) -> str | None:
+    """What /health and the pages say about a pipeline's weights (None: real, loaded weights)."""
+    if not demo:
+        return None
+    return TRAINED_LABEL if name == "demo" else RANDOM_LABEL
 
 
 def build_random_components(name: str, seed: int = DEMO_SEED) -> dict[str, Any]:
@@ -91,7 +114,7 @@ def build_random_components(name: str, seed: int = DEMO_SEED) -> dict[str, Any]:
     plus `tiny_vae`. Weights are fp32 on the CPU; callers cast and move them.
     """
     if name not in SPECS:
-        raise ValueError(f"unknown built-in model {name!r}; choose one of {sorted(SPECS)}")
+        raise ValueError(f"unknown built-in random model {name!r}; choose one of {sorted(SPECS)}")
     spec = SPECS[name]
     tokenizer = build_demo_tokenizer()
     # The demo vocab is a subset of CLIP's id range, so SD-Turbo's 49408-row table accepts it.
