@@ -91,6 +91,16 @@ def _validator_for(schema_json: str) -> Draft202012Validator:
     return Draft202012Validator(root)
 
 
+def completion_chunk() -> dict:
+    """A streamed /v1/completions chunk. The document has no event-stream schema for that route; its
+    chunks are CreateCompletionResponse objects whose `finish_reason` is null until the last one, as
+    OpenAI's own stream sends them (the one reading added here, named in docs/API.md)."""
+    schema = json.loads(json.dumps(document()["components"]["schemas"]["CreateCompletionResponse"]))
+    reason = schema["properties"]["choices"]["items"]["properties"]["finish_reason"]
+    reason["type"], reason["enum"] = ["string", "null"], [*reason["enum"], None]
+    return schema
+
+
 def errors(schema: dict, instance) -> list[str]:
     """Every departure of `instance` from `schema`, as `path: message` lines (empty: it conforms)."""
     validator = _validator_for(json.dumps(schema, sort_keys=True))

@@ -101,3 +101,10 @@ def test_stored_chat_completions(api):
 
 def _as_assistant(page: dict) -> dict:
     return {**page, "data": [{**m, "role": "assistant"} for m in page["data"]]}
+
+
+def test_completions_streamed(api):
+    chunks = api.stream("/v1/completions", {"model": "tiny", "prompt": "Once", "max_tokens": 4, "stream": True,
+                                            "stream_options": {"include_usage": True}},
+                        schema=openapi.completion_chunk())
+    assert chunks[-1]["usage"]["completion_tokens"] == 4

@@ -26,6 +26,9 @@ MAX_TOOLS = 128  # OpenAI's limit
 Count = Annotated[int, Field(le=MAX_CHOICES)]  # the lower bound is SamplingParams', with its message
 Text = Annotated[str, Field(min_length=1)]  # the schema says what the engine needs: no empty prompts
 TokenIds = Annotated[list[int], Field(min_length=1)]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(ge=0, le=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
 class SamplingFields(EdgeModel):
@@ -34,12 +37,13 @@ class SamplingFields(EdgeModel):
     model_config = ConfigDict(extra="ignore")
 
     n: Count = 1
-    temperature: float | None = None
-    top_p: float | None = None
+    # OpenAI's documented ranges, enforced (a 400 naming the field): docs/API.md, "Request bounds"
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     top_k: int | None = None
     min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -161,8 +165,8 @@ class CompletionRequest(SamplingFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
     echo: bool = False
-    logprobs: int | None = Field(default=None, le=MAX_TOP_LOGPROBS)
-    best_of: Count | None = None
+    logprobs: int | None = Field(default=None, le=5)  # OpenAI's bound on the legacy route
+    best_of: Annotated[int, Field(le=20)] | None = None
     response_format: ResponseFormat | None = None
     cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot/route.py
 

@@ -172,7 +172,8 @@ class VectorStores:
                                   "WHERE vector_store_id = ?", (row["id"],))["n"]
         status = ("expired" if expires_at is not None and expires_at <= time.time()
                   else "in_progress" if counts["in_progress"] else "completed")
-        out = {"id": row["id"], "object": "vector_store", "created_at": row["created_at"], "name": row["name"],
+        # an unnamed store's name is "" (OpenAI's document requires a string)
+        out = {"id": row["id"], "object": "vector_store", "created_at": row["created_at"], "name": row["name"] or "",
                "usage_bytes": usage, "file_counts": counts, "status": status, "expires_at": expires_at,
                "last_active_at": row["last_active_at"], "metadata": json.loads(row["metadata"])}
         if row["expires_after"]:  # optional, not nullable, in OpenAI's document

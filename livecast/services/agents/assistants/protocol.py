@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from livecast.services.agents.responses.protocol import Metadata
+from livecast.services.llm.protocol import Temperature, TopP
 
 
 class _Body(BaseModel):
@@ -19,8 +20,8 @@ class AssistantFields(_Body):
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
     tool_resources: dict[str, Any] | None = None
     metadata: Metadata | None = Field(default=None, max_length=16)
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     response_format: str | dict[str, Any] | None = None
 
 
@@ -63,8 +64,8 @@ class RunCreate(_Body):
     additional_messages: list[MessageCreate] | None = None
     tools: list[dict[str, Any]] | None = None
     metadata: Metadata | None = Field(default=None, max_length=16)
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     stream: bool = False
     max_prompt_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)

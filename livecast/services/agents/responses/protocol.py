@@ -57,6 +57,7 @@ class ResponseCreate(SamplingFields):
     metadata: Metadata | None = Field(default=None, max_length=16)
     include: list[str] | None = Field(default=None, max_length=16)
     truncation: Literal["auto", "disabled"] = "disabled"
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)  # only 0: Responses here carry no logprobs
     cot: dict[str, Any] | None = None  # livecast's Chain-of-Thought extension (docs/API.md)
     user: str | None = None
 

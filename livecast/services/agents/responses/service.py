@@ -34,6 +34,9 @@ class Responses:
     async def create(self, body: ResponseCreate) -> dict | AsyncIterator[dict]:
         """The finished response, its event stream (`stream`), or the queued response (`background`)."""
         self.llm.check_model(body.model)
+        if body.top_logprobs:
+            raise APIError(400, "top_logprobs: responses on this server carry no logprobs (output_text.logprobs is "
+                                "always []); chat completions return them", param="top_logprobs")
         if body.previous_response_id and body.conversation_id:
             raise APIError(400, "previous_response_id and conversation cannot be used together",
                            param="previous_response_id")
@@ -104,7 +107,7 @@ class Responses:
                 "parallel_tool_calls": body.parallel_tool_calls, "previous_response_id": body.previous_response_id,
                 "conversation": {"id": body.conversation_id} if body.conversation_id else None,
                 "reasoning": None, "store": body.store, "temperature": body.temperature, "top_p": body.top_p,
-                "text": {"format": fmt}, "tool_choice": tool_choice, "tools": body.tools or [],
+                "text": {"format": fmt}, "tool_choice": tool_choice, "tools": [_echoed(t) for t in body.tools or []],
                 "truncation": body.truncation, "metadata": body.metadata or {},
                 # optional but not nullable in OpenAI's document: absent until known
                 **({"user": body.user} if body.user is not None else {})}
@@ -167,6 +170,14 @@ class Responses:
         await self.agents.background.cancel(response_id)
         self.store.delete_response(response_id)
         return {"id": response_id, "object": "response", "deleted": True}
+
+
+def _echoed(tool: dict) -> dict:
+    """A tool as the response shows it: a function's `strict` and `parameters` are always there (null
+    when not sent), as OpenAI's document requires."""
+    if tool.get("type") == "function":
+        return {"strict": None, "parameters": None, **tool}
+    return tool
 
 
 def _usage(loop: RunLoop) -> dict:

@@ -76,8 +76,8 @@ class _Completion:
     def _chunk(self, choices: list[dict], usage: bool = False) -> dict:
         chunk = {"id": self.id, "object": "text_completion", "created": self.created,
                  "model": self.llm.model_name, "choices": choices}
-        if usage or (self.body.stream and self.body.stream_options and self.body.stream_options.include_usage):
-            chunk["usage"] = self._usage() if usage else None
+        if usage:  # the last chunk only: OpenAI's document gives a completion's usage no null
+            chunk["usage"] = self._usage()
         return chunk
 
     def _echo(self, out: RequestOutput, index: int) -> tuple[str, dict | None]:
