@@ -19,6 +19,7 @@ BENCHMARKS = {
     "cot": "livecast.services.bench.cot",
     "quant": "livecast.services.bench.quant",
     "scale": "livecast.services.bench.scale",
+    "lora": "livecast.services.bench.lora",
 }
 
 # Subcommands that own their argument parsing: `livecast NAME …` → module.main(argv).

@@ -74,7 +74,7 @@ class StreamBatcher(Driven):
     def add_stream(self, stream_id: Hashable, **settings: Any) -> None:
         """Register a stream; `settings` are StreamParams fields (prompt, strength, seed, ...)."""
         params = StreamParams(**settings)
-        self.pipe.states.working_size(params)  # a bad width/height fails here, not in step()
+        self.pipe.check(params)  # a bad width/height or lora fails here, not in step()
         with self._lock:
             if stream_id in self._streams:
                 raise ValueError(f"stream {stream_id!r} already exists")
@@ -88,7 +88,7 @@ class StreamBatcher(Driven):
         with self._lock:
             stream = self._get(stream_id)
             params = stream.params.updated(**changes)  # validates now, applies on the next step
-            self.pipe.states.working_size(params)
+            self.pipe.check(params)
             stream.params = params
         return params
 

@@ -11,6 +11,7 @@ SCHEDULES = ("turbo", "lcm")
 MAX_TRAIN_TIMESTEPS = 1000
 MAX_BLEND = 8  # entries of a weighted prompt or seed list
 MAX_TEMPORAL_BLEND = 0.9  # beyond this the output barely follows the input
+MAX_LORA_SCALE = 4.0  # lora_scale multiplies the adapter's alpha / r
 
 
 class PromptWeight(NamedTuple):
@@ -52,6 +53,9 @@ class StreamParams:
       PromptWeight / SeedWeight; weights are finite and >= 0 with a positive sum.
     - `temporal_blend` in [0, 0.9]: an exponential moving average over the stream's denoised
       latents, `out_t = (1 - b) * x0_t + b * out_{t-1}`; 0 (the default) is off.
+    - `lora`: a style LoRA registered with the pipeline (`load_lora`), applied to this stream's
+      rows only, at `lora_scale` x its alpha / r (diffusers' `cross_attention_kwargs={"scale"}`);
+      None (the default) is none. Switching it takes effect on the next frame.
     """
 
     prompt: str | tuple[PromptWeight, ...] = ""
@@ -71,6 +75,8 @@ class StreamParams:
     similarity_threshold: float = 0.98
     max_skip_frames: int = 10
     temporal_blend: float = 0.0
+    lora: str | None = None
+    lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -119,6 +125,13 @@ class StreamParams:
             raise ValueError(f"temporal_blend must be a number in [0, {MAX_TEMPORAL_BLEND}] "
                              f"(0: off), got {b!r}")
         object.__setattr__(self, "temporal_blend", float(b))
+        if self.lora is not None and (not isinstance(self.lora, str) or not 0 < len(self.lora) <= 64):
+            raise ValueError(f"lora must be a registered adapter's name (1-64 chars) or None, got {self.lora!r}")
+        c = self.lora_scale
+        if (not isinstance(c, (int, float)) or isinstance(c, bool) or not math.isfinite(c)
+                or not -MAX_LORA_SCALE <= c <= MAX_LORA_SCALE):
+            raise ValueError(f"lora_scale must be a number in [-{MAX_LORA_SCALE:g}, {MAX_LORA_SCALE:g}], got {c!r}")
+        object.__setattr__(self, "lora_scale", float(c))
 
     def step_indices(self, txt2img: bool) -> tuple[int, ...]:
         """Indices into the trailing timesteps that this stream denoises, in order."""

@@ -12,6 +12,7 @@ residual noise, carried along with the row as it moves slot to slot (StreamDiffu
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,7 @@ class Guidance:
     cfg_type: str  # effective mode: "none" when guidance_scale <= 1
     scale: float
     delta: float
+    lora: tuple[str, float] | None = None  # (adapter, lora_scale) for every row of the stream
 
 
 @dataclass(slots=True)
@@ -84,6 +86,7 @@ class Denoiser:
         self.unet = unet
         self.prediction_type = prediction_type
         self.dtype = dtype
+        self.lora = None  # a lora.LoraBank: each row gets its own stream's adapter
 
     @torch.inference_mode()
     def run(self, jobs: list[Job]) -> None:
@@ -107,10 +110,12 @@ class Denoiser:
                 timesteps.append(tt)
                 embeds.append(e)
             sizes.append(sum(x.shape[0] for x, _, _ in parts))
-        # 2. one UNet call for everything
-        model_out = self.unet(torch.cat(samples).to(self.dtype), torch.cat(timesteps),
-                              encoder_hidden_states=torch.cat(embeds),
-                              return_dict=False)[0].float()
+        # 2. one UNet call for everything, each row with its own stream's LoRA (if any)
+        rows = [(job.guidance.lora, n) for job, n in zip(jobs, sizes)]
+        with self.lora.rows(rows) if self.lora is not None else nullcontext():
+            model_out = self.unet(torch.cat(samples).to(self.dtype), torch.cat(timesteps),
+                                  encoder_hidden_states=torch.cat(embeds),
+                                  return_dict=False)[0].float()
         # 3. per job: guidance, x0, and the latent and residual noise of the next slot
         for job, out in zip(jobs, model_out.split(sizes)):
             job.advance(*self._step(job, out))

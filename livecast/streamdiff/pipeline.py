@@ -12,6 +12,7 @@ from .codec import LatentCodec
 from .config import StreamParams
 from .denoise import Denoiser, Job
 from .image import Frame, fit, frame_size, frame_to_tensor, to_pil
+from .lora import LoraAdapter, LoraBank
 from .prompt import PromptEncoder
 from .stream import StateFactory, StreamState
 
@@ -27,7 +28,8 @@ class StreamPipeline:
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, *,
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                  name: str = "custom", demo: bool = False, resolution: int | None = None,
-                 channels_last: bool = True, fuse_qkv: bool = True, max_cached_prompts: int = 64):
+                 channels_last: bool = True, fuse_qkv: bool = True, max_cached_prompts: int = 64,
+                 max_loras: int = 4, lora_strategy: str = "batched"):
         self.device = comp.resolve_device(device)
         self.dtype = comp.resolve_dtype(dtype, self.device)
         self.name, self.demo = name, demo
@@ -48,6 +50,10 @@ class StreamPipeline:
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer, self.scheduler = tokenizer, scheduler
         self.denoiser = Denoiser(unet, scheduler.config.prediction_type, self.dtype)
+        # Style LoRAs streams may pick (load_lora); nothing is hooked until one is loaded.
+        self.loras = LoraBank(unet, dtype=self.dtype, device=self.device, max_resident=max_loras,
+                              strategy=lora_strategy)
+        self.denoiser.lora = self.loras
         self.prompts = PromptEncoder(tokenizer, text_encoder, self.device, self.dtype, max_cached_prompts)
         unet_down = 2 ** (len(unet.config.block_out_channels) - 1)
         side = resolution or unet.config.sample_size * self.codec.downscale
@@ -68,7 +74,7 @@ class StreamPipeline:
 
         Options: `tiny_vae` (bool, or a path/hub id of an AutoencoderTiny; default True for the
         built-in models), `seed` (built-in weights), `resolution`, `channels_last`, `fuse_qkv`,
-        `max_cached_prompts`.
+        `max_cached_prompts`, `max_loras`, `lora_strategy`.
         """
         loaded = comp.load_components(name_or_path, tiny_vae=options.pop("tiny_vae", None),
                                       seed=options.pop("seed", None),
@@ -85,6 +91,19 @@ class StreamPipeline:
                 "dtype": str(self.dtype).removeprefix("torch."), "resolution": [width, height],
                 "vae": "tiny" if self.codec.tiny else "kl", "size_multiple": self.states.size_multiple}
 
+    # -- style LoRAs ---------------------------------------------------------------------------
+
+    def load_lora(self, name: str, path: str) -> LoraAdapter:
+        """Register a diffusers-format LoRA file (or its folder) as `name`, for streams' `lora`
+        setting. A malformed file raises LoraError naming it and changes nothing loaded."""
+        return self.loras.register(name, path)
+
+    def check(self, params: StreamParams) -> None:
+        """ValueError, naming the setting, for params this pipeline cannot serve (a working size
+        that is not a multiple of size_multiple, an adapter that is not registered)."""
+        self.states.working_size(params)
+        self.loras.check(params.lora)
+
     # -- single stream -------------------------------------------------------------------------
 
     def prepare(self, prompt: str | None = None, /, **settings: Any) -> None:
@@ -95,7 +114,9 @@ class StreamPipeline:
         """
         if prompt is not None:
             settings["prompt"] = prompt
-        self._state = self.states.build(StreamParams(**settings))
+        params = StreamParams(**settings)
+        self.loras.check(params.lora)
+        self._state = self.states.build(params)
 
     def update_prompt(self, prompt: str | Sequence[Any], negative_prompt: str | None = None) -> None:
         """Switch the prompt (or prompt blend) mid-stream: cached embeddings, same buffers, next
@@ -109,7 +130,9 @@ class StreamPipeline:
         """Change StreamParams fields from the next frame on, keeping what stays valid: prompt
         and seed blends and temporal_blend carry the Stream Batch buffer over."""
         state = self._ensure_state()
-        self._state = self.states.build(state.params.updated(**changes), previous=state)
+        params = state.params.updated(**changes)
+        self.loras.check(params.lora)
+        self._state = self.states.build(params, previous=state)
 
     @property
     def params(self) -> StreamParams:

@@ -136,5 +136,6 @@ class StateFactory:
         uncond = None
         if cfg_type in ("full", "initialize"):
             uncond = self.encode_prompt(params.negative_prompt)
+        lora = (params.lora, params.lora_scale) if params.lora is not None and params.lora_scale else None
         return Guidance(cond=self.encode_prompt(params.prompt), uncond=uncond, cfg_type=cfg_type,
-                        scale=float(params.guidance_scale), delta=float(params.delta))
+                        scale=float(params.guidance_scale), delta=float(params.delta), lora=lora)

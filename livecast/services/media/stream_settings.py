@@ -35,7 +35,9 @@ class StreamSettings(EdgeModel):
     """Starting settings of a stream, or a partial update of them (only the fields sent apply).
 
     `prompt` and `seed` may be weighted lists (blends, at most 8 entries); `temporal_blend` in
-    [0, 0.9] smooths the output over time (0: off). StreamParams checks the ranges.
+    [0, 0.9] smooths the output over time (0: off); `lora` picks a style LoRA the server was
+    started with (`--diffusion-loras`; null: none) at `lora_scale`. StreamParams checks the
+    ranges, the pipeline the adapter's name.
     """
 
     model_config = ConfigDict(extra="forbid", strict=False)
@@ -50,6 +52,8 @@ class StreamSettings(EdgeModel):
     num_inference_steps: int | None = None
     similarity_filter: bool | None = None
     temporal_blend: float | None = None
+    lora: str | None = Field(None, max_length=64)  # a --diffusion-loras name; null: none
+    lora_scale: float | None = None
 
     @classmethod
     def changes(cls, values: dict[str, Any]) -> dict[str, Any]:

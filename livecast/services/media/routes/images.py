@@ -4,6 +4,8 @@ POST /v1/images/edits (multipart image + prompt → img2img).
 Every image is a fresh batcher stream submitted at once, so the images of one request and of
 concurrent requests share the batcher's UNet calls. Responses are `{"created", "data":
 [{"b64_json", "revised_prompt"}]}`; `response_format` must be `b64_json` (nothing is hosted).
+`lora` / `lora_scale` (both endpoints) apply a style LoRA the server was started with
+(`--diffusion-loras`); an unknown name is a 400 with param `lora`.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ class ImageGenerationRequest(EdgeModel):
     negative_prompt: str = Field("", max_length=4000)
     guidance_scale: float | None = None
     num_inference_steps: int = Field(DEFAULT_STEPS, ge=1, le=50)
+    lora: str | None = Field(None, max_length=64)  # a style LoRA named by --diffusion-loras
+    lora_scale: float | None = None
 
 
 @router.post("/v1/images/generations")
@@ -56,7 +60,7 @@ async def create_image(body: ImageGenerationRequest, service: MediaService = Dep
     fmt = _check_formats(body.response_format, body.output_format)
     width, height = _parse_size(body.size, service)
     settings = _settings(body.prompt, body.negative_prompt, body.guidance_scale, body.num_inference_steps,
-                         width, height)
+                         width, height, body.lora, body.lora_scale)
     settings["strength"] = 1.0  # txt2img denoises from pure noise: every step runs, whatever the count
     jobs = [({**settings, "seed": seed}, None) for seed in _seeds(body.seed, body.n)]
     return await _respond(service, jobs, body.prompt, fmt, shell.retry_after_s)
@@ -69,7 +73,8 @@ async def edit_image(image: UploadFile = File(...), prompt: str = Form(..., min_
                      response_format: str = Form("b64_json"), output_format: str = Form("png"),
                      negative_prompt: str = Form("", max_length=4000), guidance_scale: float | None = Form(None),
                      num_inference_steps: int = Form(DEFAULT_STEPS, ge=1, le=50), mask: UploadFile | None = File(None),
-                     model: str | None = Form(None), service: MediaService = Depends(get_media),
+                     model: str | None = Form(None), lora: str | None = Form(None, max_length=64),
+                     lora_scale: float | None = Form(None), service: MediaService = Depends(get_media),
                      shell: Shell = Depends(get_shell)):
     if mask is not None:
         raise APIError(400, "mask is not supported: the whole image is edited", param="mask")
@@ -82,7 +87,8 @@ async def edit_image(image: UploadFile = File(...), prompt: str = Form(..., min_
         raise APIError(400, str(exc), param="image", code="invalid_image") from exc
     # without `size` the output keeps the input's size; the model works at its own resolution
     width, height = target or (None, None)
-    settings = _settings(prompt, negative_prompt, guidance_scale, num_inference_steps, width, height)
+    settings = _settings(prompt, negative_prompt, guidance_scale, num_inference_steps, width, height,
+                         lora, lora_scale)
     settings["strength"] = strength
     jobs = [({**settings, "seed": s}, picture) for s in _seeds(seed, n)]
     return await _respond(service, jobs, prompt, fmt, shell.retry_after_s)
@@ -107,11 +113,13 @@ async def _respond(service: MediaService, jobs: list, prompt: str, fmt: str,
 
 
 def _settings(prompt: str, negative_prompt: str, guidance_scale: float | None, steps: int,
-              width: int | None, height: int | None) -> dict[str, Any]:
+              width: int | None, height: int | None, lora: str | None = None,
+              lora_scale: float | None = None) -> dict[str, Any]:
     settings: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative_prompt, "num_inference_steps": steps,
                                 "width": width, "height": height}
-    if guidance_scale is not None:
-        settings["guidance_scale"] = guidance_scale
+    for name, value in (("guidance_scale", guidance_scale), ("lora", lora), ("lora_scale", lora_scale)):
+        if value is not None:
+            settings[name] = value
     return settings
 
 

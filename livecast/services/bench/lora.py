@@ -1,0 +1,117 @@
+"""`livecast bench lora --video`: what style LoRAs cost live video streams.
+
+Video section: the demo model (random weights) with N random LoRAs on its attention projections
+(rank `--rank`, written in diffusers' format and loaded like `--diffusion-loras`). N streams
+with N different LoRAs against the same N streams with none, each condition one StreamBatcher
+on the same pipeline, measured in alternating rounds so background load hits every condition
+alike. Both per-row strategies are timed on the mixed batch: `batched` (the A of all adapters
+concatenated, a per-row mask, two matmuls per layer) and `grouped` (one pair of matmuls per
+adapter over its rows). Target: a stream with a LoRA keeps >= 85% of its fps without one.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from typing import Any
+
+import torch
+
+from livecast.services.bench.diffusion import best_and_median, time_rounds, video_frames
+from livecast.services.bench.report import report
+
+PROMPT = "an ink drawing of a harbour"
+TARGET = 0.85
+
+
+def video(args, device: torch.device, dtype: torch.dtype) -> tuple[list[list[Any]], dict[str, Any]]:
+    from livecast.streamdiff import StreamBatcher, StreamPipeline
+    from livecast.streamdiff.lora import save_random_adapter
+
+    options = {"resolution": args.resolution} if args.resolution else {}
+    pipe = StreamPipeline.from_pretrained("demo", device=device, dtype=dtype,
+                                          max_loras=max(args.streams, 1), **options)
+    side = pipe.states.default_size[0]
+    names = [f"style{i}" for i in range(args.streams)]
+    with tempfile.TemporaryDirectory(prefix="livecast-lora-bench-") as folder:
+        for i, name in enumerate(names):
+            pipe.load_lora(name, save_random_adapter(pipe.unet, f"{folder}/{name}", seed=i, rank=args.rank))
+    adapter = pipe.loras.resident[names[0]]
+    conditions = {"none": [None] * args.streams, "mixed": names}
+    batchers = {}
+    for label, loras in conditions.items():
+        batcher = StreamBatcher(pipe, max_batch_size=args.streams, max_streams=args.streams)
+        for i, lora in enumerate(loras):
+            batcher.add_stream(i, prompt=f"{PROMPT} #{i}", seed=i, strength=0.5, num_inference_steps=2,
+                               lora=lora)
+        batchers[label] = batcher
+
+    def one_step(batcher, strategy: str | None = None):
+        def run(image) -> None:
+            if strategy:
+                pipe.loras.strategy = strategy
+            futures = [batcher.submit(i, image) for i in range(args.streams)]
+            while batcher.num_pending():
+                batcher.step()
+            for future in futures:
+                future.result()
+        return run
+
+    contenders = {"no LoRA": one_step(batchers["none"]),
+                  "4 LoRAs, batched": one_step(batchers["mixed"], "batched"),
+                  "4 LoRAs, grouped": one_step(batchers["mixed"], "grouped")}
+    if args.streams != 4:
+        contenders = {k.replace("4 LoRAs", f"{args.streams} LoRAs"): v for k, v in contenders.items()}
+    frames = video_frames(args.frames + 2, side)
+    time_rounds(contenders, frames[:2], rounds=1, device=device)  # warm-up: states, packed weights
+    fps = time_rounds(contenders, frames[2:], rounds=args.rounds, device=device)
+    pipe.loras.strategy = "batched"
+    # frames/s of one stream (every stream gets one frame per batched step)
+    per_stream = {name: best_and_median(samples) for name, samples in fps.items()}
+    base_best, base_median = per_stream[next(iter(per_stream))]
+    rows, result = [], {}
+    for name, (best, median) in per_stream.items():
+        rows.append([name, args.streams, f"demo {side}x{side}", best, median, args.streams * best,
+                     best / base_best, median / base_median])
+        result[name] = {"fps_per_stream_best": best, "fps_per_stream_median": median,
+                        "fps_total_best": args.streams * best, "ratio_best": best / base_best,
+                        "ratio_median": median / base_median}
+    info = {"streams": args.streams, "rank": args.rank, "lora_layers": len(adapter.layers),
+            "lora_params": sum(l.down.numel() + l.up.numel() for l in adapter.layers.values()),
+            "resolution": side, "frames": args.frames, "rounds": args.rounds, "target_ratio": TARGET,
+            "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "statistic": "per-stream frames/s, best round (median alongside); ratio vs no LoRA",
+            "results": result}
+    return rows, info
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="livecast bench lora", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", action="store_true", help="the video section (the only one so far; default)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--streams", type=int, default=4, help="streams (and distinct LoRAs)")
+    parser.add_argument("--rank", type=int, default=8, help="rank of the random LoRAs")
+    parser.add_argument("--frames", type=int, default=30, help="frames per stream per condition")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
+    parser.add_argument("--resolution", type=int, default=None, help="default: the demo's 256")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", default=None, help="default: bf16 on CPUs with bf16 arithmetic, fp16 on CUDA")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.streams < 1 or args.rank < 1:
+        parser.error("--streams and --rank must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from livecast.streamdiff.components import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    rows, info = video(args, device, dtype)
+    report("lora (video)", ["streams' LoRAs", "streams", "model", "fps/stream (best)", "fps/stream (median)",
+                            "fps total (best)", "vs no LoRA (best)", "vs no LoRA (median)"],
+           rows, {"video": info}, args.json)
+    chosen = next(r for name, r in info["results"].items() if name.endswith("batched"))
+    print(f"a stream with a LoRA (batched, the default) keeps {chosen['ratio_best']:.0%} of its fps "
+          f"without one (median {chosen['ratio_median']:.0%}; target {TARGET:.0%})")
+    return 0
