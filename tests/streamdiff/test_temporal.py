@@ -87,7 +87,7 @@ def test_flicker_on_a_noisy_still_input_falls_with_the_blend():
     pipe = make_pipe()
     frames = video.still_frames(14, SIZE, noise=12.0)
     settings = {"strength": 0.5, "num_inference_steps": 2}
-    off, on = (video.measure(pipe, frames, b, warmup=4, settings=settings) for b in (0.0, 0.8))
+    off, on = video.measure(pipe, frames, [0.0, 0.8], warmup=4, settings=settings)
     assert off["input_flicker"] == on["input_flicker"] > 0
     assert off["output_flicker"] > 0
     assert on["output_flicker"] < 0.7 * off["output_flicker"]

@@ -10,9 +10,9 @@ Inputs (both synthetic, so the run needs nothing on disk):
   default), a camera pointed at a still scene;
 - `pan`: a window sliding slowly (1 px a frame by default) across a larger picture.
 
-The built-in `demo` model has random weights: its outputs are not pictures, but how they change
-from frame to frame still measures what the blend does. Pass a diffusers folder to --model for a
-trained one.
+With random weights (`demo-random`, `sd-turbo-shape`, or `demo` while its trained weights are
+not installed) the outputs are not pictures, but how they change from frame to frame still
+measures what the blend does; the table says which weights ran.
 """
 from __future__ import annotations
 
@@ -64,32 +64,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(pipe, frames: list[np.ndarray], blend: float, warmup: int,
-            settings: dict[str, Any]) -> dict[str, float]:
-    """One fresh stream over `frames` at `temporal_blend=blend`: flicker and frames/s, after
-    `warmup` frames (which fill the Stream Batch buffer and start the blend)."""
-    pipe.prepare(PROMPT, temporal_blend=blend, **settings)
-    outputs = [pipe(f) for f in frames[:warmup]]
-    device = pipe.device
-    _sync(device)
-    start = time.perf_counter()
-    for f in frames[warmup:]:
-        outputs.append(pipe(f))
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    measured = outputs[warmup:]
-    size = measured[0].size
+def measure(pipe, frames: list[np.ndarray], blends: Sequence[float], warmup: int,
+            settings: dict[str, Any]) -> list[dict[str, float]]:
+    """One fresh stream per `temporal_blend` value over the same `frames`: flicker and frames/s
+    of each, after `warmup` frames (which fill the Stream Batch buffer and start the blend).
+
+    The streams take turns frame by frame, so background load on a shared machine hits all of
+    them alike.
+    """
+    from livecast.streamdiff.config import StreamParams
+
+    states = [pipe.new_state(StreamParams(prompt=PROMPT, temporal_blend=b, **settings)) for b in blends]
+    outputs: list[list[PIL.Image.Image]] = [[] for _ in blends]
+    seconds = [0.0] * len(blends)
+    for i, f in enumerate(frames):
+        for k, state in enumerate(states):
+            _sync(pipe.device)
+            start = time.perf_counter()
+            outputs[k].append(pipe.run([(state, f)])[0])
+            _sync(pipe.device)
+            if i >= warmup:
+                seconds[k] += time.perf_counter() - start
+    size = outputs[0][0].size
     inputs = [PIL.Image.fromarray(f).resize(size, PIL.Image.BILINEAR) for f in frames[warmup:]]
-    out_flicker, in_flicker = flicker(measured), flicker(inputs)
-    return {"temporal_blend": blend, "output_flicker": out_flicker, "input_flicker": in_flicker,
-            "relative_flicker": out_flicker / in_flicker if in_flicker else float("inf"),
-            "fps": len(measured) / elapsed}
+    in_flicker = flicker(inputs)
+    results = []
+    for b, outs, secs in zip(blends, outputs, seconds):
+        out_flicker = flicker(outs[warmup:])
+        results.append({"temporal_blend": float(b), "output_flicker": out_flicker, "input_flicker": in_flicker,
+                        "relative_flicker": out_flicker / in_flicker if in_flicker else float("inf"),
+                        "fps": (len(frames) - warmup) / secs})
+    return results
 
 
 def run_flicker(pipe, inputs: dict[str, list[np.ndarray]], blends: Sequence[float], warmup: int,
                 settings: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
-    return {name: [measure(pipe, frames, b, warmup, settings) for b in blends]
-            for name, frames in inputs.items()}
+    return {name: measure(pipe, frames, blends, warmup, settings) for name, frames in inputs.items()}
 
 
 def main(argv: list[str], make_pipe: Callable[..., Any] | None = None) -> int:
@@ -97,7 +107,7 @@ def main(argv: list[str], make_pipe: Callable[..., Any] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flicker", action="store_true", help="measure flicker with and without temporal_blend")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--model", default="demo", help="demo (random weights), sd-turbo-shape, a diffusers folder")
+    parser.add_argument("--model", default="demo", help="demo, demo-random, sd-turbo-shape or a diffusers folder")
     parser.add_argument("--blends", type=float, nargs="+", default=[0.0, 0.5, 0.8],
                         help="temporal_blend values to compare (0: off)")
     parser.add_argument("--frames", type=int, default=40, help="measured frames per input and blend")
@@ -136,20 +146,23 @@ def main(argv: list[str], make_pipe: Callable[..., Any] | None = None) -> int:
     results = run_flicker(pipe, inputs, args.blends, args.warmup, settings)
 
     info = pipe.model_info
-    model = f"{info['name']}{' (random weights)' if info['demo'] else ''} {size}x{size}"
+    random_weights = bool(info["demo"]) and info["name"] != "demo"  # "demo" itself is the trained one
     rows = []
     for name, runs in results.items():
         off = next((r for r in runs if r["temporal_blend"] == 0), runs[0])
         for r in runs:
             rows.append([name, r["temporal_blend"], r["input_flicker"], r["output_flicker"],
                          r["relative_flicker"], r["output_flicker"] / off["output_flicker"], r["fps"]])
-    result = {"model": info["name"], "demo": info["demo"], "device": info["device"], "dtype": info["dtype"],
+    result = {"model": info["name"], "random_weights": random_weights, "device": info["device"], "dtype": info["dtype"],
               "resolution": size, "frames": args.frames, "warmup": args.warmup, "noise": args.noise,
               "pan_step": args.pan_step, "strength": args.strength, "num_inference_steps": args.steps,
               "metric": "mean |frame_t - frame_{t-1}| in 0-255 units; relative = output / input",
               "flicker": results}
     report("video", ["input", "temporal_blend", "input flicker", "output flicker", "output/input",
                      "vs blend off", "frames/s"], rows, result, args.json)
-    if info["demo"]:
-        print("note: the demo model has random weights; flicker figures show the blend's effect, not picture quality")
+    print(f"model: {info['name']} {size}x{size} ({'random' if random_weights else 'trained'} weights), "
+          f"{info['device']} {info['dtype']}; {args.frames} measured frames per row")
+    if random_weights:
+        print(f"note: {info['name']} has random weights: the figures show the blend's effect on "
+              f"frame-to-frame change, not picture quality")
     return 0
