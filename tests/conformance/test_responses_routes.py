@@ -149,3 +149,23 @@ def test_output_token_limit_below_the_documents_floor_is_served(api):
     r = api.post("/v1/responses", {"model": "tiny", "input": "Hi", "max_output_tokens": 2},
                  below_floor=("max_output_tokens",))
     assert r["max_output_tokens"] == 2 and r["usage"]["output_tokens"] <= 2
+
+
+def test_the_new_routes_through_the_official_client(server):
+    """What OpenAI's Python client makes of the routes added for the document (it parses each answer
+    into its own types)."""
+    client = server.client()
+    counted = client.responses.input_tokens.count(model="tiny", input="Count me.", instructions="Be brief.")
+    assert counted.input_tokens > 0
+    compacted = client.responses.compact(model="tiny", input=[{"role": "user", "content": "hello"}])
+    assert compacted.output[0].type == "message"
+    made = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                          max_completion_tokens=2, store=True, metadata={"via": "client"})
+    assert [c.id for c in client.chat.completions.list(metadata={"via": "client"})] == [made.id]
+    assert [m.content for m in client.chat.completions.messages.list(made.id)] == ["hi"]
+    assert client.chat.completions.delete(made.id).deleted
+    assistant = client.beta.assistants.create(model="tiny")
+    run = client.beta.threads.create_and_run_poll(assistant_id=assistant.id, max_completion_tokens=8,
+                                                  thread={"messages": [{"role": "user", "content": "hi"}]},
+                                                  poll_interval_ms=50)
+    assert run.status in ("completed", "incomplete")
