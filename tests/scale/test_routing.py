@@ -149,6 +149,7 @@ def test_pools_are_filtered():
     ("/v1/chat/completions", "llm"), ("/v1/models", "llm"), ("/v1/models/tiny", "llm"),
     ("/v1/files/file_1/content", "llm"), ("/v1/vector_stores", "llm"), ("/v1/ws/generate", "llm"),
     ("/v1/images/generations", "media"), ("/v1/ws/frames", "media"), ("/v1/webrtc/offer", "media"),
+    ("/v1/whip", "media"), ("/v1/whep/s_1", "media"), ("/v1/streams", "media"),
     ("/v1/filesystem", "any"), ("/health", "any"), ("/static/app.js", "any"),
 ])
 def test_pool_by_path(path, pool):
@@ -160,6 +161,10 @@ def test_sticky_ids_from_paths_and_bodies():
     assert route_key("POST", "/v1/threads/thread_1/runs/run_1/cancel", b"").sticky == ("thread_1",)
     assert route_key("POST", "/v1/threads/runs", b"{}").sticky == ()
     assert route_key("DELETE", "/v1/webrtc/sessions/s_1", None).sticky == ("s_1",)
+    # a WHIP stream, its WHEP viewers and its settings live with the media replica that took it
+    for method, path in (("PATCH", "/v1/whip/w_1"), ("DELETE", "/v1/whip/w_1"), ("POST", "/v1/whep/w_1"),
+                         ("DELETE", "/v1/whep/w_1/v_2"), ("PATCH", "/v1/streams/w_1")):
+        assert route_key(method, path, None).sticky == ("w_1",), path
     assert route_key("GET", "/v1/containers/cntr_1/files", None).sticky == ("cntr_1",)
     body = json.dumps({"input": "hi", "previous_response_id": "resp_2", "conversation": {"id": "conv_3"}})
     assert route_key("POST", "/v1/responses", body.encode()).sticky == ("resp_2", "conv_3")

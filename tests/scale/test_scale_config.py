@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from livecast.services.scale.config import ScaleConfig
-from livecast.services.scale.pins import IdSniffer, wants_pins
+from livecast.services.scale.pins import IdSniffer, location_id, wants_pins
 from livecast.services.scale.replica import role_settings
 from livecast.services.settings import ServerSettings
 
@@ -71,6 +71,13 @@ def test_deployment_options_fixed_or_autoscaled_on_queue_depth():
 
 def _sse(*objects) -> bytes:
     return b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objects)
+
+
+def test_a_whip_streams_id_comes_from_its_location():
+    assert location_id("POST", "/v1/whip", 201, "/v1/whip/abc123") == "abc123"
+    assert location_id("POST", "/v1/whip", 400, None) is None
+    assert location_id("POST", "/v1/webrtc/offer", 201, "/v1/whip/abc123") is None
+    assert location_id("GET", "/v1/whip", 201, "/v1/whip/abc123") is None
 
 
 def test_id_sniffer_reads_json_bodies_and_the_first_sse_event_with_an_id():

@@ -21,7 +21,7 @@ from livecast.services.errors import APIError, overloaded
 from livecast.services.scale.aggregate import OWN_ROUTES, send_error
 from livecast.services.scale.bridge import bridge_websocket
 from livecast.services.scale.config import ScaleConfig
-from livecast.services.scale.pins import IdSniffer, wants_pins
+from livecast.services.scale.pins import IdSniffer, location_id, wants_pins
 from livecast.services.scale.replica import HEADER
 from livecast.services.scale.routing import Replica, Router, route_key
 
@@ -208,6 +208,9 @@ class Ingress:
                 self.mark_down(replica.id)
                 return False  # dead before its first byte: the client saw nothing, retry
             sniffer = IdSniffer(response.headers.get("content-type", "")) if wants_pins(method, path) else None
+            stream_id = location_id(method, path, response.status_code, response.headers.get("location"))
+            if stream_id is not None:
+                self.router.pin(stream_id, replica.id)
             out = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
             if not any(k.lower() == HEADER for k, _ in out):
                 out.append((HEADER, replica.id.encode()))

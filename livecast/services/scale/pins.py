@@ -1,7 +1,8 @@
 """Which ids a proxied response creates, so later requests naming them reach the replica that holds them.
 
 A response, conversation, thread or container lives in the store (and the caches) of the
-replica that made it; a WebRTC session lives in the media replica's process. The ingress reads
+replica that made it; a WebRTC session or a WHIP stream lives in the media replica's process (a
+WHIP answer is SDP: its id is the last part of its `Location`). The ingress reads
 the id from the response as it streams by, without buffering a stream: a JSON body is kept up to
 `MAX_JSON_BYTES` (these bodies are small); an SSE stream is read up to its first event carrying
 an id, at most `MAX_SSE_BYTES` in.
@@ -15,6 +16,13 @@ MAX_SSE_BYTES = 64 << 10
 # route families whose created objects are state held by one replica
 PINNED_FAMILIES = ("/v1/responses", "/v1/conversations", "/v1/threads", "/v1/containers", "/v1/webrtc/offer")
 _ID_FIELDS = ("id", "thread_id", "session_id", "conversation_id")
+
+
+def location_id(method: str, path: str, status: int, location: str | None) -> str | None:
+    """The stream id a `POST /v1/whip` made, from its `201` answer's Location."""
+    if method != "POST" or path != "/v1/whip" or status != 201 or not location:
+        return None
+    return location.rstrip("/").rsplit("/", 1)[-1] or None
 
 
 def wants_pins(method: str, path: str) -> bool:

@@ -25,9 +25,9 @@ LLM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/generate", "
                        "/tokenize", "/detokenize", "/v1/models", "/v1/ws/generate", "/v1/embeddings"})
 LLM_FAMILIES = ("/v1/models", "/v1/responses", "/v1/conversations", "/v1/assistants", "/v1/threads",
                 "/v1/files", "/v1/vector_stores", "/v1/containers", "/v1/cot")
-MEDIA_FAMILIES = ("/v1/webrtc", "/v1/ws/frames", "/v1/images")
+MEDIA_FAMILIES = ("/v1/webrtc", "/v1/ws/frames", "/v1/images", "/v1/whip", "/v1/whep", "/v1/streams")
 # families whose second path segment names state that lives in one replica's process
-_PATH_ID_FAMILIES = ("responses", "conversations", "threads", "containers")
+_PATH_ID_FAMILIES = ("responses", "conversations", "threads", "containers", "whip", "whep", "streams")
 MAX_KEY_TEXT_CHARS = 8192       # route_key keeps this much canonical text; Router cuts further
 MAX_PARSED_BODY_BYTES = 2 << 20  # larger bodies are not parsed on the event loop: least loaded
 
