@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from aiortc import RTCPeerConnection
 
-import livecast.services.media.video_sessions
+import livecast.services.media.peer
 from livecast.services.media.config import MediaConfig
 from livecast.services.media.service import MediaService
 from livecast.services.runtime.loop import DeviceRuntime
@@ -18,7 +18,7 @@ from tests.media.test_webrtc_api import wait_drained
 
 
 async def test_offer_that_never_connects_is_closed(media_server, monkeypatch):
-    monkeypatch.setattr(livecast.services.media.video_sessions, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(livecast.services.media.peer, "CONNECT_TIMEOUT_S", 1.0)
     pc = RTCPeerConnection()
     pc.addTrack(MovingPattern())
     await pc.setLocalDescription(await pc.createOffer())

@@ -14,16 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceCandidate, RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import candidate_from_sdp
 from av import VideoFrame
 
+from livecast.services.media.peer import OfferError, Peer, SessionLimit, negotiate
 from livecast.services.media.pump import FramePump, FrameStats, LatestSlot
-from livecast.services.media.video_sessions import CONNECT_TIMEOUT_S, OfferError, SessionLimit, negotiate, to_frame, to_rgb
+from livecast.services.media.video_sessions import to_frame, to_rgb
 
 if TYPE_CHECKING:
     from livecast.services.media.service import MediaService
@@ -33,75 +32,6 @@ logger = logging.getLogger("livecast.media")
 
 class UnknownStream(KeyError):
     """No source (or viewer) of that id: a 404."""
-
-
-class _Peer:
-    """One peer connection and the tasks that serve it; closed once."""
-
-    def __init__(self, owner: Broadcasts) -> None:
-        self.id = uuid.uuid4().hex[:16]
-        self.owner = owner
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN
-        self.created = time.time()
-        self._tasks: set[asyncio.Task] = set()
-        self._closing: asyncio.Task | None = None
-        owner.peers.add(self.pc)
-        self.pc.on("connectionstatechange", self._on_state)
-
-    def _on_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
-            self.close()
-
-    def spawn(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def watch(self) -> None:
-        self.spawn(self._connect_deadline())
-
-    async def _connect_deadline(self) -> None:
-        await asyncio.sleep(CONNECT_TIMEOUT_S)
-        if self.pc.connectionState != "connected":
-            logger.info("%s %s never connected; closing", type(self).__name__.lower(), self.id)
-            self.close()
-
-    async def add_candidates(self, fragment: str) -> int:
-        """Trickle ICE (RFC 8840 `application/trickle-ice-sdpfrag`): add the fragment's remote
-        candidates; ValueError on a malformed one. Returns how many were added."""
-        mid, added = None, 0
-        for line in fragment.splitlines():
-            line = line.strip()
-            if line.startswith("a=mid:"):
-                mid = line[len("a=mid:"):]
-            elif line.startswith("a=candidate:"):
-                candidate = _candidate(line)
-                candidate.sdpMid, candidate.sdpMLineIndex = mid, 0 if mid is None else None
-                await self.pc.addIceCandidate(candidate)
-                added += 1
-            elif line == "a=end-of-candidates":
-                await self.pc.addIceCandidate(None)
-        return added
-
-    def close(self) -> asyncio.Task:
-        """Idempotent: forget the peer at once, hang it up soon after."""
-        if self._closing is None:
-            self._forget()
-            self._closing = asyncio.ensure_future(self._close())
-        return self._closing
-
-    def _forget(self) -> None:
-        raise NotImplementedError
-
-    async def _close(self) -> None:
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
-        try:
-            await self.pc.close()
-        finally:
-            self.owner.peers.discard(self.pc)
 
 
 class ViewerTrack(MediaStreamTrack):
@@ -120,7 +50,7 @@ class ViewerTrack(MediaStreamTrack):
         return frame
 
 
-class Viewer(_Peer):
+class Viewer(Peer):
     def __init__(self, source: Source) -> None:
         super().__init__(source.owner)
         self.source = source
@@ -136,7 +66,7 @@ class Viewer(_Peer):
                 "frames_sent": self.frames_sent, "frames_dropped": self.frames_dropped}
 
 
-class Source(_Peer):
+class Source(Peer):
     """A WHIP publisher: its video through one batcher stream, its results to every viewer."""
 
     def __init__(self, owner: Broadcasts, stream_id: str, project: str) -> None:
@@ -235,7 +165,7 @@ class Broadcasts:
             return True
         return viewer, await self._answer(viewer, sdp, attach, "the offer must receive one video track")
 
-    async def _answer(self, peer: _Peer, sdp: str, ready, missing: str) -> str:
+    async def _answer(self, peer: Peer, sdp: str, ready, missing: str) -> str:
         try:
             await negotiate(peer.pc, sdp, "offer", ready, missing)
         except OfferError:
@@ -264,18 +194,6 @@ class Broadcasts:
         await asyncio.gather(*(s.close() for s in list(self.sources.values())), return_exceptions=True)
         await asyncio.gather(*(pc.close() for pc in list(self.peers)), return_exceptions=True)
         self.peers.clear()
-
-
-def _candidate(line: str) -> RTCIceCandidate:
-    """`a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> ...`"""
-    value = line[len("a=candidate:"):]
-    bits = value.split()
-    if len(bits) < 8 or bits[6] != "typ" or not (bits[1].isdigit() and bits[3].isdigit() and bits[5].isdigit()):
-        raise ValueError(f"malformed ICE candidate line {line[:80]!r}")
-    try:
-        return candidate_from_sdp(value)
-    except (ValueError, IndexError, AssertionError) as exc:  # aiortc checks with assert
-        raise ValueError(f"malformed ICE candidate line {line[:80]!r}") from exc
 
 
 async def _drain(track: MediaStreamTrack) -> None:

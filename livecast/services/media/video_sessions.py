@@ -12,15 +12,15 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
 from livecast.services.media import probe
+from livecast.services.media.peer import OfferError, Peer, SessionLimit, check_offer, negotiate
 from livecast.services.media.pump import FramePump
 from livecast.services.media.stream_settings import param_error_name
 
@@ -28,17 +28,6 @@ if TYPE_CHECKING:
     from livecast.services.media.service import MediaService
 
 logger = logging.getLogger("livecast.media")
-
-CONNECT_TIMEOUT_S = 30.0  # a session that never connects is closed
-_NEGOTIATE_TIMEOUT_S = 15.0
-
-
-class OfferError(ValueError):
-    """The offer cannot be answered (bad SDP, no video): a 400."""
-
-
-class SessionLimit(Exception):
-    """max_video_sessions are open: a 503."""
 
 
 class StylizedTrack(MediaStreamTrack):
@@ -52,24 +41,19 @@ class StylizedTrack(MediaStreamTrack):
         return await self.session.next_frame()
 
 
-class VideoSession:
-    def __init__(self, owner: VideoSessions, pc: RTCPeerConnection, stream_id: str | None,
-                 project: str = "default") -> None:
-        self.id = uuid.uuid4().hex[:16]
-        self.owner, self.pc, self.stream_id, self.project = owner, pc, stream_id, project
+class VideoSession(Peer):
+    def __init__(self, owner: VideoSessions, stream_id: str | None, project: str = "default") -> None:
+        super().__init__(owner)
+        self.stream_id, self.project = stream_id, project
         self.service = owner.service
         self.pump = FramePump(self.service, stream_id, "webrtc", self._convert)
         self.stats = self.pump.stats
         self.channel = None
         self.has_input = False
-        self.created = time.time()
-        self._tasks: set[asyncio.Task] = set()
-        self._closing: asyncio.Task | None = None
         # frames are scaled to fit the working size first (passthrough too: same transport cost)
         self.max_size = self.service.default_size
-        pc.on("track", self._on_track)
-        pc.on("datachannel", self._on_datachannel)
-        pc.on("connectionstatechange", self._on_state)
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
 
     # -- events ------------------------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -77,9 +61,9 @@ class VideoSession:
             return
         self.has_input = True
         self.pc.addTrack(StylizedTrack(self))
-        self._spawn(self._read(track))
+        self.spawn(self._read(track))
         if self.stream_id is not None:
-            self._spawn(self.pump.run())
+            self.spawn(self.pump.run())
 
     def _on_datachannel(self, channel) -> None:
         if channel.label != "control":
@@ -89,10 +73,9 @@ class VideoSession:
         self._send({"type": "hello", "session_id": self.id, "settings": self.settings()})
 
     def _on_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
-            self.close()
-        elif self.pc.connectionState == "connected" and not any(t.get_name() == "stats" for t in self._tasks):
-            self._spawn(self._report(), name="stats")
+        super()._on_state()
+        if self.pc.connectionState == "connected" and not any(t.get_name() == "stats" for t in self._tasks):
+            self.spawn(self._report(), name="stats")
 
     def _on_control(self, message) -> None:
         try:
@@ -149,39 +132,14 @@ class VideoSession:
         return {"id": self.id, "state": self.pc.connectionState, "passthrough": self.stream_id is None,
                 "created": int(self.created), "settings": self.settings(), "stats": self.stats.snapshot()}
 
-    def watch(self) -> None:
-        self._spawn(self._connect_deadline())
+    def _forget(self) -> None:
+        """Free the session's slot and batcher stream at once (the peer closes soon after)."""
+        self.owner.sessions.pop(self.id, None)
+        if self.stream_id is not None:
+            self.service.close_stream(self.stream_id)  # fails a waiting frame with FrameDropped
 
-    async def _connect_deadline(self) -> None:
-        await asyncio.sleep(CONNECT_TIMEOUT_S)
-        if self.pc.connectionState != "connected":
-            logger.info("video session %s never connected; closing", self.id)
-            self.close()
-
-    def _spawn(self, coro, name: str | None = None) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def close(self) -> asyncio.Task:
-        """Idempotent; frees the session's slot and batcher stream at once, the peer soon after."""
-        if self._closing is None:
-            self.owner.sessions.pop(self.id, None)
-            if self.stream_id is not None:
-                self.service.close_stream(self.stream_id)  # fails a waiting frame with FrameDropped
-            self._closing = asyncio.ensure_future(self._close())
-        return self._closing
-
-    async def _close(self) -> None:
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
-        try:
-            await self.pc.close()
-        finally:
-            self.owner.peers.discard(self.pc)
-            logger.info("video session %s closed after %d frames", self.id, self.stats.frames_out)
+    def _closed(self) -> None:
+        logger.info("video session %s closed after %d frames", self.id, self.stats.frames_out)
 
 
 class VideoSessions:
@@ -205,17 +163,15 @@ class VideoSessions:
             if stream_id is not None:
                 self.service.close_stream(stream_id)
             raise
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN
-        session = VideoSession(self, pc, stream_id, project)
+        session = VideoSession(self, stream_id, project)
         self.sessions[session.id] = session
-        self.peers.add(pc)
         try:
-            await negotiate(pc, sdp, sdp_type, lambda: session.has_input, "the offer has no video track to stylize")
+            await negotiate(session.pc, sdp, sdp_type, lambda: session.has_input, "the offer has no video track to stylize")
         except OfferError:
             await session.close()
             raise
         session.watch()
-        local = pc.localDescription
+        local = session.pc.localDescription
         return {"sdp": local.sdp, "type": local.type, "session_id": session.id}
 
     def snapshot(self, project: str | None = None) -> list[dict[str, Any]]:
@@ -235,38 +191,6 @@ class VideoSessions:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
         await asyncio.gather(*(pc.close() for pc in list(self.peers)), return_exceptions=True)
         self.peers.clear()
-
-
-async def negotiate(pc: RTCPeerConnection, sdp: str, sdp_type: str, ready, missing: str) -> None:
-    """Take the remote offer, check `ready()` (else OfferError(missing)), answer with every
-    candidate gathered (non-trickle). Any failure or a stall is an OfferError."""
-    async def run() -> None:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
-        if not ready():
-            raise OfferError(missing)
-        await pc.setLocalDescription(await pc.createAnswer())
-
-    try:
-        await asyncio.wait_for(run(), _NEGOTIATE_TIMEOUT_S)
-    except OfferError:
-        raise
-    except asyncio.TimeoutError as exc:
-        raise OfferError("negotiation timed out") from exc
-    except Exception as exc:
-        raise OfferError(f"cannot answer the offer: {exc or type(exc).__name__}") from exc
-
-
-def check_offer(sdp: str) -> None:
-    """Refuse, before any session slot is taken, offers aiortc would choke on later: no DTLS
-    fingerprint (the handshake would assert), or more than one video track to stylize."""
-    lines = sdp.splitlines()
-    if not any(line.startswith("a=fingerprint:") for line in lines):
-        raise OfferError("the offer has no DTLS fingerprint (a=fingerprint:); WebRTC media must be encrypted")
-    videos = sum(line.startswith("m=video") for line in lines)
-    if videos == 0:
-        raise OfferError("the offer has no video track to stylize")
-    if videos > 1:
-        raise OfferError(f"the offer must carry one video track to stylize, got {videos}")
 
 
 def to_rgb(frame: VideoFrame, max_size: tuple[int, int], read_probe: bool) -> tuple[np.ndarray, int | None]:

@@ -24,7 +24,7 @@ from livecast.services.media.broadcast import UnknownStream
 from livecast.services.media.deps import get_media, settings_error
 from livecast.services.media.service import MediaService, ServiceBusy
 from livecast.services.media.stream_settings import StreamSettings
-from livecast.services.media.video_sessions import OfferError, SessionLimit, check_offer
+from livecast.services.media.peer import OfferError, SessionLimit, check_offer
 from livecast.services.projects import Project
 
 router = APIRouter()

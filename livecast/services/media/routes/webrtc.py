@@ -15,7 +15,7 @@ from livecast.services.errors import APIError, overloaded
 from livecast.services.media.deps import get_media, settings_error
 from livecast.services.media.service import MediaService, ServiceBusy
 from livecast.services.media.stream_settings import StreamSettings
-from livecast.services.media.video_sessions import OfferError, SessionLimit
+from livecast.services.media.peer import OfferError, SessionLimit
 from livecast.services.core import Shell
 from livecast.services.projects import Project
 
