@@ -101,6 +101,14 @@ class BlockManager:
             hashes.append(h)
             self.device.register(table[i], h)
 
+    def trim(self, seq: Sequence) -> None:
+        """Free the table's blocks wholly past the sequence's tokens: the slots of rejected drafts
+        (their K/V is garbage, never registered: mark_computed stops at num_computed_tokens)."""
+        table = self.block_tables[seq.seq_id]
+        keep = max(-(-len(seq.token_ids) // self.block_size), len(self._hashes[seq.seq_id]))
+        while len(table) > keep:
+            self.device.free(table.pop())
+
     # -- forks and release -------------------------------------------------------------------
     def fork(self, parent: Sequence, child: Sequence) -> None:
         table = self.block_tables[parent.seq_id]

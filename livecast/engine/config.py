@@ -43,6 +43,13 @@ class EngineConfig:
     deterministic: bool = field(default=False, metadata={
         "help": "batch-invariant numerics on a CPU: a request's tokens do not depend on what else runs, the "
                 "prefill chunking or prefix-cache hits (every row through the same native kernels)"})
+    speculative: str | None = field(default=None, metadata={
+        "help": "speculative decoding: ngram (prompt lookup: drafts copied from the request's own "
+                "earlier tokens, verified in one step; exact, the output distribution is unchanged)"})
+    num_speculative_tokens: int = field(default=4, metadata={
+        "help": "drafts per step at most (each request adapts its own to its acceptance)"})
+    spec_max_batch: int = field(default=8, metadata={
+        "help": "no speculation in a step with more running sequences than this (compute-bound)"})
     seed: int = 0
     num_threads: int | None = None
     stats_interval_s: float = 5.0
@@ -66,6 +73,12 @@ class EngineConfig:
             raise ValueError(f"max_waiting must be >= 1, got {self.max_waiting}")
         if self.swap_space < 0:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
+        if self.speculative not in (None, "ngram"):
+            raise ValueError(f"speculative must be ngram or unset, got {self.speculative!r}")
+        if self.num_speculative_tokens < 1:
+            raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
+        if self.spec_max_batch < 1:
+            raise ValueError(f"spec_max_batch must be >= 1, got {self.spec_max_batch}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 

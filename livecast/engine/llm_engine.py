@@ -19,6 +19,7 @@ from livecast.engine.sample_step import Postprocessor
 from livecast.engine.sampling_params import BeamSearchParams, SamplingParams
 from livecast.engine.scheduler import Scheduler, SchedulerConfig
 from livecast.engine.sequence import Sequence, SequenceGroup, SequenceStatus
+from livecast.engine.spec import Speculator, make_proposer
 from livecast.engine.stats import EngineStats, StatsTracker
 
 logger = logging.getLogger("livecast.engine")
@@ -65,12 +66,14 @@ class LLMEngine:
                                   self.backend)
         self.block_manager = BlockManager(num_blocks, config.block_size, num_cpu_blocks,
                                           config.enable_prefix_caching)
+        self.speculator = None if config.speculative is None else Speculator(
+            make_proposer(config.speculative), config.num_speculative_tokens, config.spec_max_batch)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
-                                                   config.preemption_mode), self.block_manager)
+                                                   config.preemption_mode), self.block_manager, self.speculator)
         self._seq_ids = itertools.count()
         self.processor = OutputProcessor(self.tokenizer, self.block_manager, self.eos_token_ids,
                                          self.max_model_len, lambda: next(self._seq_ids), config.jump_forward)
-        self.postprocess = Postprocessor(self.block_manager, self.processor, self.eos_token_ids)
+        self.postprocess = Postprocessor(self.block_manager, self.processor, self.eos_token_ids, self.speculator)
         self.requests: dict[str, SequenceGroup] = {}
         self.step_errors: dict[str, Exception] = {}
         self.stats_tracker = StatsTracker()
@@ -245,4 +248,4 @@ class LLMEngine:
 
     # -- stats ---------------------------------------------------------------------------------
     def stats(self, reset_window: bool = False) -> EngineStats:
-        return self.stats_tracker.snapshot(self.scheduler, self.block_manager, reset_window)
+        return self.stats_tracker.snapshot(self.scheduler, self.block_manager, reset_window, self.speculator)

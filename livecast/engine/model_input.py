@@ -18,7 +18,7 @@ class ModelInput:
     attn: AttentionMetadata
     logits_indices: torch.Tensor  # (num_logit_rows,) token rows whose logits are needed
     scheduled: list[ScheduledChunk]  # batch order: decodes first, then prefill chunks
-    sample_rows: list[int]  # per scheduled seq: its row in the logits, or -1
+    sample_rows: list[int]  # per scheduled seq: its (first) row in the logits, or -1
     prompt_logprob_rows: list[tuple[int, int] | None]  # per scheduled seq: (first row, count)
 
 
@@ -58,12 +58,15 @@ def build_model_input(scheduled: list[ScheduledChunk], block_size: int, device: 
         else:
             plp_rows.append(None)
         if s.samples:
-            last = starts[-1] + n - 1
-            if logit_rows and logit_rows[-1] == last:
+            # a speculative chunk samples after its last token and after each draft: rows
+            # sample_rows[i], sample_rows[i] + 1, ..., one per draft more
+            first = starts[-1] + n - 1 - len(s.draft_token_ids)
+            if logit_rows and logit_rows[-1] == first:
                 sample_rows.append(len(logit_rows) - 1)
             else:
                 sample_rows.append(len(logit_rows))
-                logit_rows.append(last)
+                logit_rows.append(first)
+            logit_rows.extend(range(first + 1, starts[-1] + n))
         else:
             sample_rows.append(-1)
 

@@ -1,5 +1,13 @@
 """The step's third beat: advance the scheduled sequences, record prompt logprobs, sample, and
-append the new tokens (stops, forks for best_of, beams) through the OutputProcessor.
+append the new tokens (stops, forks for best_of, beams) through the OutputProcessor, and verify
+speculative drafts.
+
+Verification is exact by construction: at each position the sampler draws from the target's logits
+with the sequence's state as it stands (grammar, penalties, min_tokens, its generator), and a draft
+is accepted when the draw equals it. A proposer's draft is a point mass, so this is the rejection
+rule of Leviathan et al. / Chen et al. (accept with p(draft), else draw from the residual): the
+output distribution is the target's under every logits processor, and each emitted token costs one
+draw from the request's generator, so a seeded request emits the same tokens with or without it.
 
 It reads the model's logits and the plain-data chunks the scheduler handed out, finding each
 sequence again by its request and sequence ids; it never sees scheduler queues. A failure that
@@ -14,13 +22,18 @@ from livecast.engine.block_manager import BlockManager
 from livecast.engine.model_input import ModelInput
 from livecast.engine.sequence_updates import OutputProcessor
 from livecast.engine.sampler import SamplerOutput, SamplingRow, sample
+from livecast.engine.scheduler import ScheduledChunk
 from livecast.engine.sequence import Sequence, SequenceGroup
+from livecast.engine.spec import Speculator
 
 
 class Postprocessor:
-    def __init__(self, block_manager: BlockManager, processor: OutputProcessor, eos_token_ids: set[int]) -> None:
+    def __init__(self, block_manager: BlockManager, processor: OutputProcessor, eos_token_ids: set[int],
+                 speculator: Speculator | None = None) -> None:
         self.block_manager, self.processor, self.eos_token_ids = block_manager, processor, eos_token_ids
+        self.speculator = speculator
         self.failed: dict[str, Exception] = {}  # this step's failed requests (cleared each call)
+        self.num_accepted = 0  # this step's accepted drafts
 
     def __call__(self, batch: ModelInput, logits: torch.Tensor,
                  requests: dict[str, SequenceGroup]) -> tuple[dict[str, SequenceGroup], int]:
@@ -28,13 +41,14 @@ class Postprocessor:
         on their own are in `self.failed` (their error), not in the groups returned."""
         self.failed = {}
         touched: dict[str, SequenceGroup] = {}
-        rows, picks, beam_rows = [], [], {}
+        rows, picks, beam_rows, verifies = [], [], {}, []
         for chunk, row, plp_rows in zip(batch.scheduled, batch.sample_rows, batch.prompt_logprob_rows):
             group = requests[chunk.request_id]
             seq = _find(group, chunk.seq_id)
             if plp_rows is not None:
                 _record_prompt_logprobs(group, logits, *plp_rows)
-            seq.num_computed_tokens += chunk.num_new_tokens
+            # drafts count once verified: until then only the last token's K/V is known good
+            seq.num_computed_tokens += chunk.num_new_tokens - len(chunk.draft_token_ids)
             self.block_manager.mark_computed(seq)
             if row < 0:
                 continue
@@ -46,14 +60,19 @@ class Postprocessor:
             repeat = 1 if group.forked or group.params.best_of == 1 else group.params.best_of
             rows += [row] * repeat
             picks += [(group, seq)] * repeat
+            if chunk.draft_token_ids:
+                verifies.append((group, seq, chunk, row))
         if rows:
             self._sample(logits, rows, picks)
+        self.num_accepted = 0
+        for group, seq, chunk, row in verifies:
+            self._guarded(group, self._verify, logits, group, seq, chunk, row)
         for group, seq_rows in beam_rows.values():
             logprobs = torch.log_softmax(logits[[r for _, r in seq_rows]], dim=-1)
             self._guarded(group, self.processor.beam_step, group, [s for s, _ in seq_rows], logprobs)
         for request_id in self.failed:
             touched.pop(request_id, None)
-        return touched, len(rows) + sum(group.params.beam_width for group, _ in beam_rows.values())
+        return touched, len(rows) + self.num_accepted + sum(group.params.beam_width for group, _ in beam_rows.values())
 
     def _guarded(self, group: SequenceGroup, fn, *args) -> None:
         if group.request_id in self.failed:
@@ -63,15 +82,37 @@ class Postprocessor:
         except Exception as exc:  # this request's own failure: it fails, the batch goes on
             self.failed[group.request_id] = exc
 
+    def _sampling_row(self, group: SequenceGroup, seq: Sequence) -> SamplingRow:
+        params = group.params
+        banned = [] if seq.num_output_tokens >= params.min_tokens else \
+            sorted(self.eos_token_ids | set(params.stop_token_ids))
+        return SamplingRow(params, seq.token_ids, seq.num_prompt_tokens, group.generator, banned, seq.grammar_matcher)
+
+    def _verify(self, logits: torch.Tensor, group: SequenceGroup, seq: Sequence, chunk: ScheduledChunk,
+                row: int) -> None:
+        """The row-`row` sample is appended; while it equals the next draft, that draft's K/V is good
+        and its row samples the next token. Then roll back: only the last token and the accepted
+        drafts count as computed, and blocks past the sequence's tokens go back."""
+        drafts = chunk.draft_token_ids
+        computed = chunk.start_pos + 1  # the last token's K/V
+        accepted = 0
+        while (accepted < len(drafts) and not seq.finished and len(seq.token_ids) == computed + accepted + 1
+               and seq.token_ids[-1] == drafts[accepted]):
+            accepted += 1
+            # one row at a time: the state (grammar, penalties, min_tokens) includes the draft just accepted
+            out = sample(logits[[row + accepted]], [self._sampling_row(group, seq)])
+            self.processor.append(group, seq, out.token_ids[0], out.logprobs[0], out.top_logprobs[0])
+        self.num_accepted += accepted
+        if self.speculator is not None:
+            self.speculator.record(group.spec, len(drafts), accepted)
+        if not seq.finished:  # a finished sequence has given its blocks back already
+            seq.num_computed_tokens = computed + accepted
+            self.block_manager.mark_computed(seq)
+            self.block_manager.trim(seq)
+
     def _sample(self, logits: torch.Tensor, rows: list[int], picks: list[tuple[SequenceGroup, Sequence]]) -> None:
-        sampling_rows = []
-        for group, seq in picks:
-            params = group.params
-            banned = [] if seq.num_output_tokens >= params.min_tokens else \
-                sorted(self.eos_token_ids | set(params.stop_token_ids))
-            # rows repeated for a fork all start from the prompt, so the parent's matcher masks them
-            sampling_rows.append(SamplingRow(params, seq.token_ids, seq.num_prompt_tokens, group.generator,
-                                             banned, seq.grammar_matcher))
+        # rows repeated for a fork all start from the prompt, so the parent's matcher masks them
+        sampling_rows = [self._sampling_row(group, seq) for group, seq in picks]
         try:
             out = sample(logits[rows], sampling_rows)
         except Exception:  # find the rows at fault: each alone, the others' draws unchanged

@@ -49,6 +49,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] | None = None
     grammar: Callable[[], Any] | None = field(default=None, repr=False)
+    speculative: bool = True  # False: never speculate for this request (when the engine does)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -99,6 +100,7 @@ class SamplingParams:
                 _int_in(t, 0, MAX_INT32) and isinstance(b, (int, float)) and -100 <= b <= 100
                 for t, b in self.logit_bias.items()), "logit_bias",
                 "must map token ids in [0, 2**31) to biases in [-100, 100]")
+        _check(isinstance(self.speculative, bool), "speculative", f"must be a boolean, got {self.speculative!r}")
         if self.temperature == 0.0:
             _check(self.best_of == 1 or self.n == self.best_of, "best_of",
                    "must equal n with greedy sampling (temperature=0)")

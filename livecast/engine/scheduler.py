@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from livecast.engine.block_manager import BlockManager
 from livecast.engine.sequence import Sequence, SequenceGroup, SequenceStatus
+from livecast.engine.spec import SpecState, Speculator
 
 
 @dataclass(slots=True)
@@ -43,6 +44,9 @@ class ScheduledChunk:
     samples: bool  # the chunk reaches the sequence's last token: its logits pick the next one
     prefill: bool  # the chunk starts inside the prompt (a first prefill or a recompute)
     prompt_logprob_span: tuple[int, int] | None = None  # positions [first, last) whose logits score prompt tokens
+    # speculative decoding: guesses at the tokens after the last one, computed after it in this chunk
+    # (token_ids ends with them) and checked against the model in postprocess; never in seq.token_ids
+    draft_token_ids: list[int] = field(default_factory=list)
 
     @property
     def num_new_tokens(self) -> int:
@@ -61,11 +65,13 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager,
+                 speculator: Speculator | None = None) -> None:
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
         self.preemption_mode = config.preemption_mode
         self.block_manager = block_manager
+        self.speculator = speculator
         self.waiting: deque[SequenceGroup] = deque()
         self.running: list[SequenceGroup] = []
         self.swapped: deque[SequenceGroup] = deque()
@@ -115,28 +121,47 @@ class Scheduler:
         bm = self.block_manager
         queue = list(self.running)
         kept: list[SequenceGroup] = []
+        speculate = self.speculator is not None and self.num_running_seqs() <= self.speculator.max_batch
         while queue:
             group = queue.pop(0)
-            plan = []
+            plan: list[tuple[Sequence, int, list[int]]] = []
             for seq in group.unfinished_seqs():
-                num_new = min(seq.num_uncomputed_tokens, budget - sum(n for _, n in plan))
+                num_new = min(seq.num_uncomputed_tokens, budget - sum(n + len(d) for _, n, d in plan))
                 if num_new <= 0:
                     break
-                plan.append((seq, num_new))
+                # every group still queued keeps at least one token of the budget
+                drafts = self._drafts(group, seq, budget - num_new - len(queue)) if speculate else []
+                plan.append((seq, num_new, drafts))
             if group.is_beam and len(plan) < len(group.unfinished_seqs()):
                 plan = []  # beams advance together or not at all
-            needed = sum(bm.num_blocks_needed(seq, n) for seq, n in plan)
+            needed = sum(bm.num_blocks_needed(seq, n + len(d)) for seq, n, d in plan)
+            if bm.device.num_free < needed and any(d for _, _, d in plan):
+                plan = [(seq, n, []) for seq, n, _ in plan]  # drafts never cost anyone a preemption
+                needed = sum(bm.num_blocks_needed(seq, n) for seq, n, _ in plan)
             while bm.device.num_free < needed and queue:
                 self._preempt(queue.pop(), out)
             if bm.device.num_free < needed:
                 self._preempt(group, out)
                 continue
-            for seq, num_new in plan:
-                self._schedule_chunk(out, seq, group, num_new)
-                budget -= num_new
+            for seq, num_new, drafts in plan:
+                self._schedule_chunk(out, seq, group, num_new, drafts)
+                budget -= num_new + len(drafts)
             kept.append(group)
         self.running = kept
         return budget
+
+    def _drafts(self, group: SequenceGroup, seq: Sequence, max_k: int) -> list[int]:
+        """The proposer's guesses for a decoding single-sequence request that allows them, at most
+        `max_k` and never past its max_tokens (the last accepted draft still yields a token)."""
+        params = group.params
+        if group.is_beam or params.best_of > 1 or not params.speculative or seq.num_uncomputed_tokens != 1:
+            return []
+        max_k = min(max_k, params.max_tokens - seq.num_output_tokens - 1)
+        if max_k <= 0:
+            return []
+        if group.spec is None:
+            group.spec = SpecState()
+        return self.speculator.propose(group.spec, seq.token_ids, max_k)
 
     def _schedule_swapped(self, out: SchedulerOutput, budget: int) -> int:
         bm = self.block_manager
@@ -190,14 +215,17 @@ class Scheduler:
             budget = remaining
             self.running.append(group)
 
-    def _schedule_chunk(self, out: SchedulerOutput, seq: Sequence, group: SequenceGroup, num_new: int) -> None:
-        """Reserve the chunk's slots (copying a shared last block first) and record it as plain data."""
-        out.blocks_to_copy += self.block_manager.append_slots(seq, num_new)
+    def _schedule_chunk(self, out: SchedulerOutput, seq: Sequence, group: SequenceGroup, num_new: int,
+                        drafts: list[int] = ()) -> None:
+        """Reserve the chunk's slots, drafts' included (copying a shared, partly filled block
+        first: only the block holding the first slot can be one, every later block of a
+        single-sequence table is its own), and record it as plain data."""
+        out.blocks_to_copy += self.block_manager.append_slots(seq, num_new + len(drafts))
         start = seq.num_computed_tokens
         out.scheduled.append(ScheduledChunk(
-            group.request_id, seq.seq_id, seq.token_ids[start:start + num_new], start,
+            group.request_id, seq.seq_id, seq.token_ids[start:start + num_new] + list(drafts), start,
             list(self.block_manager.block_tables[seq.seq_id]), start + num_new == len(seq.token_ids),
-            start < seq.num_prompt_tokens, _prompt_logprob_span(group, start, num_new)))
+            start < seq.num_prompt_tokens, _prompt_logprob_span(group, start, num_new), list(drafts)))
 
     def _preempt(self, group: SequenceGroup, out: SchedulerOutput) -> None:
         bm = self.block_manager

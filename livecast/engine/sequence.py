@@ -83,6 +83,7 @@ class SequenceGroup:
     forked: bool = False
     finished_beams: list[tuple[float, Sequence]] = field(default_factory=list)
     num_preemptions: int = 0
+    spec: Any = None  # SpecState once the request has speculated
 
     @property
     def is_beam(self) -> bool:

@@ -1,0 +1,52 @@
+"""Which sequences speculate this step and how far: each request's draft length follows its own
+acceptance, and a large batch (compute-bound: a verified draft costs as much as a new token) does
+not speculate at all."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from livecast.engine.spec.proposer import Proposer
+
+
+@dataclass(slots=True)
+class SpecState:
+    """One request's speculation: an EMA of the fraction of its drafts accepted, and a pause."""
+
+    acceptance: float = 1.0  # optimistic start: a new request tries the full k
+    paused_steps: int = 0  # decode steps left without proposing after drafts kept failing
+
+
+@dataclass(slots=True)
+class Speculator:
+    proposer: Proposer
+    num_speculative_tokens: int = 4
+    max_batch: int = 8  # more running sequences than this: no speculation this step
+    ema_weight: float = 0.3
+    pause_below: float = 0.1  # acceptance under which a request stops proposing for a while
+    pause_steps: int = 16
+    # counters since start, for EngineStats
+    num_verify_steps: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+
+    def num_drafts(self, state: SpecState) -> int:
+        """This request's k: the full k at acceptance >= 0.8, shrinking with it, at least 1
+        while it has not paused. A paused request counts down a step and proposes nothing."""
+        if state.paused_steps > 0:
+            state.paused_steps -= 1
+            return 0
+        return max(1, min(self.num_speculative_tokens, round(self.num_speculative_tokens * state.acceptance / 0.8)))
+
+    def propose(self, state: SpecState, token_ids: list[int], max_k: int) -> list[int]:
+        k = min(self.num_drafts(state), max_k)
+        return self.proposer.propose(token_ids, k) if k > 0 else []
+
+    def record(self, state: SpecState, num_drafts: int, num_accepted: int) -> None:
+        """One verification: `num_accepted` of `num_drafts` proposed tokens were the target's."""
+        self.num_verify_steps += 1
+        self.num_draft_tokens += num_drafts
+        self.num_accepted_tokens += num_accepted
+        state.acceptance += self.ema_weight * (num_accepted / num_drafts - state.acceptance)
+        if state.acceptance < self.pause_below:
+            # try again later from a modest start, so a request that turns repetitive gets k back
+            state.paused_steps, state.acceptance = self.pause_steps, 0.4
