@@ -19,12 +19,12 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from livecast.services.core import Shell
 from livecast.services.deps import get_shell
-from livecast.services.errors import APIError, overloaded
+from livecast.services.errors import APIError
 from livecast.services.media.broadcast import UnknownStream
-from livecast.services.media.deps import get_media, settings_error
-from livecast.services.media.service import MediaService, ServiceBusy
+from livecast.services.media.deps import get_media, open_peer, settings_error
+from livecast.services.media.service import MediaService
 from livecast.services.media.stream_settings import StreamSettings
-from livecast.services.media.peer import OfferError, SessionLimit, check_offer
+from livecast.services.media.peer import check_offer
 from livecast.services.projects import Project
 
 router = APIRouter()
@@ -74,17 +74,9 @@ def _created(answer: str, location: str) -> Response:
 
 async def _open(make, shell: Shell):
     try:
-        return await make()
-    except SessionLimit as exc:
-        raise overloaded(str(exc), shell.retry_after_s, "too_many_sessions") from exc
-    except ServiceBusy as exc:
-        raise overloaded(str(exc), shell.retry_after_s) from exc
-    except OfferError as exc:
-        raise APIError(400, str(exc), param="sdp", code="invalid_sdp") from exc
+        return await open_peer(make, shell)
     except UnknownStream as exc:
         raise _not_found(exc) from None
-    except ValueError as exc:
-        raise settings_error(exc) from exc
 
 
 def _not_found(exc: KeyError) -> APIError:

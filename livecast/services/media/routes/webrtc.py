@@ -11,11 +11,10 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from livecast.services.deps import get_shell
-from livecast.services.errors import APIError, overloaded
-from livecast.services.media.deps import get_media, settings_error
-from livecast.services.media.service import MediaService, ServiceBusy
+from livecast.services.errors import APIError
+from livecast.services.media.deps import get_media, open_peer
+from livecast.services.media.service import MediaService
 from livecast.services.media.stream_settings import StreamSettings
-from livecast.services.media.peer import OfferError, SessionLimit
 from livecast.services.core import Shell
 from livecast.services.projects import Project
 
@@ -37,17 +36,9 @@ class WebRTCAnswer(BaseModel):
 @router.post("/v1/webrtc/offer", response_model=WebRTCAnswer)
 async def webrtc_offer(offer: WebRTCOffer, project: Project, service: MediaService = Depends(get_media),
                        shell: Shell = Depends(get_shell)):
-    try:
-        return await service.video.answer(offer.sdp, offer.type, offer.stream_kwargs({"sdp", "type", "passthrough"}),
-                                          passthrough=offer.passthrough, project=project)
-    except SessionLimit as exc:
-        raise overloaded(str(exc), shell.retry_after_s, "too_many_sessions") from exc
-    except ServiceBusy as exc:
-        raise overloaded(str(exc), shell.retry_after_s) from exc
-    except OfferError as exc:
-        raise APIError(400, str(exc), param="sdp", code="invalid_sdp") from exc
-    except ValueError as exc:
-        raise settings_error(exc) from exc
+    settings = offer.stream_kwargs({"sdp", "type", "passthrough"})
+    return await open_peer(lambda: service.video.answer(offer.sdp, offer.type, settings,
+                                                        passthrough=offer.passthrough, project=project), shell)
 
 
 @router.get("/v1/webrtc/sessions")
