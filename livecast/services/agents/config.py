@@ -43,6 +43,13 @@ class AgentsConfig:
         "help": "background responses and assistant runs generating at once; more get 503"})
     run_expiry_s: float = field(default=600.0, metadata={
         "help": "an assistant run waiting for tool outputs longer than this expires"})
+    mcp_allowed_hosts: str = field(default="", metadata={
+        "help": "comma-separated hosts (HOST or HOST:PORT) whose remote MCP servers the Responses `mcp` tool may "
+                "reach; * allows any; empty (the default): the mcp tool is off"})
+    mcp_timeout_s: float = field(default=30.0, metadata={
+        "help": "a remote MCP server's connect plus one list or call must finish within this many seconds"})
+    mcp_max_output_bytes: int = field(default=100_000, metadata={
+        "help": "an MCP tool's output (and a server's tool list) is cut to this many bytes"})
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -50,10 +57,15 @@ class AgentsConfig:
         check_store_url(self.store_url)
         if self.store_max_age_days < 0:
             raise ValueError(f"store_max_age_days must be >= 0, got {self.store_max_age_days}")
-        for name in ("max_stored_responses", "max_conversations", "max_assistants", "max_threads", "max_chat_completions",
-                     "max_items_per_conversation", "max_background"):
+        for name in ("max_stored_responses", "max_conversations", "max_assistants", "max_threads",
+                     "max_chat_completions",
+                     "max_items_per_conversation", "max_background", "mcp_max_output_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("sweep_interval_s", "run_expiry_s"):
+        for name in ("sweep_interval_s", "run_expiry_s", "mcp_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def mcp_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.mcp_allowed_hosts.split(",") if h.strip())

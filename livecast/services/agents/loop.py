@@ -40,7 +40,7 @@ class LoopRequest:
 
 @dataclass(slots=True)
 class LoopEvent:
-    kind: str  # text.start|text.delta|text.done|call.start|call.delta|call.done|tool.start|tool.done
+    kind: str  # text.start|text.delta|text.done|call.start|call.delta|call.done|tool.start|tool.done|approval
     item: dict
     delta: str = ""
     progress: list[tuple[str, dict]] = field(default_factory=list)  # tool.start: the built-in's own events
@@ -50,7 +50,8 @@ class RunLoop:
     def __init__(self, llm: LLMService, request: LoopRequest, request_id: str) -> None:
         self.llm, self.req, self.request_id = llm, request, request_id
         self.choice = request.toolset.choice(request.tool_choice)
-        self.context = list(request.items)
+        # built-in work done before the first turn (tools.mcp.prepare: tool lists, approved calls) is output too
+        self.context = list(request.items) + [done for *_, done in request.toolset.prelude]
         self.output: list[dict] = []  # every output item, in order
         self.input_tokens = self.output_tokens = 0
         self.num_dropped = 0  # context items truncation dropped
@@ -70,6 +71,10 @@ class RunLoop:
     async def events(self) -> AsyncIterator[LoopEvent]:
         stream, tool_calls_made = self._stream, 0
         self._stream = None
+        for start, progress, done in self.req.toolset.prelude:
+            yield LoopEvent("tool.start", start, progress=progress)
+            self.output.append(done)
+            yield LoopEvent("tool.done", done)
         while True:
             calls: list[dict] = []
             async with aclosing(self._turn_events(stream, calls)) as turn:
@@ -84,6 +89,11 @@ class RunLoop:
                 if builtin is None:
                     continue
                 item = await builtin.start_item(new_id(builtin.id_prefix), call["arguments"])
+                if item["type"] == "mcp_approval_request":  # the client answers it in a next response
+                    self.finish = "tool_calls"
+                    self._emit(item)
+                    yield LoopEvent("approval", item)
+                    continue
                 yield LoopEvent("tool.start", item, progress=builtin.progress(item))
                 item = await builtin.call(item)
                 tool_calls_made += 1

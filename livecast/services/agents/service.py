@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 from contextlib import asynccontextmanager, suppress
 from typing import AsyncIterator
@@ -20,6 +21,7 @@ from livecast.services.agents.config import AgentsConfig
 from livecast.services.agents.responses.service import Responses
 from livecast.services.agents.store import AgentStore
 from livecast.services.agents.tools import ToolRooms
+from livecast.services.agents.tools.mcp_client import McpPolicy
 from livecast.services.llm.service import LLMService
 
 logger = logging.getLogger("livecast.agents")
@@ -27,6 +29,9 @@ logger = logging.getLogger("livecast.agents")
 
 class AgentsService:
     def __init__(self, config: AgentsConfig, llm: LLMService, db, tools: ToolRooms, retry_after_s: int = 1) -> None:
+        if config.mcp_hosts:  # the mcp tool's limits, from this room's config
+            tools = dataclasses.replace(tools, mcp=McpPolicy(config.mcp_hosts, config.mcp_timeout_s,
+                                                             config.mcp_max_output_bytes))
         self.config, self.llm, self.db, self.tools = config, llm, db, tools
         self.store = AgentStore(db, config)
         self.background = Background(config.max_background, retry_after_s)

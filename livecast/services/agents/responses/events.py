@@ -30,7 +30,7 @@ class ResponseEvents:
 
     def translate(self, ev: LoopEvent) -> list[dict]:
         item = ev.item
-        if ev.kind in ("text.start", "call.start", "tool.start", "reasoning.start"):
+        if ev.kind in ("text.start", "call.start", "tool.start", "reasoning.start", "approval"):
             self._index[item["id"]] = len(self._index)
         at = {"item_id": item["id"], "output_index": self._index[item["id"]]}
         if ev.kind == "reasoning.start":
@@ -64,12 +64,16 @@ class ResponseEvents:
             return [self.event("response.function_call_arguments.done", **at, name=item["name"],
                                arguments=item["arguments"]),
                     self._item_done(item)]
+        if ev.kind == "approval":  # an mcp_approval_request: whole when added
+            return [self.event("response.output_item.added", output_index=at["output_index"], item=copy.deepcopy(item)),
+                    self._item_done(item)]
         kind = f"response.{item['type']}"  # a built-in tool's call item, e.g. code_interpreter_call
         if ev.kind == "tool.start":
             return [self.event("response.output_item.added", output_index=at["output_index"], item=copy.deepcopy(item)),
                     self.event(f"{kind}.in_progress", **at),
                     *(self.event(name, **at, **fields) for name, fields in ev.progress)]
-        return [self.event(f"{kind}.completed", **at), self._item_done(item)]  # tool.done
+        failed = item["type"].startswith("mcp_") and (item.get("status") == "failed" or item.get("error"))
+        return [self.event(f"{kind}.{'failed' if failed else 'completed'}", **at), self._item_done(item)]  # tool.done
 
     def _item_done(self, item: dict) -> dict:
         item = shown(item, self.include)  # what the client asked to see is also what is stored

@@ -14,6 +14,7 @@ import functools
 import json
 
 from livecast.services.agents.store import new_id
+from livecast.services.agents.tools import mcp
 from livecast.services.agents.tools.file_search import render as render_search
 from livecast.services.retrieval.parsers import ParseError, extract_text
 from livecast.services.errors import APIError
@@ -58,6 +59,8 @@ def _item(item, param: str) -> dict:
     if kind == "code_interpreter_call":
         _require_str(item, ("code",), param)
         return {**item, "id": new_id("ci")}
+    if kind in mcp.ITEM_TYPES:
+        return mcp.input_item(item, param)
     if kind == "file_search_call":
         queries = item.get("queries")
         if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
@@ -165,6 +168,8 @@ def to_messages(items: list[dict]) -> list[dict]:
         if kind == "message":
             messages.append({"role": item["role"], "content": item_text(item)})
             continue
+        if kind in mcp.ITEM_TYPES and kind != "mcp_call":  # lists are offered as functions; approvals end in calls
+            continue
         if kind == "function_call":
             call = {"id": item["call_id"], "type": "function",
                     "function": {"name": item["name"], "arguments": item["arguments"]}}
@@ -175,6 +180,8 @@ def to_messages(items: list[dict]) -> list[dict]:
             query = (item.get("queries") or [""])[0]
             call = {"id": item["id"], "type": "function",
                     "function": {"name": "file_search", "arguments": json.dumps({"query": query})}}
+        elif kind == "mcp_call":
+            call = {"id": item["id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
         else:  # function_call_output
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
             continue
@@ -188,4 +195,6 @@ def to_messages(items: list[dict]) -> list[dict]:
             messages.append({"role": "tool", "tool_call_id": item["id"], "content": logs})
         elif kind == "file_search_call":
             messages.append({"role": "tool", "tool_call_id": item["id"], "content": render_search(item)})
+        elif kind == "mcp_call":
+            messages.append({"role": "tool", "tool_call_id": item["id"], "content": mcp.render(item)})
     return messages

@@ -20,7 +20,7 @@ from livecast.services.agents.responses.events import ResponseEvents
 from livecast.services.agents.responses.items import check_call_outputs, normalize_input
 from livecast.services.agents.responses.protocol import ResponseCreate
 from livecast.services.agents.store import new_id
-from livecast.services.agents.tools import build_toolset
+from livecast.services.agents.tools import build_toolset, mcp
 from livecast.services.errors import APIError
 
 TERMINAL = ("completed", "incomplete", "failed", "cancelled")
@@ -49,6 +49,9 @@ class Responses:
         context = self.context(body)
         check_call_outputs(context, new_items)
         toolset = build_toolset(body.tools, self.agents.tools)
+        if toolset.mcp:  # list the remote MCP servers' tools and run the approved calls, before the first turn
+            await mcp.prepare(toolset, context + new_items, mcp.listed_in_chain(self.store.responses,
+                                                                                body.previous_response_id))
         response_id = new_id("resp")
         loop = self._loop(body, context + new_items, toolset, response_id)
         response = self._object(response_id, body, toolset)
@@ -177,6 +180,8 @@ def _echoed(tool: dict) -> dict:
     when not sent), as OpenAI's document requires."""
     if tool.get("type") == "function":
         return {"strict": None, "parameters": None, **tool}
+    if tool.get("type") == "mcp":  # its headers reach the MCP server only, never the store
+        return mcp.redacted(tool)
     return tool
 
 
