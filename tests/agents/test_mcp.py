@@ -15,6 +15,10 @@ import anyio
 import openai
 import pytest
 from mcp.server.mcpserver import MCPServer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from tests.agents.conftest import ANSWER, agents_settings
 from tests.conformance.conftest import Api
@@ -75,6 +79,27 @@ def hanging_url():
     sock.listen(16)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
     sock.close()
+
+
+async def _liar(request: Request) -> Response:
+    """Initializes like an MCP server, then answers tools/list with a list that is not one."""
+    if request.method != "POST":
+        return Response("not an event stream", media_type="text/plain")
+    message = await request.json()
+    if "id" not in message:  # a notification
+        return Response(status_code=202)
+    result = {"tools": "not a list"}
+    if message.get("method") == "initialize":
+        result = {"protocolVersion": message["params"]["protocolVersion"], "capabilities": {"tools": {}},
+                  "serverInfo": {"name": "liar", "version": "1"}}
+    return JSONResponse({"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+
+@pytest.fixture(scope="module")
+def lying_url():
+    live = LiveServer(Starlette(routes=[Route("/mcp", _liar, methods=["GET", "POST", "DELETE"])])).start()
+    yield f"{live.url}/mcp"
+    live.stop()
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +216,19 @@ def test_a_server_that_never_answers_fails_its_listing_only(client, hanging_url)
     assert [i.type for i in r.output[1:]] == ["message"]  # nothing offered; the model answered
 
 
+def test_a_server_that_lies_fails_its_listing_only(client, lying_url):
+    r = client.responses.create(model="tiny", input="Hello.", tools=[_tool(lying_url)], max_output_tokens=4)
+    assert r.status in ("completed", "incomplete"), r.error
+    assert r.output[0].type == "mcp_list_tools" and r.output[0].tools == [] and r.output[0].error
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the client's beta assistants
+def test_assistants_refuse_the_mcp_tool(client, mcp_server):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.beta.assistants.create(model="tiny", tools=[_tool(mcp_server.url, headers={"Authorization": SECRET})])
+    assert exc.value.body["param"] == "tools[0].type"
+
+
 def test_sse_transport_for_an_sse_url(client, mcp_server):
     r = client.responses.create(model="tiny", input="Echo.", tools=[_tool(mcp_server.sse_url)],
                                 tool_choice=_force("echo"), max_tool_calls=1, max_output_tokens=120, text=DONE)
@@ -213,7 +251,8 @@ def test_mcp_is_off_without_allowed_hosts(tiny_llama_path, tmp_path):
     assert exc.value.body["param"] == "tools[0].server_url" and exc.value.body["code"] == "mcp_disabled"
 
 
-def test_headers_reach_the_server_but_are_never_stored(client, server, mcp_server):
+def test_headers_reach_the_server_but_are_never_stored(client, server, mcp_server, caplog):
+    caplog.set_level("DEBUG")
     tool = _tool(mcp_server.url, headers={"Authorization": SECRET}, authorization="oauth-secret-token")
     r = client.responses.create(model="tiny", input="Add.", tools=[tool], tool_choice=_force("add"),
                                 max_tool_calls=1, max_output_tokens=120, text=DONE)
@@ -225,6 +264,8 @@ def test_headers_reach_the_server_but_are_never_stored(client, server, mcp_serve
         if path.is_file():
             data = path.read_bytes()
             assert b"sk-mcp-secret" not in data and b"oauth-secret-token" not in data, path
+    assert "sk-mcp-secret" not in caplog.text and "oauth-secret-token" not in caplog.text  # nor logged
+    assert "HTTP Request: POST" in caplog.text  # (the MCP client's requests were logged, at all)
 
 
 def test_streamed_events_follow_the_document_in_order(server, mcp_server):

@@ -24,7 +24,7 @@ def _loop(responses, body: ResponseCreate) -> tuple[RunLoop, list[dict]]:
     new_items = normalize_input(body.input)
     context = responses.context(body)
     check_call_outputs(context, new_items)
-    toolset = build_toolset(body.tools, responses.agents.tools)
+    toolset = build_toolset(body.tools, responses.agents.tools, mcp=True)
     loop = RunLoop(responses.llm, LoopRequest(
         items=context + new_items, toolset=toolset, tool_choice=body.tool_choice,
         make_params=lambda **kw: body.sampling_params(**kw), instructions=body.instructions,

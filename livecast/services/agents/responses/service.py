@@ -48,7 +48,7 @@ class Responses:
         new_items = normalize_input(body.input)
         context = self.context(body)
         check_call_outputs(context, new_items)
-        toolset = build_toolset(body.tools, self.agents.tools)
+        toolset = build_toolset(body.tools, self.agents.tools, mcp=True)
         if toolset.mcp:  # list the remote MCP servers' tools and run the approved calls, before the first turn
             await mcp.prepare(toolset, context + new_items, mcp.listed_in_chain(self.store.responses,
                                                                                 body.previous_response_id))

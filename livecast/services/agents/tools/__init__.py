@@ -101,8 +101,9 @@ class ToolSet:
         return resolve_tool_choice(functions, {"type": "function", "function": {"name": name or offered[0]}})
 
 
-def build_toolset(tools: list[dict] | None, rooms: ToolRooms, param: str = "tools") -> ToolSet:
-    """`tools` in the Responses (flat) or Assistants (`{"function": {…}}`) shape."""
+def build_toolset(tools: list[dict] | None, rooms: ToolRooms, param: str = "tools", mcp: bool = False) -> ToolSet:
+    """`tools` in the Responses (flat) or Assistants (`{"function": {…}}`) shape; `mcp`: remote MCP
+    servers allowed (Responses only: an assistant would store their headers)."""
     toolset = ToolSet()
     for i, tool in enumerate(tools or []):
         kind = tool.get("type") if isinstance(tool, dict) else None
@@ -111,13 +112,13 @@ def build_toolset(tools: list[dict] | None, rooms: ToolRooms, param: str = "tool
             if not isinstance(spec.get("name"), str) or not spec["name"]:
                 raise APIError(400, f"{param}[{i}].name is required for a function tool", param=f"{param}[{i}].name")
             toolset.functions.append({k: v for k, v in spec.items() if v is not None})
-        elif kind == "mcp" and param == "tools":  # Responses only; its tools are listed later (tools.mcp.prepare)
+        elif kind == "mcp" and mcp:  # its tools are listed later (tools.mcp.prepare)
             toolset.mcp.append(McpServer.from_spec(tool, rooms.mcp, f"{param}[{i}]"))
         elif kind in BUILTINS:
             builtin = BUILTINS[kind](tool, rooms)
             toolset.builtins[builtin.function["name"]] = builtin
         else:
-            known = ["function", *BUILTINS, "mcp"]
+            known = ["function", *BUILTINS, *(["mcp"] if mcp else [])]
             raise APIError(400, f"{param}[{i}].type: unsupported tool type {kind!r}; this server has {known}",
                            param=f"{param}[{i}].type")
     toolset.functions += [b.function for b in toolset.builtins.values()]
