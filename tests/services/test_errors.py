@@ -76,7 +76,7 @@ def test_unknown_model_is_404(client, http):
 
 def test_unknown_route_and_method_keep_the_shape(http):
     _error(http.get("/v1/nothing-here"), 404)
-    _error(http.get("/v1/chat/completions"), 405)
+    _error(http.get("/v1/completions"), 405)  # GET /v1/chat/completions lists stored completions
 
 
 def test_body_too_large_is_413(http):
