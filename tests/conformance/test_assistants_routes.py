@@ -45,7 +45,7 @@ def test_assistants_threads_and_messages(api):
 
 
 def test_run_steps_and_submit_tool_outputs(api):
-    assistant = api.post("/v1/assistants", {"model": "tiny", "tools": [WEATHER]})
+    assistant = api.post("/v1/assistants", {"model": "tiny", "tools": [WEATHER], "response_format": DONE})
     thread = api.post("/v1/threads", {"messages": [{"role": "user", "content": "Weather in Paris?"}]})
     tpath = f"/v1/threads/{thread['id']}"
     run = api.post(f"{tpath}/runs", {"assistant_id": assistant["id"], "tool_choice": "required",

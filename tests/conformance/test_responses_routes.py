@@ -61,7 +61,8 @@ def test_file_search_tool(api):
         time.sleep(0.05)
     body = {"model": "tiny", "input": "What causes the tides?", "text": DONE, "max_output_tokens": 200,
             "tools": [{"type": "file_search", "vector_store_ids": [store["id"]], "max_num_results": 2}],
-            "tool_choice": "required", "include": ["file_search_call.results"]}
+            "tool_choice": "required", "parallel_tool_calls": False, "max_tool_calls": 1,
+            "include": ["file_search_call.results"]}
     r = api.post("/v1/responses", body)
     assert r["output"][0]["type"] == "file_search_call" and r["output"][0]["results"]
     events = api.stream("/v1/responses", {**body, "stream": True, "include": []})
