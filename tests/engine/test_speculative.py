@@ -20,6 +20,7 @@ from livecast.engine import EngineConfig, LLMEngine, SamplingParams
 from livecast.engine.spec import SpecState, Speculator
 from livecast.engine.spec.ngram import NgramProposer
 from livecast.kernels import native
+from tests.conftest import make_tiny_llama
 
 VOCAB = 49152
 
@@ -194,40 +195,56 @@ def test_seeded_samples_identical_with_speculation_under_every_processor(tiny_ll
     assert engine.speculator.num_accepted_tokens > 0
 
 
-class FixedProposer:
-    """Proposes the same tokens after every sequence: a draft that is sometimes right."""
+class TableProposer:
+    """Proposes, after the prompt and one sampled token, that token's likeliest continuation."""
 
-    def __init__(self, drafts: list[int]) -> None:
-        self.drafts = drafts
+    def __init__(self, prompt_len: int, table: dict[int, list[int]]) -> None:
+        self.prompt_len, self.table = prompt_len, table
 
     def propose(self, token_ids: list[int], k: int) -> list[int]:
-        return self.drafts[:k]
+        if len(token_ids) != self.prompt_len + 1:
+            return []
+        return self.table.get(token_ids[-1], [])[:k]
 
 
-def test_sampled_distribution_unchanged_by_speculation(tiny_llama_path):
-    """Two-sample chi-square, 2,000 samples each (seeded, so it cannot flake) of the 2nd and 3rd
-    tokens at temperature 1, drafts the likeliest continuation: accepted often, rejected often."""
+@pytest.fixture(scope="module")
+def small_vocab_path(tmp_path_factory, smollm2_path):
+    """A tiny Llama over 256 tokens: peaked enough at temperature 1 for a chi-square on 2,000 samples."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-256"), smollm2_path, vocab_size=256, seed=1,
+                           hidden_size=256, intermediate_size=256)
+
+
+def test_sampled_distribution_unchanged_by_speculation(small_vocab_path):
+    """Two-sample chi-square over 2,000 samples each (seeded, so it cannot flake) of the 2nd, 3rd
+    and 4th tokens and the first pair at temperature 1, drafts accepted and rejected often."""
     prompt, num = [17, 18, 19, 20], 2000
-    config = dict(max_num_seqs=256, max_num_batched_tokens=2048, spec_max_batch=256, kv_cache_memory=32 << 20, max_waiting=4096,
-                  deterministic=False)
-    likely = _run(_engine(tiny_llama_path, False, **config), [(prompt, _greedy(4))])["r0"]
+    config = dict(max_num_seqs=256, max_num_batched_tokens=2048, spec_max_batch=256, kv_cache_memory=32 << 20,
+                  max_waiting=4096, deterministic=False)
+    probe = _engine(small_vocab_path, False, **config)
+    top5 = _top5(probe, prompt)
+    likely = _run(probe, [(prompt + [t], _greedy(2)) for t in top5])
+    table = {t: likely[f"r{i}"] for i, t in enumerate(top5)}
     samples = {}
     for speculative, seed0 in ((False, 0), (True, 10_000)):
-        engine = _engine(tiny_llama_path, speculative, **config)
+        engine = _engine(small_vocab_path, speculative, **config)
         if speculative:
-            engine.speculator.proposer = FixedProposer(likely[1:])
-        requests = [(prompt, SamplingParams(temperature=1.0, seed=seed0 + i, max_tokens=3, ignore_eos=True))
-                    for i in range(num)]
-        samples[speculative] = list(_run(engine, requests).values())
+            engine.speculator.proposer = TableProposer(len(prompt), table)
+        params = [SamplingParams(temperature=1.0, seed=seed0 + i, max_tokens=4, ignore_eos=True) for i in range(num)]
+        samples[speculative] = list(_run(engine, [(prompt, p) for p in params]).values())
         if speculative:
-            s = engine.stats()
-            assert 0.05 < s.spec_acceptance_rate < 0.95
-    for position in (1, 2):
-        plain = [tuple(t[:position + 1]) for t in samples[False]]
-        spec = [tuple(t[:position + 1]) for t in samples[True]]
-        table = _contingency(plain, spec)
-        assert table.shape[1] >= 2
-        assert chi2_contingency(table).pvalue > 0.001
+            assert 0.1 < engine.stats().spec_acceptance_rate < 0.9
+    for outcome in (lambda t: t[1], lambda t: t[2], lambda t: t[3], lambda t: (t[0], t[1])):
+        counts = _contingency([outcome(t) for t in samples[False]], [outcome(t) for t in samples[True]])
+        assert counts.shape[1] >= 4
+        assert chi2_contingency(counts).pvalue > 0.001
+
+
+def _top5(engine: LLMEngine, prompt: list[int]) -> list[int]:
+    engine.add_request("top", prompt, SamplingParams(temperature=0, max_tokens=1, logprobs=5))
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            entry = out.outputs[0].logprobs[0]
+    return list(entry)
 
 
 def _contingency(a: list, b: list) -> np.ndarray:
@@ -298,3 +315,17 @@ def test_grammar_constrained_request_unchanged(tiny_llama_path):
         plain, spec, engine, _ = _spec_vs_plain(tiny_llama_path, requests, jump_forward=jump_forward)
         assert spec == plain
         assert engine.speculator.num_accepted_tokens > 0
+
+
+def test_stats_and_metrics_report_speculation():
+    from livecast.engine.stats import EngineStats
+    from livecast.services.llm.metrics import EngineCollector
+
+    s = EngineStats(0, 0, 0, 0.0, 0.0, 0.0, 10, 20, 0, 1, 0.0, 0.0, spec_draft_tokens_total=40,
+                    spec_accepted_tokens_total=30, spec_verify_steps_total=10)
+    assert s.spec_acceptance_rate == 0.75 and s.spec_mean_accepted_length == 4.0
+    assert "Spec acceptance: 75.0%, mean accepted length: 4.00" in s.log_line()
+    values = {m.name: m.samples[0].value for m in EngineCollector(lambda: s).collect()}
+    assert values["livecast_spec_draft_tokens"] == 40 and values["livecast_spec_accepted_tokens"] == 30
+    off = EngineStats(0, 0, 0, 0.0, 0.0, 0.0, 10, 20, 0, 1, 0.0, 0.0)
+    assert off.spec_acceptance_rate == 0.0 and "Spec" not in off.log_line()

@@ -64,7 +64,11 @@ class EngineCollector(Collector):
         for name, doc, value in (
                 ("prompt_tokens", "Prompt tokens prefilled.", s.prompt_tokens_total),
                 ("generation_tokens", "Tokens generated.", s.generation_tokens_total),
-                ("num_preemptions", "Sequence preemptions.", s.num_preemptions_total)):
+                ("num_preemptions", "Sequence preemptions.", s.num_preemptions_total),
+                ("spec_draft_tokens", "Speculative draft tokens proposed.", s.spec_draft_tokens_total),
+                ("spec_accepted_tokens", "Speculative draft tokens accepted.", s.spec_accepted_tokens_total),
+                ("spec_verify_steps", "Speculative verifications (a draft run checked in one step).",
+                 s.spec_verify_steps_total)):
             yield CounterMetricFamily(f"livecast_{name}", doc, value=value)
 
     def describe(self):
