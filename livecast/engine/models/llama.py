@@ -138,16 +138,12 @@ class LlamaForCausalLM(nn.Module):
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # (num_tokens, hidden_size)
         fused = self.native_decode
-        if fused is not None and self.backend.deterministic:
-            # every token, prefill or decode, as a decode row of the stack: one per-row path
-            hidden, residual = fused.stack.run(hidden, kv_caches, positions, meta.slot_mapping,
-                                               meta.token_block_tables, meta.token_context_lens)
-            hidden, _ = self.norm(hidden, residual)
-            return hidden
-        if (fused is not None and not meta.prefill_chunks and meta.num_decodes == input_ids.shape[0]
-                and input_ids.shape[0] < fused.max_tokens):
-            hidden, residual = fused.stack.run(hidden, kv_caches, positions, meta.slot_mapping,
-                                               meta.decode_block_tables, meta.decode_context_lens)
+        deterministic = self.backend.deterministic  # every token, prefill or decode, a decode row of the stack
+        if fused is not None and (deterministic or (not meta.prefill_chunks and meta.num_decodes == input_ids.shape[0]
+                                                    and input_ids.shape[0] < fused.max_tokens)):
+            tables, lens = ((meta.token_block_tables, meta.token_context_lens) if deterministic
+                            else (meta.decode_block_tables, meta.decode_context_lens))
+            hidden, residual = fused.stack.run(hidden, kv_caches, positions, meta.slot_mapping, tables, lens)
             hidden, _ = self.norm(hidden, residual)
             return hidden
         # the rotary tables are the same for every layer: gathered once per step
