@@ -11,19 +11,23 @@ Files: what diffusers' `load_lora_weights(path)` reads for the UNet, a `.safeten
   and attention processors' `<attn>.processor.to_q_lora.down.weight` (`to_out_lora` is
   `to_out.0`);
 - kohya (sd-scripts): `lora_unet_<module with _>.lora_down.weight` / `lora_up.weight` / `alpha`.
-Text-encoder layers are refused with a clear error: per-stream prompt embeddings are cached by
-text, and a text-encoder LoRA would make them depend on the adapter too.
+Text-encoder layers (`text_encoder.<module>`, kohya `lora_te_`) are applied when the stream's
+prompts are encoded (StreamPipeline caches those embeddings per adapter and scale); layers for a
+second text encoder (SDXL) are refused.
 
 Per row i of a UNet call with adapter a_i and scale s_i, each targeted Linear or Conv2d computes
     y_i = W x_i + s_i * (alpha / r) * B_{a_i} (A_{a_i} x_i)      (rows without a LoRA add nothing)
-as a forward hook on the module, so the UNet's modules are never replaced. Two strategies:
-- `batched` (default): the A of every adapter in the call are concatenated along the rank, one
-  matmul gives every row all adapters' low-rank activations, a per-row mask (scale on the row's
-  own adapter's columns, 0 elsewhere) keeps its own, and one matmul with the concatenated B adds
-  them back: two matmuls per layer whatever the mix of adapters;
+as a forward hook on the module, so the model's modules are never replaced. Three strategies
+(`LoraBank.strategy`, default DEFAULT_STRATEGY):
+- `batched`: the A of every adapter in the call are concatenated along the rank, one matmul gives
+  every row all adapters' low-rank activations, a per-row mask (scale on the row's own adapter's
+  columns, 0 elsewhere) keeps its own, and one matmul with the concatenated B adds them back:
+  two plain matmuls per layer, whatever the mix, at a rank that grows with the adapters present;
+- `gather`: each row's own A and B are gathered (zeros for rows without a LoRA) and applied with
+  two batched matmuls (grouped convolutions for Conv2d): the rank of one adapter, per row;
 - `grouped`: rows are gathered per adapter and each group runs its own pair of matmuls
-  (index_add back), so the cost grows with the number of distinct adapters in the call.
-`docs/BENCHMARKS.md` has both measured on the demo model (`livecast bench lora --video`).
+  (index_add back): one pair of matmuls per distinct adapter in the call.
+`docs/BENCHMARKS.md` has all three measured on the demo model (`livecast bench lora --video`).
 
 With fused QKV projections (StreamPipeline's default) an adapter's `to_q`/`to_k`/`to_v` layers
 land on the fused `to_qkv` (`to_kv` for cross-attention) as slices of its output.
@@ -44,10 +48,12 @@ import torch.nn.functional as F
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
-STRATEGIES = ("batched", "grouped")
+STRATEGIES = ("batched", "gather", "grouped")
+DEFAULT_STRATEGY = "gather"  # measured fastest on the demo model: docs/BENCHMARKS.md
 
 # Prefixes of the models a LoRA file may hold layers for; only the UNet's are applied.
-_COMPONENTS = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder"}
+_COMPONENTS = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2"}
+COMPONENT_NAMES = {"unet": "UNet", "text_encoder": "text encoder"}
 # (suffix, role) for every low-rank key layout; role is down (A), up (B) or alpha.
 _SUFFIXES = ((".lora_A.weight", "down"), (".lora_B.weight", "up"),
              (".lora.down.weight", "down"), (".lora.up.weight", "up"),
@@ -75,11 +81,20 @@ class LoraLayer:
 
 @dataclass(frozen=True, slots=True)
 class LoraAdapter:
-    """A validated adapter: UNet module name -> its layer (tensors in the pipeline's dtype)."""
+    """A validated adapter: module name -> its layer (tensors in the pipeline's dtype), for the
+    UNet (`layers`) and the text encoder (`text_layers`, often empty)."""
 
     name: str
     path: str
     layers: dict[str, LoraLayer]
+    text_layers: dict[str, LoraLayer] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.text_layers is None:
+            object.__setattr__(self, "text_layers", {})
+
+    def component(self, name: str) -> dict[str, LoraLayer]:
+        return self.layers if name == "unet" else self.text_layers
 
     @property
     def rank(self) -> int:
@@ -87,8 +102,8 @@ class LoraAdapter:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.layers.values()
-                   for t in (layer.down, layer.up))
+        return sum(t.numel() * t.element_size() for layers in (self.layers, self.text_layers)
+                   for layer in layers.values() for t in (layer.down, layer.up))
 
 
 # -- reading and validating files ------------------------------------------------------------
@@ -129,36 +144,49 @@ def read_lora(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def load_adapter(name: str, path: str | os.PathLike, unet: torch.nn.Module, *,
-                 dtype: torch.dtype, device: torch.device) -> LoraAdapter:
-    """Read `path` and check every layer against `unet`: LoraError naming the adapter on any
-    malformed layer (a missing A or B, ranks that disagree, shapes that do not fit the module, a
-    module the UNet does not have, layers of another model). Touches nothing of `unet`."""
+                 dtype: torch.dtype, device: torch.device,
+                 text_encoder: torch.nn.Module | None = None) -> LoraAdapter:
+    """Read `path` and check every layer against `unet` (and `text_encoder`): LoraError naming
+    the adapter on any malformed layer (a missing A or B, ranks that disagree, shapes that do not
+    fit the module, a module the model does not have, layers of another model). Touches nothing
+    of the models."""
     where = f"LoRA {name!r} ({os.fspath(path)})"
     try:
         state, metadata = read_lora(path)
     except (OSError, ValueError) as exc:
         raise LoraError(f"{where}: {exc}") from None
     try:
-        groups = _group_keys(state, _kohya_names(unet))
-        config = _component_config(metadata, "unet")
-        modules = dict(unet.named_modules())
-        layers = {}
-        for module_name, tensors in sorted(groups.items()):
-            layers[module_name] = _check_layer(module_name, tensors, modules, config, dtype, device)
+        models = {"unet": unet, "text_encoder": text_encoder}
+        groups = _group_keys(state, {c: _kohya_names(m) for c, m in models.items() if m is not None})
+        found: dict[str, dict[str, LoraLayer]] = {"unet": {}, "text_encoder": {}}
+        for component, modules_groups in groups.items():
+            model = models.get(component)
+            if model is None:
+                raise LoraError(f"has {sum(len(g) for g in modules_groups.values())} tensor(s) for "
+                                f"{component}, which this pipeline does not have")
+            config = _component_config(metadata, component)
+            modules = dict(model.named_modules())
+            for module_name, tensors in sorted(modules_groups.items()):
+                try:
+                    found[component][module_name] = _check_layer(module_name, tensors, modules, config,
+                                                                  dtype, device)
+                except LoraError as exc:
+                    raise LoraError(f"{COMPONENT_NAMES[component]} {exc}") from None
     except LoraError as exc:
         raise LoraError(f"{where}: {exc}") from None
-    if not layers:
-        raise LoraError(f"{where}: no UNet LoRA layers in the file")
-    return LoraAdapter(name, os.fspath(path), layers)
+    if not found["unet"] and not found["text_encoder"]:
+        raise LoraError(f"{where}: no LoRA layers in the file")
+    return LoraAdapter(name, os.fspath(path), found["unet"], found["text_encoder"])
 
 
 def _kohya_names(unet: torch.nn.Module) -> dict[str, str]:
     return {name.replace(".", "_"): name for name, _ in unet.named_modules() if name}
 
 
-def _group_keys(state: dict[str, torch.Tensor], kohya: dict[str, str]) -> dict[str, dict[str, torch.Tensor]]:
-    """{UNet module name: {"down", "up", "alpha"}} from any supported key layout."""
-    groups: dict[str, dict[str, torch.Tensor]] = {}
+def _group_keys(state: dict[str, torch.Tensor],
+                kohya: dict[str, dict[str, str]]) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+    """{component: {module name: {"down", "up", "alpha"}}} from any supported key layout."""
+    groups: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
     others: Counter = Counter()
     for key, tensor in state.items():
         processor = _PROCESSOR.match(key)
@@ -178,28 +206,30 @@ def _group_keys(state: dict[str, torch.Tensor], kohya: dict[str, str]) -> dict[s
                 raise LoraError(f"{key}: not a LoRA key this loader knows (lora_A/lora_B, lora.down/"
                                 f"lora.up, lora_down/lora_up, alpha)")
         component, module = _split_component(stem, kohya)
-        if component != "unet":
+        if component not in ("unet", "text_encoder"):
             others[component] += 1
             continue
-        slot = groups.setdefault(module, {})
+        slot = groups.setdefault(component, {}).setdefault(module, {})
         if role in slot:
             raise LoraError(f"{module}: two tensors for its {role} weight (mixed key layouts?)")
         slot[role] = tensor
     if others:
         raise LoraError(f"has {sum(others.values())} tensor(s) for {', '.join(sorted(others))}: "
-                        f"text-encoder LoRAs are not supported, only UNet layers")
+                        f"only the UNet's and the (first) text encoder's layers are supported")
     return groups
 
 
-def _split_component(stem: str, kohya: dict[str, str]) -> tuple[str, str]:
-    for prefix in ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_"):
+def _split_component(stem: str, kohya: dict[str, dict[str, str]]) -> tuple[str, str]:
+    for prefix, component in (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"),
+                              ("lora_te2_", "text_encoder_2"), ("lora_te_", "text_encoder")):
         if stem.startswith(prefix):  # kohya: lora_unet_<module path with '_'>
             flat = stem[len(prefix):]
-            if prefix != "lora_unet_":
-                return "text_encoder", flat
-            if flat not in kohya:
-                raise LoraError(f"{stem}: the UNet has no module {flat!r} (kohya name)")
-            return "unet", kohya[flat]
+            if component not in kohya:
+                return component, flat  # refused or reported by the caller
+            if flat not in kohya[component]:
+                raise LoraError(f"{stem}: the {COMPONENT_NAMES[component]} has no module {flat!r} "
+                                f"(kohya name)")
+            return component, kohya[component][flat]
     first, _, rest = stem.partition(".")
     if first in _COMPONENTS and rest:
         return _COMPONENTS[first], rest
@@ -229,7 +259,7 @@ def _check_layer(module_name: str, tensors: dict[str, torch.Tensor], modules: di
             raise LoraError(f"{module_name}: missing tensor {label}")
     module = modules.get(module_name)
     if module is None:
-        raise LoraError(f"{module_name}: the UNet has no such module")
+        raise LoraError(f"{module_name}: no such module")
     down, up = tensors["down"], tensors["up"]
     rank = down.shape[0] if down.dim() else 0
     if isinstance(module, torch.nn.Linear):
@@ -278,6 +308,7 @@ class _Rows:
     index: torch.Tensor  # (N,) long: position in names, -1 for rows without a LoRA
     scale: torch.Tensor  # (N,) the row's lora_scale (0 for rows without a LoRA)
     groups: tuple[torch.Tensor | None, ...]  # per name: its rows (None: every row)
+    slot: torch.Tensor  # (N,) long: position in names, len(names) for rows without a LoRA
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,10 +318,11 @@ class _Part:
 
 
 class _Target:
-    """A hooked UNet module and the parts of resident adapters that update it."""
+    """A hooked module (of the UNet or the text encoder) and the parts of resident adapters that
+    update it."""
 
-    def __init__(self, bank: LoraBank, module: torch.nn.Module):
-        self.bank, self.module = bank, module
+    def __init__(self, bank: LoraBank, component: str, module: torch.nn.Module):
+        self.bank, self.component, self.module = bank, component, module
         self.conv = isinstance(module, torch.nn.Conv2d)
         self.out_features = module.out_channels if self.conv else module.out_features
         self.parts: dict[str, list[_Part]] = {}
@@ -306,11 +338,13 @@ class _Target:
             self._packed.clear()
 
     def _hook(self, module, inputs, output):
-        rows = self.bank.current
+        rows = self.bank.current.get(self.component)
         if rows is None or not any(name in self.parts for name in rows.names):
             return output
         if self.bank.strategy == "grouped":
             return self._grouped(inputs[0], output, rows)
+        if self.bank.strategy == "gather" and len(rows.names) > 1:
+            return self._gather(inputs[0], output, rows)
         return self._batched(inputs[0], output, rows)
 
     # A (R, in[, kh, kw]) and B (out, R[, 1, 1]) of the adapters in `names`, concatenated along
@@ -337,6 +371,51 @@ class _Target:
         while len(self._packed) > 8:
             self._packed.popitem(last=False)
         return packed
+
+    # Per adapter in `names`, then a zero slot for rows without a LoRA: A (S+1, R, in[, kh, kw])
+    # and B (S+1, out, R) with alpha / r folded in, each adapter's parts concatenated along the
+    # rank and zero-padded to the largest R.
+    def _pack_slots(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (None, *names)  # None: never an adapter name
+        packed = self._packed.get(key)
+        if packed is not None:
+            self._packed.move_to_end(key)
+            return packed
+        per = [self.parts.get(name, []) for name in names]
+        rank = max(sum(p.layer.rank for p in parts) for parts in per)
+        some = next(p for parts in per for p in parts).layer
+        down = some.down.new_zeros((len(names) + 1, rank, *some.down.shape[1:]))
+        up = some.up.new_zeros((len(names) + 1, self.out_features, rank))
+        for i, parts in enumerate(per):
+            col = 0
+            for part in parts:
+                r = part.layer.rank
+                down[i, col:col + r] = part.layer.down
+                up[i, part.out, col:col + r] = part.layer.up.reshape(part.layer.up.shape[0], r) * part.layer.scale
+                col += r
+        packed = (down, up)
+        self._packed[key] = packed
+        while len(self._packed) > 8:
+            self._packed.popitem(last=False)
+        return packed
+
+    def _gather(self, x, output, rows: _Rows):
+        """Each row's own A and B gathered (zeros for rows without a LoRA): two batched matmuls
+        (grouped convolutions for Conv2d) over rank R, whatever the number of adapters."""
+        down, up = self._pack_slots(rows.names)
+        a, b = down.index_select(0, rows.slot), up.index_select(0, rows.slot)
+        n, rank = a.shape[0], a.shape[1]
+        scale = rows.scale.to(x.dtype)
+        if self.conv:
+            m = self.module
+            h = F.conv2d(x.reshape(1, -1, *x.shape[2:]), a.reshape(n * rank, *a.shape[2:]), None,
+                         m.stride, m.padding, m.dilation, groups=n)
+            h = h.view(n, rank, *h.shape[2:]) * scale.view(n, 1, 1, 1)
+            delta = F.conv2d(h.reshape(1, n * rank, *h.shape[2:]), b.reshape(n * self.out_features, rank, 1, 1),
+                             groups=n)
+            return output + delta.view(output.shape)
+        h = torch.bmm(x.reshape(n, -1, x.shape[-1]), a.transpose(1, 2)) * scale.view(n, 1, 1)
+        return output + torch.bmm(h, b.transpose(1, 2)).view(output.shape)
 
     def _down(self, x, weight):
         m = self.module
@@ -376,23 +455,26 @@ class _Target:
 
 class LoraBank:
     """The adapters streams may pick (registered by name and path) and the resident ones (an
-    LRU of at most `max_resident`, hooked into the UNet). An adapter that is not resident is
-    read again from its file when a UNet call needs it; a call needing more adapters than
+    LRU of at most `max_resident`, hooked into the UNet and text encoder). An adapter that is not
+    resident is read again from its file when a call needs it; a call needing more adapters than
     `max_resident` keeps them all for that call.
     """
 
     def __init__(self, unet: torch.nn.Module, *, dtype: torch.dtype, device: torch.device,
-                 max_resident: int = 4, strategy: str = "batched"):
+                 max_resident: int = 4, strategy: str = DEFAULT_STRATEGY,
+                 text_encoder: torch.nn.Module | None = None):
         if max_resident < 1:
             raise ValueError(f"max_resident must be >= 1, got {max_resident}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        self.unet, self.dtype, self.device = unet, dtype, device
+        self.unet, self.text_encoder, self.dtype, self.device = unet, text_encoder, dtype, device
+        self.models = {"unet": unet, "text_encoder": text_encoder}
         self.max_resident, self.strategy = max_resident, strategy
         self.paths: dict[str, str] = {}
+        self.text_adapters: set[str] = set()  # registered adapters with text-encoder layers
         self.resident: OrderedDict[str, LoraAdapter] = OrderedDict()
-        self.current: _Rows | None = None  # set for the duration of one UNet call
-        self._targets: dict[str, _Target] = {}  # hooked module name -> target
+        self.current: dict[str, _Rows] = {}  # component -> rows, for the duration of one call
+        self._targets: dict[tuple[str, str], _Target] = {}  # (component, module name) -> target
         self._lock = threading.RLock()
         self.loads = 0  # adapters read from disk (registration included)
 
@@ -405,12 +487,16 @@ class LoraBank:
         (LoraError, naming the adapter) nothing already registered or resident changes."""
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", name):
             raise LoraError(f"LoRA name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
-        adapter = load_adapter(name, path, self.unet, dtype=self.dtype, device=self.device)
+        adapter = self._load(name, path)
         with self._lock:
             self.loads += 1
             if name in self.resident:
                 self._evict(name)
             self.paths[name] = os.fspath(path)
+            if adapter.text_layers:
+                self.text_adapters.add(name)
+            else:
+                self.text_adapters.discard(name)
             if len(self.resident) < self.max_resident:
                 self._install(adapter)
         return adapter
@@ -422,18 +508,19 @@ class LoraBank:
             raise ValueError(f"lora {name!r} is not a registered adapter (registered: {known})")
 
     @contextmanager
-    def rows(self, assignment: Sequence[tuple[tuple[str, float] | None, int]]) -> Iterator[None]:
-        """For one UNet call: `assignment` lists, in row order, (adapter name and scale, or None)
-        and how many consecutive rows use it."""
+    def rows(self, assignment: Sequence[tuple[tuple[str, float] | None, int]],
+             component: str = "unet") -> Iterator[None]:
+        """For one call of `component` (the UNet, or the text encoder): `assignment` lists, in row
+        order, (adapter name and scale, or None) and how many consecutive rows use it."""
         if all(lora is None for lora, _ in assignment):
             yield
             return
         with self._lock:
-            self.current = self._plan(assignment)
+            self.current[component] = self._plan(assignment)
             try:
                 yield
             finally:
-                self.current = None
+                del self.current[component]
                 while len(self.resident) > self.max_resident:
                     self._evict(next(iter(self.resident)))
 
@@ -456,7 +543,8 @@ class LoraBank:
         groups = tuple(None if all(i == k for i in index) else
                        torch.tensor([r for r, i in enumerate(index) if i == k], device=self.device)
                        for k in range(len(names)))
-        return _Rows(tuple(names), index_t, torch.tensor(scale, device=self.device), groups)
+        slot = torch.where(index_t < 0, len(names), index_t)
+        return _Rows(tuple(names), index_t, torch.tensor(scale, device=self.device), groups, slot)
 
     def _ensure(self, name: str) -> None:
         if name in self.resident:
@@ -464,15 +552,22 @@ class LoraBank:
             return
         self.check(name)
         self.loads += 1
-        self._install(load_adapter(name, self.paths[name], self.unet, dtype=self.dtype, device=self.device))
+        self._install(self._load(name, self.paths[name]))
+
+    def _load(self, name: str, path: str | os.PathLike) -> LoraAdapter:
+        return load_adapter(name, path, self.unet, dtype=self.dtype, device=self.device,
+                            text_encoder=self.text_encoder)
 
     def _install(self, adapter: LoraAdapter) -> None:
-        for module_name, layer in adapter.layers.items():
-            target_name, out = self._executed(module_name)
-            target = self._targets.get(target_name)
-            if target is None:
-                target = self._targets[target_name] = _Target(self, self.unet.get_submodule(target_name))
-            target.add(adapter.name, _Part(layer, out))
+        for component in ("unet", "text_encoder"):
+            model = self.models[component]
+            for module_name, layer in adapter.component(component).items():
+                target_name, out = self._executed(model, module_name)
+                target = self._targets.get((component, target_name))
+                if target is None:
+                    target = self._targets[component, target_name] = _Target(
+                        self, component, model.get_submodule(target_name))
+                target.add(adapter.name, _Part(layer, out))
         self.resident[adapter.name] = adapter
 
     def _evict(self, name: str) -> None:
@@ -480,11 +575,12 @@ class LoraBank:
         for target in self._targets.values():
             target.remove(name)
 
-    def _executed(self, module_name: str) -> tuple[str, slice]:
+    @staticmethod
+    def _executed(model: torch.nn.Module, module_name: str) -> tuple[str, slice]:
         """The module that runs for `module_name` and the slice of its output that is this one's:
         with fused projections, to_q/to_k/to_v are slices of to_qkv (to_kv for cross-attention)."""
         parent_name, _, leaf = module_name.rpartition(".")
-        parent = self.unet.get_submodule(parent_name) if parent_name else self.unet
+        parent = model.get_submodule(parent_name) if parent_name else model
         if leaf in ("to_q", "to_k", "to_v") and getattr(parent, "fused_projections", False):
             order = ("to_k", "to_v") if parent.is_cross_attention else ("to_q", "to_k", "to_v")
             if leaf in order:
@@ -492,7 +588,7 @@ class LoraBank:
                 start = sum(getattr(parent, p).out_features for p in order[:order.index(leaf)])
                 size = getattr(parent, leaf).out_features
                 return f"{parent_name}.{fused}", slice(start, start + size)
-        module = self.unet.get_submodule(module_name)
+        module = model.get_submodule(module_name)
         size = module.out_channels if isinstance(module, torch.nn.Conv2d) else module.out_features
         return module_name, slice(0, size)
 

@@ -1,6 +1,7 @@
 """StreamPipeline: StreamDiffusion-style real-time img2img / txt2img on diffusers components."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import PIL.Image
@@ -12,9 +13,12 @@ from .codec import LatentCodec
 from .config import StreamParams
 from .denoise import Denoiser, Job
 from .image import Frame, fit, frame_size, frame_to_tensor, to_pil
-from .lora import LoraAdapter, LoraBank
+from .lora import DEFAULT_STRATEGY, LoraAdapter, LoraBank
 from .prompt import PromptEncoder
 from .stream import StateFactory, StreamState
+
+
+MAX_LORA_PROMPT_CACHES = 8  # (adapter, scale) pairs whose prompt embeddings stay cached
 
 
 class StreamPipeline:
@@ -29,7 +33,7 @@ class StreamPipeline:
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                  name: str = "custom", demo: bool = False, resolution: int | None = None,
                  channels_last: bool = True, fuse_qkv: bool = True, max_cached_prompts: int = 64,
-                 max_loras: int = 4, lora_strategy: str = "batched"):
+                 max_loras: int = 4, lora_strategy: str | None = None):
         self.device = comp.resolve_device(device)
         self.dtype = comp.resolve_dtype(dtype, self.device)
         self.name, self.demo = name, demo
@@ -52,14 +56,16 @@ class StreamPipeline:
         self.denoiser = Denoiser(unet, scheduler.config.prediction_type, self.dtype)
         # Style LoRAs streams may pick (load_lora); nothing is hooked until one is loaded.
         self.loras = LoraBank(unet, dtype=self.dtype, device=self.device, max_resident=max_loras,
-                              strategy=lora_strategy)
+                              strategy=lora_strategy or DEFAULT_STRATEGY, text_encoder=text_encoder)
         self.denoiser.lora = self.loras
+        # Prompt embeddings through an adapter's text-encoder layers: one cache per (lora, scale).
+        self._lora_prompts: OrderedDict[tuple[str, float], PromptEncoder] = OrderedDict()
         self.prompts = PromptEncoder(tokenizer, text_encoder, self.device, self.dtype, max_cached_prompts)
         unet_down = 2 ** (len(unet.config.block_out_channels) - 1)
         side = resolution or unet.config.sample_size * self.codec.downscale
         # alphas_cumprod for any SD-family scheduler config (beta schedule, rescaling, ...).
         alphas_cumprod = DDPMScheduler.from_config(scheduler.config).alphas_cumprod
-        self.states = StateFactory(encode_prompt=self.prompts.embed, alphas_cumprod=alphas_cumprod,
+        self.states = StateFactory(encode_prompt=self._embed, alphas_cumprod=alphas_cumprod,
                                    latent_channels=self.codec.latent_channels,
                                    downscale=self.codec.downscale,
                                    size_multiple=self.codec.downscale * unet_down,
@@ -96,7 +102,26 @@ class StreamPipeline:
     def load_lora(self, name: str, path: str) -> LoraAdapter:
         """Register a diffusers-format LoRA file (or its folder) as `name`, for streams' `lora`
         setting. A malformed file raises LoraError naming it and changes nothing loaded."""
-        return self.loras.register(name, path)
+        adapter = self.loras.register(name, path)
+        for key in [k for k in self._lora_prompts if k[0] == name]:
+            del self._lora_prompts[key]  # embeddings of the file this name named before
+        return adapter
+
+    def _embed(self, prompt: str | Sequence[Any], lora: tuple[str, float] | None = None) -> torch.Tensor:
+        """A stream's conditioning; through its LoRA's text-encoder layers when it has any
+        (diffusers' encode_prompt with lora_scale), cached per (adapter, scale)."""
+        if lora is None or lora[0] not in self.loras.text_adapters:
+            return self.prompts.embed(prompt)
+        encoder = self._lora_prompts.get(lora)
+        if encoder is None:
+            encoder = PromptEncoder(self.tokenizer, self.text_encoder, self.device, self.dtype,
+                                    self.prompts.max_cached)
+        self._lora_prompts[lora] = encoder
+        self._lora_prompts.move_to_end(lora)
+        while len(self._lora_prompts) > MAX_LORA_PROMPT_CACHES:
+            self._lora_prompts.popitem(last=False)
+        with self.loras.rows([(lora, 1)], component="text_encoder"):
+            return encoder.embed(prompt)
 
     def check(self, params: StreamParams) -> None:
         """ValueError, naming the setting, for params this pipeline cannot serve (a working size

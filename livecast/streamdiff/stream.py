@@ -72,7 +72,8 @@ class StreamState:
 class StateFactory:
     """What a pipeline lends to build stream states (keeps this module free of the pipeline)."""
 
-    encode_prompt: Callable[[str | Sequence[PromptWeight]], torch.Tensor]  # a prompt or a blend
+    # a prompt or a blend, and the stream's (lora, scale) for adapters with text-encoder layers
+    encode_prompt: Callable[[str | Sequence[PromptWeight], tuple[str, float] | None], torch.Tensor]
     alphas_cumprod: torch.Tensor  # (num_train_timesteps,)
     latent_channels: int
     downscale: int  # pixels per latent cell
@@ -133,9 +134,9 @@ class StateFactory:
 
     def _guidance(self, params: StreamParams) -> Guidance:
         cfg_type = params.cfg_type if params.uses_guidance else "none"
+        lora = (params.lora, params.lora_scale) if params.lora is not None and params.lora_scale else None
         uncond = None
         if cfg_type in ("full", "initialize"):
-            uncond = self.encode_prompt(params.negative_prompt)
-        lora = (params.lora, params.lora_scale) if params.lora is not None and params.lora_scale else None
-        return Guidance(cond=self.encode_prompt(params.prompt), uncond=uncond, cfg_type=cfg_type,
+            uncond = self.encode_prompt(params.negative_prompt, lora)
+        return Guidance(cond=self.encode_prompt(params.prompt, lora), uncond=uncond, cfg_type=cfg_type,
                         scale=float(params.guidance_scale), delta=float(params.delta), lora=lora)

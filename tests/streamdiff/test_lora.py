@@ -15,8 +15,8 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils import convert_state_dict_to_diffusers
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
+from peft import LoraConfig, inject_adapter_in_model
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from livecast.streamdiff import StreamBatcher
@@ -34,26 +34,34 @@ def posterior_mean(monkeypatch):
 
 
 def make_adapter(folder, seed: int, *, rank: int = 4, alpha: float = 8, targets=ATTENTION,
-                 layout: str = "peft", metadata: bool = True, std: float = 0.3):
-    """A PEFT LoRA on the tiny UNet, saved in diffusers' format; returns the folder.
+                 layout: str = "peft", metadata: bool = True, std: float = 0.3, text_encoder: bool = False):
+    """A PEFT LoRA on the tiny UNet (and its text encoder's attention with `text_encoder`),
+    saved in diffusers' format; returns the folder.
 
     layout: `peft` (unet.<module>.lora_A/lora_B) or `diffusers` (the older lora.down/lora.up).
     """
-    unet = tiny_components(0)["unet"]
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True)
-    torch.manual_seed(seed)
-    unet.add_adapter(config)
+    parts = tiny_components(0)
+    models = {"unet": (parts["unet"], LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets)))}
+    if text_encoder:
+        models["text_encoder"] = (parts["text_encoder"], LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if "lora_B" in name:  # PEFT starts B at zero: the adapter would do nothing
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
-    state = get_peft_model_state_dict(unet)
-    if layout == "diffusers":
-        state = convert_state_dict_to_diffusers(state)
-    StableDiffusionImg2ImgPipeline.save_lora_weights(
-        str(folder), unet_lora_layers=state,
-        unet_lora_adapter_metadata=config.to_dict() if metadata else None)
+    saved = {}
+    for component, (model, config) in models.items():
+        torch.manual_seed(seed)
+        # PEFT's own injection: transformers' add_adapter wants a PEFT release newer than PyPI's
+        inject_adapter_in_model(config, model)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:  # PEFT starts B at zero: the adapter would do nothing
+                    param.copy_(torch.randn(param.shape, generator=generator) * std)
+        state = {key.replace(".default.", "."): value.detach().clone()
+                 for key, value in model.state_dict().items() if ".lora_" in key}
+        if layout == "diffusers":
+            state = convert_state_dict_to_diffusers(state)
+        saved[f"{component}_lora_layers"] = state
+        saved[f"{component}_lora_adapter_metadata"] = config.to_dict() if metadata else None
+    StableDiffusionImg2ImgPipeline.save_lora_weights(str(folder), **saved)
     return folder
 
 
@@ -121,6 +129,36 @@ def test_unet_lora_matches_diffusers_fused_lora(tmp_path):
     assert_close(expected, pipe(image))
 
 
+def test_text_encoder_layers_match_diffusers(tmp_path):
+    # transformers' load_adapter (which diffusers calls for text encoders) wants a PEFT newer than
+    # PyPI has, so the reference loads the UNet layers with load_lora_weights and has the text
+    # encoder's merged by hand: W += scale * alpha / r * B @ A (what fuse_lora does).
+    path = make_adapter(tmp_path / "both", 12, text_encoder=True)
+    state = load_file(str(path / WEIGHT_NAME))
+    save_file({k: v for k, v in state.items() if k.startswith("unet.")}, str(tmp_path / "unet.safetensors"),
+              metadata=safe_open(str(path / WEIGHT_NAME), "pt").metadata())  # lora_alpha 8
+    image = frame(4)
+    ref = reference()
+    ref.load_lora_weights(str(tmp_path / "unet.safetensors"), adapter_name="both")
+    with torch.no_grad():
+        for key in [k for k in state if k.startswith("text_encoder.") and ".lora_A." in k]:
+            module = ref.text_encoder.get_submodule(key.removeprefix("text_encoder.").split(".lora_A.")[0])
+            down, up = state[key], state[key.replace(".lora_A.", ".lora_B.")]
+            module.weight += 0.7 * (8 / 4) * up @ down
+    expected = ref("a red fox", image=image, guidance_scale=0.0, generator=torch.Generator().manual_seed(3),
+                   cross_attention_kwargs={"scale": 0.7}, **STEP).images[0]
+    pipe = make_pipe()
+    adapter = pipe.load_lora("both", str(path))
+    assert len(adapter.text_layers) == 4 * 2 and pipe.loras.text_adapters == {"both"}
+    pipe.prepare("a red fox", seed=3, lora="both", lora_scale=0.7, **STEP)
+    assert_close(expected, pipe(image))
+    # the plain prompt cache is untouched; the adapter's embeddings differ from it
+    plain = pipe.prompts("a red fox")
+    assert not torch.allclose(plain, pipe._state.guidance.cond)
+    pipe.update(lora=None)
+    assert pipe._state.guidance.cond is plain
+
+
 def test_conv_and_feed_forward_layers_match_diffusers(tmp_path):
     # Conv2d layers (resnets, proj_in/proj_out are 1x1 convs here) and the GEGLU projection.
     targets = ["conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "to_q", "to_v"]
@@ -157,7 +195,7 @@ def test_kohya_layout_matches_peft_layout(tmp_path):
 
 # -- many streams, one UNet call -------------------------------------------------------------
 
-@pytest.mark.parametrize("strategy", ["batched", "grouped"])
+@pytest.mark.parametrize("strategy", ["batched", "gather", "grouped"])
 def test_mixed_batch_in_one_unet_call_equals_each_stream_alone(adapters, strategy):
     pipe = make_pipe(lora_strategy=strategy)
     for name, path in adapters.items():
@@ -174,17 +212,21 @@ def test_mixed_batch_in_one_unet_call_equals_each_stream_alone(adapters, strateg
     assert differs(together[0], together[2]) > 2  # same prompt, seed and frame: only the LoRA differs
 
 
-def test_batched_and_grouped_strategies_agree(adapters):
+def test_the_three_strategies_agree_on_conv_and_linear_layers(adapters, tmp_path):
+    conv = make_adapter(tmp_path / "conv", 13, rank=3, targets=["conv1", "conv2", "proj_in", "to_k", "to_out.0"],
+                        std=0.05)
+    adapters = {**adapters, "c": conv}
     outs = []
-    for strategy in ("batched", "grouped"):
+    for strategy in ("batched", "gather", "grouped"):
         pipe = make_pipe(lora_strategy=strategy)
         for name, path in adapters.items():
             pipe.load_lora(name, str(path))
         states = [pipe.new_state(StreamParams(seed=i, lora=lora, guidance_scale=2.0, cfg_type="full", **STEP))
-                  for i, lora in enumerate(["x", None, "y", "x"])]
+                  for i, lora in enumerate(["x", None, "y", "c", "x"])]
         outs.append(pipe.run([(s, frame(7)) for s in states]))
-    for a, b in zip(*outs):
-        assert_close(a, b, max_levels=1, max_mean=0.05)
+    for batched, gather, grouped in zip(*outs):
+        assert_close(batched, gather, max_levels=1, max_mean=0.05)
+        assert_close(batched, grouped, max_levels=1, max_mean=0.05)
 
 
 def test_full_cfg_rows_get_the_streams_lora(tmp_path):
@@ -286,10 +328,12 @@ MALFORMED = {
                        r"attn1\.to_v: missing tensor lora_A"),
     "unknown-module": (lambda s: s.__setitem__("unet.down_blocks.9.attn1.to_q.lora_A.weight", torch.zeros(4, 32))
                        or s.__setitem__("unet.down_blocks.9.attn1.to_q.lora_B.weight", torch.zeros(32, 4)),
-                       r"down_blocks\.9\.attn1\.to_q: the UNet has no such module"),
+                       r"UNet down_blocks\.9\.attn1\.to_q: no such module"),
     "text-encoder": (lambda s: s.__setitem__("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight",
                                              torch.zeros(4, 32)),
-                     r"text-encoder LoRAs are not supported"),
+                     r"text encoder text_model\.encoder\.layers\.0\.self_attn\.q_proj: missing tensor lora_B"),
+    "second-text-encoder": (lambda s: s.__setitem__("text_encoder_2.text_model.x.lora_A.weight", torch.zeros(4, 32)),
+                            r"tensor\(s\) for text_encoder_2: only the UNet's and the \(first\) text encoder's"),
     "dora": (lambda s: s.__setitem__("unet.mid_block.attentions.0.lora_magnitude_vector", torch.zeros(4)),
              r"DoRA adapters are not supported"),
 }

@@ -163,3 +163,18 @@ async def test_ws_frames_switch_lora_mid_stream(server):
         assert (await _next(ws, "config"))["settings"]["lora"] is None
         await ws.send(_png())
         assert np.abs(await _frame(ws) - plain).mean() < 0.5
+
+
+def test_bench_lora_video_writes_json(tmp_path, capsys):
+    from livecast.services.bench import lora as bench
+
+    path = tmp_path / "lora.json"
+    assert bench.main(["--video", "--streams", "2", "--rank", "2", "--frames", "1", "--rounds", "1",
+                       "--unet-calls", "1", "--resolution", "64", "--dtype", "float32",
+                       "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["bench"] == "lora (video)" and result["video"]["streams"] == 2
+    assert set(result["video"]["results"]) == {"no LoRA", "2 LoRAs, batched", "2 LoRAs, gather", "2 LoRAs, grouped"}
+    assert all(r["fps_per_stream_best"] > 0 for r in result["video"]["results"].values())
+    out = capsys.readouterr().out
+    assert "2 LoRAs, batched" in out and "of its fps without one" in out

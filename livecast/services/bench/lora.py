@@ -4,9 +4,10 @@ Video section: the demo model (random weights) with N random LoRAs on its attent
 (rank `--rank`, written in diffusers' format and loaded like `--diffusion-loras`). N streams
 with N different LoRAs against the same N streams with none, each condition one StreamBatcher
 on the same pipeline, measured in alternating rounds so background load hits every condition
-alike. Both per-row strategies are timed on the mixed batch: `batched` (the A of all adapters
-concatenated, a per-row mask, two matmuls per layer) and `grouped` (one pair of matmuls per
-adapter over its rows). Target: a stream with a LoRA keeps >= 85% of its fps without one.
+alike. The per-row strategies are each timed on the mixed batch: `batched` (the A of all
+adapters concatenated, a per-row mask, two matmuls per layer), `gather` (each row's own A and B
+gathered, two batched matmuls) and `grouped` (one pair of matmuls per adapter over its rows);
+the UNet call alone is timed too. Target: a stream with a LoRA keeps >= 85% of its fps without one.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 from livecast.services.bench.diffusion import best_and_median, time_rounds, video_frames
 from livecast.services.bench.report import report
+from livecast.streamdiff.lora import DEFAULT_STRATEGY, STRATEGIES
 
 PROMPT = "an ink drawing of a harbour"
 TARGET = 0.85
@@ -56,25 +58,24 @@ def video(args, device: torch.device, dtype: torch.dtype) -> tuple[list[list[Any
                 future.result()
         return run
 
-    contenders = {"no LoRA": one_step(batchers["none"]),
-                  "4 LoRAs, batched": one_step(batchers["mixed"], "batched"),
-                  "4 LoRAs, grouped": one_step(batchers["mixed"], "grouped")}
-    if args.streams != 4:
-        contenders = {k.replace("4 LoRAs", f"{args.streams} LoRAs"): v for k, v in contenders.items()}
+    contenders = {"no LoRA": one_step(batchers["none"])}
+    for strategy in STRATEGIES:
+        contenders[f"{args.streams} LoRAs, {strategy}"] = one_step(batchers["mixed"], strategy)
+    unet_ms = unet_calls(pipe, names, args, device)
     frames = video_frames(args.frames + 2, side)
     time_rounds(contenders, frames[:2], rounds=1, device=device)  # warm-up: states, packed weights
     fps = time_rounds(contenders, frames[2:], rounds=args.rounds, device=device)
-    pipe.loras.strategy = "batched"
+    pipe.loras.strategy = DEFAULT_STRATEGY
     # frames/s of one stream (every stream gets one frame per batched step)
     per_stream = {name: best_and_median(samples) for name, samples in fps.items()}
     base_best, base_median = per_stream[next(iter(per_stream))]
     rows, result = [], {}
-    for name, (best, median) in per_stream.items():
-        rows.append([name, args.streams, f"demo {side}x{side}", best, median, args.streams * best,
-                     best / base_best, median / base_median])
+    for (name, (best, median)), ms in zip(per_stream.items(), unet_ms.values()):
+        rows.append([name, args.streams, f"{pipe.name} {side}x{side}", best, median, args.streams * best,
+                     best / base_best, median / base_median, ms])
         result[name] = {"fps_per_stream_best": best, "fps_per_stream_median": median,
                         "fps_total_best": args.streams * best, "ratio_best": best / base_best,
-                        "ratio_median": median / base_median}
+                        "ratio_median": median / base_median, "unet_call_ms_median": ms}
     info = {"streams": args.streams, "rank": args.rank, "lora_layers": len(adapter.layers),
             "lora_params": sum(l.down.numel() + l.up.numel() for l in adapter.layers.values()),
             "resolution": side, "frames": args.frames, "rounds": args.rounds, "target_ratio": TARGET,
@@ -82,6 +83,38 @@ def video(args, device: torch.device, dtype: torch.dtype) -> tuple[list[list[Any
             "statistic": "per-stream frames/s, best round (median alongside); ratio vs no LoRA",
             "results": result}
     return rows, info
+
+
+def unet_calls(pipe, names: list[str], args, device: torch.device) -> dict[str, float]:
+    """Median ms of the UNet call alone (one row per stream), per condition, alternating."""
+    import time
+
+    from livecast.services.bench.diffusion import _sync
+
+    side = pipe.states.default_size[0] // pipe.codec.downscale
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(args.streams, pipe.codec.latent_channels, side, side, generator=generator)
+    x = x.to(device=device, dtype=pipe.dtype)
+    t = torch.full((args.streams,), 499, device=device)
+    embeds = pipe.prompts(PROMPT).expand(args.streams, -1, -1)
+    conditions = {"none": (None, [(None, args.streams)])}
+    for strategy in STRATEGIES:
+        conditions[strategy] = (strategy, [((n, 1.0), 1) for n in names])
+    samples: dict[str, list[float]] = {k: [] for k in conditions}
+    with torch.inference_mode():
+        for r in range(args.unet_calls + 1):
+            for label, (strategy, rows) in conditions.items():
+                if strategy:
+                    pipe.loras.strategy = strategy
+                _sync(device)
+                start = time.perf_counter()
+                with pipe.loras.rows(rows):
+                    pipe.unet(x, t, encoder_hidden_states=embeds, return_dict=False)
+                _sync(device)
+                if r:  # the first round warms up
+                    samples[label].append((time.perf_counter() - start) * 1000)
+    pipe.loras.strategy = DEFAULT_STRATEGY
+    return {label: float(sorted(v)[len(v) // 2]) for label, v in samples.items()}
 
 
 def main(argv: list[str]) -> int:
@@ -93,6 +126,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rank", type=int, default=8, help="rank of the random LoRAs")
     parser.add_argument("--frames", type=int, default=30, help="frames per stream per condition")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
+    parser.add_argument("--unet-calls", type=int, default=20, help="alternating UNet-only calls per condition")
     parser.add_argument("--resolution", type=int, default=None, help="default: the demo's 256")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default=None, help="default: bf16 on CPUs with bf16 arithmetic, fp16 on CUDA")
@@ -109,9 +143,10 @@ def main(argv: list[str]) -> int:
     dtype = resolve_dtype(args.dtype, device)
     rows, info = video(args, device, dtype)
     report("lora (video)", ["streams' LoRAs", "streams", "model", "fps/stream (best)", "fps/stream (median)",
-                            "fps total (best)", "vs no LoRA (best)", "vs no LoRA (median)"],
+                            "fps total (best)", "vs no LoRA (best)", "vs no LoRA (median)",
+                            "UNet call ms (median)"],
            rows, {"video": info}, args.json)
-    chosen = next(r for name, r in info["results"].items() if name.endswith("batched"))
-    print(f"a stream with a LoRA (batched, the default) keeps {chosen['ratio_best']:.0%} of its fps "
+    chosen = next(r for name, r in info["results"].items() if name.endswith(DEFAULT_STRATEGY))
+    print(f"a stream with a LoRA ({DEFAULT_STRATEGY}, the default) keeps {chosen['ratio_best']:.0%} of its fps "
           f"without one (median {chosen['ratio_median']:.0%}; target {TARGET:.0%})")
     return 0
