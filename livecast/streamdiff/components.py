@@ -9,7 +9,7 @@ import torch
 
 from livecast.kernels.cpu import native_bf16
 
-from .demo import DEMO, DEMO_SEED, DEMO_WEIGHTS_DIR, SPECS, build_random_components
+from .demo import DEMO, DEMO_SEED, DEMO_WEIGHTS_DIR, SPECS, build_random_components, demo_weights_shipped
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,12 @@ def load_components(name_or_path: str, *, tiny_vae: bool | str | None, seed: int
         if tiny_vae not in (None, True):
             raise ValueError("the trained demo ships only its own tiny VAE; pass tiny_vae=True or "
                              "use 'demo-random' for the KL VAE")
-        if not (DEMO_WEIGHTS_DIR / "unet").is_dir():
-            logger.warning("streamdiff: the demo's weights are missing from %s (rebuild them with "
-                           "`livecast train demo`); serving 'demo-random' instead", DEMO_WEIGHTS_DIR)
-            return load_components("demo-random", tiny_vae=tiny_vae, seed=seed, dtype=dtype)
+        if not demo_weights_shipped():
+            logger.warning("streamdiff: the demo's weights are not in %s (build them with "
+                           "`livecast train demo`); 'demo' uses the random build instead",
+                           DEMO_WEIGHTS_DIR)
+            return {**load_components("demo-random", tiny_vae=tiny_vae, seed=seed, dtype=dtype),
+                    "name": "demo"}
         parts = _load_diffusers(str(DEMO_WEIGHTS_DIR), tiny_vae=str(DEMO_WEIGHTS_DIR / "tiny_vae"),
                                 dtype=dtype)
         return {**parts, "name": "demo", "demo": True, "resolution": DEMO.resolution}

@@ -104,7 +104,12 @@ def describe_weights(name: str, demo: bool) -> str | None:
     """What /health and the pages say about a pipeline's weights (None: real, loaded weights)."""
     if not demo:
         return None
-    return TRAINED_LABEL if name == "demo" else RANDOM_LABEL
+    return TRAINED_LABEL if name == "demo" and demo_weights_shipped() else RANDOM_LABEL
+
+
+def demo_weights_shipped() -> bool:
+    """Whether the trained demo's folder is in the package (else `demo` builds `demo-random`)."""
+    return (DEMO_WEIGHTS_DIR / "unet").is_dir()
 
 
 def build_random_components(name: str, seed: int = DEMO_SEED) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from livecast.services.media.stream_settings import StreamSettings, settings_jso
 from livecast.services.runtime.threads import on_own_thread
 from livecast.streamdiff import StreamBatcher, StreamPipeline
 from livecast.streamdiff.config import StreamParams
+from livecast.streamdiff.demo import describe_weights
 from livecast.streamdiff.image import Frame
 
 logger = logging.getLogger("livecast.media")
@@ -65,7 +66,8 @@ class MediaService:
 
     def health(self) -> dict[str, Any]:
         info = self.model_info
-        return {"model": info["name"], "demo": info["demo"], "device": info["device"], "dtype": info["dtype"],
+        return {"model": info["name"], "demo": info["demo"], "weights": describe_weights(info["name"], info["demo"]),
+                "device": info["device"], "dtype": info["dtype"],
                 "resolution": info["resolution"], "streams": self.num_streams,
                 "video_sessions": len(self.video.snapshot()) if self.video is not None else 0,
                 "max_video_sessions": self.config.max_video_sessions, "latency_probe": self.config.latency_probe,

@@ -36,8 +36,8 @@ TIMESTEPS = (999, 749, 666, 499, 332, 249)
 TIMESTEP_WEIGHTS = (0.22, 0.1, 0.06, 0.3, 0.08, 0.24)
 assert set(TIMESTEPS) == {int(t) for n in range(1, 5) for t in trailing_timesteps(1000, n)}
 
-FULL = dict(scenes=1024, noises=384, steps=3000, batch=32, size=128, lr=2e-3)
-QUICK = dict(scenes=24, noises=16, steps=20, batch=8, size=128, lr=2e-3)
+FULL = dict(scenes=1024, noises=256, steps=1200, batch=32, size=128, lr=2e-3, readout_batches=32)
+QUICK = dict(scenes=24, noises=16, steps=20, batch=8, size=128, lr=2e-3, readout_batches=2)
 
 
 def build_untrained(seed: int = DEMO_SEED) -> dict[str, Any]:
@@ -45,6 +45,7 @@ def build_untrained(seed: int = DEMO_SEED) -> dict[str, Any]:
     parts = build_random_components("demo", seed=seed)
     parts.pop("vae")  # the trained demo ships the tiny VAE only
     parts.pop("unet")
+    normalize_latents_(parts["tiny_vae"], seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         unet = UNet2DConditionModel(in_channels=4, out_channels=4, **demo_model.UNET)
@@ -54,6 +55,43 @@ def build_untrained(seed: int = DEMO_SEED) -> dict[str, Any]:
     parts["unet"] = unet
     parts["scheduler"] = EulerDiscreteScheduler(**demo_model.SCHEDULER)
     return parts
+
+
+@torch.no_grad()
+def normalize_latents_(vae, seed: int, num: int = 32, size: int = 128) -> None:
+    """Make the near-identity tiny VAE's latents zero-mean, unit-variance, as SD's are.
+
+    Its raw latents are a thumbnail of the frame plus a per-channel offset; scaled as they are,
+    the offset is most of the variance, so noise at t=499 drowns the picture. The encoder's last
+    bias takes the mean off (the decoder's first convolution adds it back, through the decoder's
+    soft clamp, which is near-linear there) and `scaling_factor` brings the rest to unit variance.
+    """
+    rng = np.random.default_rng(seed + 2)
+    images = torch.from_numpy(np.stack([scenes.scene(rng, size) for _ in range(num)])).permute(0, 3, 1, 2)
+    raw = vae.encode(images * 2 - 1, return_dict=False)[0]  # (N, C, h, w)
+    mean = raw.mean((0, 2, 3))
+    std = float((raw - mean.view(1, -1, 1, 1)).std())
+    vae.encoder.layers[-1].bias.sub_(mean)
+    first = vae.decoder.layers[0]
+    first.bias.add_(torch.einsum("ocij,c->o", first.weight, mean))
+    vae.register_to_config(scaling_factor=round(1.0 / std, 4))
+    # The near-identity decoder tints everything green; its last convolution is linear in its
+    # 3x3 input patches, so solve it (ridge regression) to give the frame's own colours back.
+    last = vae.decoder.layers[-1]
+    captured = {}
+    hook = last.register_forward_pre_hook(lambda _m, args: captured.update(x=args[0]))
+    try:
+        vae.decode(vae.encode(images * 2 - 1, return_dict=False)[0], return_dict=False)
+    finally:
+        hook.remove()
+    k = last.kernel_size[0]
+    patches = F.unfold(captured["x"], k, padding=k // 2).transpose(1, 2).flatten(0, 1)
+    features = torch.cat([patches, torch.ones(patches.shape[0], 1)], 1).double()
+    targets = images.permute(0, 2, 3, 1).flatten(0, 2).double()  # the decoder's output is in [0, 1]
+    gram = features.T @ features + 1e-4 * features.shape[0] * torch.eye(features.shape[1]).double()
+    solution = torch.linalg.solve(gram, features.T @ targets)
+    last.weight.copy_(solution[:-1].T.reshape(last.weight.shape).float())
+    last.bias.copy_(solution[-1].float())
 
 
 def _encode(codec: LatentCodec, images: list[np.ndarray], batch: int = 32) -> torch.Tensor:
@@ -102,6 +140,35 @@ def encode_prompts(parts: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tens
     return embeds, index
 
 
+def sample_batch(bank: dict[str, torch.Tensor], embeds: torch.Tensor, prompt_index: list[torch.Tensor],
+                 ac: torch.Tensor, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One training batch: (x_t, t, prompt embeddings, alpha, beta, target x0)."""
+    scene_lat, noise, noise_lat = bank["scenes"], bank["noise"], bank["noise_scenes"]
+    num_styles = scene_lat.shape[1] - 1
+    t_choices = torch.tensor(TIMESTEPS)
+    t_probs = torch.tensor(TIMESTEP_WEIGHTS)
+    t = t_choices[torch.multinomial(t_probs, batch, replacement=True, generator=gen)]
+    k = torch.randint(0, num_styles, (batch,), generator=gen)
+    from_noise = (t == 999) | (torch.rand(batch, generator=gen) < 0.2)
+    i = torch.randint(0, scene_lat.shape[0], (batch,), generator=gen)
+    j = torch.randint(0, noise_lat.shape[0], (batch,), generator=gen)
+    source = torch.where(from_noise.view(-1, 1, 1, 1, 1), noise_lat[j], scene_lat[i])
+    target = source[torch.arange(batch), k + 1]
+    # A stylized input should stay in its style (the second step of a 2-4 step schedule).
+    keep = (torch.rand(batch, generator=gen) < 0.25) & (k > 0) & (t < 999)
+    z_in = torch.where(keep.view(-1, 1, 1, 1), target, source[:, 0])
+    eps = torch.randn(z_in.shape, generator=gen)
+    eps = torch.where((t == 999).view(-1, 1, 1, 1), noise[j], eps)  # the scene's own noise
+    flip = torch.rand(batch, generator=gen) < 0.5
+    z_in, target, eps = (torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x) for x in (z_in, target, eps))
+    a = ac[t].sqrt().view(-1, 1, 1, 1)
+    b = (1 - ac[t]).sqrt().view(-1, 1, 1, 1)
+    x_t = a * z_in + b * eps
+    p = torch.stack([idx[torch.randint(0, len(idx), (1,), generator=gen)][0]
+                     for idx in (prompt_index[int(s)] for s in k)])
+    return x_t, t, embeds[p], a, b, target
+
+
 def train(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, steps: int, batch: int, lr: float,
           seed: int, time_limit: float | None = None, progress=None, log=None) -> dict[str, Any]:
     """Step 3. Returns the loss log; `time_limit` (seconds) stops early, recording where."""
@@ -113,8 +180,7 @@ def train(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, steps: int, b
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-    scene_lat, noise, noise_lat = bank["scenes"], bank["noise"], bank["noise_scenes"]
-    num_styles = scene_lat.shape[1] - 1
+    scene_lat = bank["scenes"]
     t_choices = torch.tensor(TIMESTEPS)
     t_probs = torch.tensor(TIMESTEP_WEIGHTS)
     with torch.no_grad():
@@ -124,26 +190,8 @@ def train(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, steps: int, b
         unet.conv_out.bias.copy_(-scene_lat[:, 1:].mean((0, 1, 3, 4)) * beta_mean)
     history, start = [], time.monotonic()
     for step in range(steps):
-        t = t_choices[torch.multinomial(t_probs, batch, replacement=True, generator=gen)]
-        k = torch.randint(0, num_styles, (batch,), generator=gen)
-        from_noise = (t == 999) | (torch.rand(batch, generator=gen) < 0.2)
-        i = torch.randint(0, scene_lat.shape[0], (batch,), generator=gen)
-        j = torch.randint(0, noise_lat.shape[0], (batch,), generator=gen)
-        source = torch.where(from_noise.view(-1, 1, 1, 1, 1), noise_lat[j], scene_lat[i])
-        target = source[torch.arange(batch), k + 1]
-        # A stylized input should stay in its style (the second step of a 2-4 step schedule).
-        keep = (torch.rand(batch, generator=gen) < 0.25) & (k > 0) & (t < 999)
-        z_in = torch.where(keep.view(-1, 1, 1, 1), target, source[:, 0])
-        eps = torch.randn(z_in.shape, generator=gen)
-        eps = torch.where((t == 999).view(-1, 1, 1, 1), noise[j], eps)  # the scene's own noise
-        flip = torch.rand(batch, generator=gen) < 0.5
-        z_in, target, eps = (torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x) for x in (z_in, target, eps))
-        a = ac[t].sqrt().view(-1, 1, 1, 1)
-        b = (1 - ac[t]).sqrt().view(-1, 1, 1, 1)
-        x_t = a * z_in + b * eps
-        p = torch.stack([idx[torch.randint(0, len(idx), (1,), generator=gen)][0]
-                         for idx in (prompt_index[int(s)] for s in k)])
-        v = unet(x_t, t.float(), encoder_hidden_states=embeds[p]).sample
+        x_t, t, emb, a, b, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
+        v = unet(x_t, t.float(), encoder_hidden_states=emb).sample
         x0 = a * x_t - b * v
         loss = F.mse_loss(x0, target)
         opt.zero_grad(set_to_none=True)
@@ -164,6 +212,47 @@ def train(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, steps: int, b
             break
     unet.eval().requires_grad_(False)
     return {"steps_run": len(history), "seconds": round(time.monotonic() - start, 1), "history": history}
+
+
+@torch.no_grad()
+def fit_readout_(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, batches: int, batch: int, seed: int,
+                 ridge: float = 1e-3, progress=None) -> None:
+    """Step 3b: solve the UNet's output convolution in closed form (weighted ridge regression).
+
+    conv_out is linear in its 3x3 input patches, so on the batches of `sample_batch` the x0 loss
+    |alpha * x_t - beta * conv_out(f) - target|^2 is least squares in its weights: a few hundred
+    gradient steps leave it far from that optimum, and solving it costs only forward passes.
+    """
+    unet, conv_out = parts["unet"].eval(), parts["unet"].conv_out
+    embeds, prompt_index = encode_prompts(parts)
+    ac = DDPMScheduler.from_config(parts["scheduler"].config).alphas_cumprod
+    gen = torch.Generator().manual_seed(seed + 3)
+    k = conv_out.kernel_size[0]
+    size = conv_out.in_channels * k * k + 1
+    gram = torch.zeros(size, size, dtype=torch.float64)
+    rhs = torch.zeros(size, conv_out.out_channels, dtype=torch.float64)
+    captured = {}
+    hook = conv_out.register_forward_pre_hook(lambda _m, args: captured.update(x=args[0]))
+    try:
+        for _ in range(batches):
+            x_t, t, emb, a, b, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
+            unet(x_t, t.float(), encoder_hidden_states=emb)
+            patches = F.unfold(captured["x"], k, padding=k // 2).transpose(1, 2)  # (B, hw, in*k*k)
+            features = torch.cat([patches, torch.ones(*patches.shape[:2], 1)], -1)
+            # x0 = a*x_t - b*v: rows weighted by beta fit x0, with v's target (a*x_t - x0)/b.
+            weight = b.view(-1, 1, 1)
+            v_target = ((a * x_t - target) / b).flatten(2).transpose(1, 2)  # (B, hw, C)
+            rows = (features * weight).flatten(0, 1).double()
+            gram += rows.T @ rows
+            rhs += rows.T @ (v_target * weight).flatten(0, 1).double()
+            if progress is not None:
+                progress.update(1)
+    finally:
+        hook.remove()
+    gram += ridge * gram.diagonal().mean() * torch.eye(size, dtype=torch.float64)
+    solution = torch.linalg.solve(gram, rhs)
+    conv_out.weight.copy_(solution[:-1].T.reshape(conv_out.weight.shape).float())
+    conv_out.bias.copy_(solution[-1].float())
 
 
 def save(parts: dict[str, Any], out: Path, recipe: dict[str, Any], result: dict[str, Any]) -> None:
@@ -246,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         result = train(parts, bank, steps=recipe["steps"], batch=recipe["batch"], lr=recipe["lr"],
                        seed=args.seed, time_limit=args.time_limit, progress=bar, log=log)
     (args.out / "train_log.jsonl").unlink()  # the curve is kept, thinned, in livecast_demo.json
+    with tqdm(total=recipe["readout_batches"], desc="readout", unit="batch") as bar:
+        fit_readout_(parts, bank, batches=recipe["readout_batches"], batch=recipe["batch"], seed=args.seed,
+                     progress=bar)
     recipe["time_limit"] = args.time_limit
     save(parts, args.out, recipe, result)
     total = time.monotonic() - started

@@ -71,7 +71,9 @@ export async function showHealth(need, banner) {
 }
 
 export function describeModel(info) {
-  return `${info.model}${info.demo ? " · random weights" : ""} · ${info.device}`;
+  // info.weights: "trained by livecast on procedural scenes" (demo), "random weights" (demo-random)
+  const weights = info.weights ?? (info.demo ? "random weights" : null);
+  return `${info.model}${weights ? ` · ${weights}` : ""} · ${info.device}`;
 }
 
 export function setBanner(element, text, kind = "warn") {
