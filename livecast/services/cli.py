@@ -13,6 +13,7 @@ BENCHMARKS = {
     "video": "livecast.services.bench.video",
     "webrtc": "livecast.services.bench.webrtc",
     "fanout": "livecast.services.bench.fanout",
+    "speculative": "livecast.services.bench.speculative",
     "cohost": "livecast.services.bench.cohost",
     "kernels": "livecast.services.bench.kernels",
     "retrieval": "livecast.services.bench.retrieval",

@@ -99,3 +99,11 @@ def test_content_parts_render_like_a_string(client, content):
                                           max_tokens=5, temperature=0)
     assert parts.usage.prompt_tokens == text.usage.prompt_tokens
     assert parts.choices[0].message.content == text.choices[0].message.content
+
+
+def test_the_http_speculative_field_opts_a_request_out():
+    from livecast.services.llm.protocol import ChatCompletionRequest, CompletionRequest
+
+    chat = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], speculative=False)
+    assert chat.sampling_params(max_tokens=4).speculative is False
+    assert CompletionRequest(model="m", prompt="hi").sampling_params(max_tokens=4).speculative is True

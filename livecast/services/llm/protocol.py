@@ -53,6 +53,7 @@ class SamplingFields(EdgeModel):
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
+    speculative: bool | None = None  # livecast extension: false opts this request out of --speculative
     logit_bias: Annotated[dict[str, float], Field(max_length=MAX_TOKEN_LIST)] | None = None  # OpenAI's shape: token id (as a string) -> bias
 
     @field_validator("stop")
@@ -66,7 +67,7 @@ class SamplingFields(EdgeModel):
         """Raises APIError(400) naming the parameter when a value is out of range."""
         fields = ("n", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
                   "repetition_penalty", "seed", "stop", "stop_token_ids", "min_tokens", "ignore_eos",
-                  "skip_special_tokens", "include_stop_str_in_output")
+                  "skip_special_tokens", "include_stop_str_in_output", "speculative")
         kwargs = {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
         kwargs.update(max_tokens=max_tokens, **extra)
         if self.logit_bias:
