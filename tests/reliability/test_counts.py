@@ -7,7 +7,8 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from livecast.services.llm.protocol import MAX_CHOICES, MAX_MESSAGES, MAX_STOP, MAX_TOKEN_LIST, MAX_TOOLS
+from livecast.services.llm.protocol import (MAX_BEST_OF, MAX_CHOICES, MAX_COMPLETION_LOGPROBS, MAX_MESSAGES, MAX_STOP,
+                                           MAX_TOKEN_LIST, MAX_TOOLS)
 from tests.reliability.conftest import http, server  # noqa: F401  (one tiny-model server per module)
 
 HI = [{"role": "user", "content": "hi"}]
@@ -24,9 +25,9 @@ CHAT = "/v1/chat/completions"
      MAX_TOKEN_LIST),
     (CHAT, {"messages": HI, "tools": [TOOL] * (MAX_TOOLS + 1)}, "tools", MAX_TOOLS),
     (CHAT, {"messages": HI * (MAX_MESSAGES + 1)}, "messages", MAX_MESSAGES),
-    ("/v1/completions", {"prompt": "hi", "best_of": 1_000_000}, "best_of", MAX_CHOICES),
+    ("/v1/completions", {"prompt": "hi", "best_of": 1_000_000}, "best_of", MAX_BEST_OF),
     ("/v1/completions", {"prompt": "hi", "n": 1_000_000}, "n", MAX_CHOICES),
-    ("/v1/completions", {"prompt": "hi", "logprobs": 1_000_000}, "logprobs", 20),
+    ("/v1/completions", {"prompt": "hi", "logprobs": 1_000_000}, "logprobs", MAX_COMPLETION_LOGPROBS),
     ("/generate", {"inputs": "hi", "parameters": {"stop": ["x"] * (MAX_STOP + 1)}}, "parameters.stop", MAX_STOP),
 ])
 def test_counts_fail_at_the_edge_with_their_cap(http, path, body, param, cap):

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from livecast.services.sandbox import limits, seccomp
+from livecast.services.sandbox.rootfs import scratch_point
 
 
 def _need(support, layer: str) -> None:
@@ -131,10 +132,11 @@ def test_writing_outside_the_working_directory(shared, support):
     _need(support, "landlock")
     target_dir = Path(tempfile.mkdtemp(prefix="livecast-open-dir-"))
     target_dir.chmod(0o777)  # anyone may write here by permissions
+    scratch = scratch_point([p for p in shared.spec.fs_policy["binds"] if os.path.exists(p)]) + "/scratch.txt"
     try:
         result = run(shared, f"""
             import os
-            for path in ({str(target_dir / 'x')!r}, '/mnt/escape', '../escape', '/usr/escape', '/tmp/scratch.txt'):
+            for path in ({str(target_dir / 'x')!r}, '/mnt/escape', '../escape', '/usr/escape', {scratch!r}):
                 try:
                     open(path, 'w').write('escaped')
                     print(path, 'WRITTEN')
@@ -147,9 +149,9 @@ def test_writing_outside_the_working_directory(shared, support):
         if "root" in support.layers:  # the host's folder is not there; the root's own tmpfs is read-only
             assert lines[:5] == [f"{target_dir / 'x'} FileNotFoundError 2", "/mnt/escape OSError 30",
                                  "../escape OSError 30", "/usr/escape OSError 30",
-                                 "/tmp/scratch.txt WRITTEN"], lines  # /tmp: the container's own scratch directory
+                                 f"{scratch} WRITTEN"], lines  # the container's own scratch directory
             assert (shared.scratch / "scratch.txt").read_text() == "escaped"
-            run(shared, "import os; os.remove('/tmp/scratch.txt')")
+            run(shared, f"import os; os.remove({scratch!r})")
         else:  # Landlock
             assert lines[0] == f"{target_dir / 'x'} PermissionError 13" and "WRITTEN" not in result.stdout, lines
     finally:
@@ -597,7 +599,8 @@ def test_host_paths_do_not_exist_in_the_sandbox(shared, support, host_symlink):
     assert "ANSWERED" not in result.stdout and "True" not in "".join(lines[:-2]), result.stdout + result.stderr
     assert len([line for line in lines if "FileNotFoundError" in line]) == 4 * len(names)
     policy = shared.spec.fs_policy
-    tops = {path.split("/")[1] for path in policy["binds"] + list(policy["links"])} | {"proc", "tmp", "mnt"}
+    scratch = scratch_point([p for p in policy["binds"] if os.path.exists(p)])  # /tmp unless a bound path is under it
+    tops = {path.split("/")[1] for path in policy["binds"] + list(policy["links"])} | {"proc", scratch.split("/")[1], "mnt"}
     assert lines[-2] == str(sorted(tops)), lines[-2]
     assert lines[-1] == "['ld.so.cache', 'localtime'] ['null', 'urandom', 'zero']", lines[-1]
 
@@ -625,7 +628,7 @@ def test_without_its_own_root_the_sandbox_keeps_the_hosts_tree(spec, sandbox_roo
 
 def test_numpy_and_matplotlib_work_in_the_sandboxs_root(shared):
     """What the sandbox advertises (SandboxConfig.packages) still imports, reads its data files,
-    writes through $TMPDIR (/tmp) and into /mnt/data."""
+    writes through $TMPDIR (/tmp, or /.tmp where the interpreter lives under /tmp) and into /mnt/data."""
     result = run(shared, """
         import os, tempfile, numpy as np, matplotlib
         matplotlib.use('Agg')
@@ -634,7 +637,8 @@ def test_numpy_and_matplotlib_work_in_the_sandboxs_root(shared):
         plt.savefig('plot.png')
         print(tempfile.gettempdir(), os.getcwd(), os.path.getsize('plot.png') > 1000, round(float(np.linalg.norm([3, 4]))))""",
         timeout_s=60.0)
-    assert result.stdout == "/tmp /mnt/data True 5\n", result.stdout + result.stderr
+    scratch = scratch_point([p for p in shared.spec.fs_policy["binds"] if os.path.exists(p)])
+    assert result.stdout == f"{scratch} /mnt/data True 5\n", result.stdout + result.stderr
     assert [f.path for f in result.files] == ["/mnt/data/plot.png"]
     run(shared, "import os; os.remove('plot.png')")
 

@@ -17,7 +17,9 @@ from livecast.services.errors import APIError
 # Every count a body carries is capped here, by pydantic, before anything is built for it: a
 # request naming n=1e9 is a 400 with the cap in its message, never a billion objects. The
 # engine's own limits (--max-best-of, --max-prompts, the KV cache) are checked after, inside these.
-MAX_CHOICES = 128  # n, best_of; above any sane --max-best-of (default 32)
+MAX_CHOICES = 128  # n; above any sane --max-best-of (default 32)
+MAX_BEST_OF = 20  # OpenAI's bound on the legacy completions route
+MAX_COMPLETION_LOGPROBS = 5  # likewise
 MAX_TOP_LOGPROBS = 20
 MAX_STOP = 16  # stop strings (OpenAI: 4)
 MAX_TOKEN_LIST = 4096  # stop_token_ids, logit_bias entries
@@ -166,8 +168,8 @@ class CompletionRequest(SamplingFields):
     stream: bool = False
     stream_options: StreamOptions | None = None
     echo: bool = False
-    logprobs: int | None = Field(default=None, le=5)  # OpenAI's bound on the legacy route
-    best_of: Annotated[int, Field(le=20)] | None = None
+    logprobs: int | None = Field(default=None, le=MAX_COMPLETION_LOGPROBS)
+    best_of: Annotated[int, Field(le=MAX_BEST_OF)] | None = None
     response_format: ResponseFormat | None = None
     cot: dict[str, Any] | None = None  # Chain-of-Thought extension, see services/llm/cot/route.py
 

@@ -127,8 +127,8 @@ def _inner(spec, ctl_in, ctl_out, alive_r, workdir_fd, scratch_fd, rule_fds) -> 
     #    without it the host's tree with our own /proc and the workdir at /mnt/data
     if "root" in layers:
         namespaces.set_hostname("sandbox")
-        rootfs.enter(spec["fs"]["binds"], spec["fs"]["links"], spec["workdir"], spec["scratch"])
-        os.environ["TMPDIR"] = os.environ["MPLCONFIGDIR"] = rootfs.TMP  # the scratch directory, bound there
+        tmp = rootfs.enter(spec["fs"]["binds"], spec["fs"]["links"], spec["workdir"], spec["scratch"])
+        os.environ["TMPDIR"] = os.environ["MPLCONFIGDIR"] = tmp  # the scratch directory, bound there
         os.chdir(rootfs.MOUNT_POINT)
     elif "namespaces" in layers:
         namespaces.set_hostname("sandbox")

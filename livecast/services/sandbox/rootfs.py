@@ -20,7 +20,8 @@ from livecast.services.sandbox.namespaces import (MS_BIND, MS_NODEV, MS_NOEXEC, 
                                                   MS_REC, MS_REMOUNT, mount)
 
 MOUNT_POINT = "/mnt/data"
-TMP = "/tmp"
+TMP = "/tmp"  # where the scratch directory is bound, unless a policy path lives under it
+_TMP_FALLBACKS = ("/.tmp",)  # a name no host path has
 _ASSEMBLY_DIRS = ("/mnt", "/media", "/srv", "/opt", "/var", "/home", "/tmp")  # where the tree is built
 _OLD = ".old-root"
 _PIVOT_ROOT_NR = {"x86_64": 155, "aarch64": 41}
@@ -75,9 +76,19 @@ def _assembly_dir(needed: list[str]) -> str:
     raise OSError(f"no directory to build the sandbox's root in: each of {', '.join(_ASSEMBLY_DIRS)} holds a path it needs")
 
 
-def enter(binds: list[str], links: dict[str, str], workdir: str, scratch: str) -> None:
+def scratch_point(binds: list[str]) -> str:
+    """Where the scratch directory goes: /tmp, unless a bound path lies under it (an interpreter
+    or a venv under /tmp: the scratch mount would hide it), then the first free fallback."""
+    for point in (TMP, *_TMP_FALLBACKS):
+        if not any(_beneath(path, [point]) or _beneath(point, [path]) for path in binds):
+            return point
+    raise OSError(f"no free place for the scratch directory: {TMP} and {', '.join(_TMP_FALLBACKS)} hold bound paths")
+
+
+def enter(binds: list[str], links: dict[str, str], workdir: str, scratch: str) -> str:
     """As PID 1 of the sandbox's PID namespace, holding every capability over its own mount
-    namespace: build the tree, pivot into it, detach the host's. Raises OSError naming the step."""
+    namespace: build the tree, pivot into it, detach the host's. Returns where the scratch
+    directory is ($TMPDIR inside). Raises OSError naming the step."""
     binds = sorted({path for path in binds if os.path.exists(path)})
     binds = [path for i, path in enumerate(binds) if not _beneath(path, binds[:i])]  # seen through a parent
     # 1. nothing propagates back to the host; the tree lives on a tmpfs of this namespace, mounted
@@ -89,7 +100,8 @@ def enter(binds: list[str], links: dict[str, str], workdir: str, scratch: str) -
     for path in binds:
         _bind(path, new + path, writable=False)
     _bind(workdir, new + MOUNT_POINT, writable=True)
-    _bind(scratch, new + TMP, writable=True)
+    tmp = scratch_point(binds)
+    _bind(scratch, new + tmp, writable=True)
     for path, target in sorted(links.items()):
         if not _beneath(path, binds) and not os.path.lexists(new + path):
             os.makedirs(os.path.dirname(new + path), mode=0o755, exist_ok=True)
@@ -100,6 +112,7 @@ def enter(binds: list[str], links: dict[str, str], workdir: str, scratch: str) -
     # 4. pivot, then detach the host's tree: after this no host path resolves, by any name
     _pivot(new)
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    return tmp
 
 
 def _pivot(new: str) -> None:
