@@ -13,7 +13,8 @@ from .codec import LatentCodec
 from .config import StreamParams
 from .denoise import Denoiser, Job
 from .image import Frame, fit, frame_size, frame_to_tensor, to_pil
-from .lora import DEFAULT_STRATEGY, LoraAdapter, LoraBank
+from .lora import DEFAULT_STRATEGY, LoraBank
+from .lora_format import LoraAdapter
 from .prompt import PromptEncoder
 from .stream import StateFactory, StreamState
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from livecast.streamdiff import StreamBatcher
 from livecast.streamdiff.config import StreamParams
-from livecast.streamdiff.lora import WEIGHT_NAME, LoraError
+from livecast.streamdiff.lora_format import WEIGHT_NAME, LoraError
 from tests.streamdiff.conftest import UNetCalls, frame, make_pipe, pixels, tiny_components
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -399,7 +399,7 @@ def test_lru_keeps_max_loras_resident_and_reloads_on_use(adapters, tmp_path):
 def test_demo_unet_attention_adapter(tmp_path):
     # The built-in demo model with a random adapter on its attention projections (the bench's).
     from livecast.streamdiff import StreamPipeline
-    from livecast.streamdiff.lora import save_random_adapter
+    from livecast.streamdiff.lora_format import save_random_adapter
 
     pipe = StreamPipeline.from_pretrained("demo", device="cpu", dtype=torch.float32, resolution=64)
     path = save_random_adapter(copy.deepcopy(pipe.unet), tmp_path / "demo-style", seed=1, rank=8)

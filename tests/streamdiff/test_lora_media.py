@@ -19,7 +19,7 @@ from livecast.services.media.service import MediaService
 from livecast.services.media.stream_settings import SETTABLE, StreamSettings, param_error_name
 from livecast.services.serve import parse_settings
 from livecast.streamdiff.demo import build_random_components
-from livecast.streamdiff.lora import LoraError, save_random_adapter
+from livecast.streamdiff.lora_format import LoraError, save_random_adapter
 from tests.media.conftest import running
 from tests.media.app import build_app
 from tests.streamdiff.conftest import make_pipe

@@ -27,7 +27,7 @@ TARGET = 0.85
 
 def video(args, device: torch.device, dtype: torch.dtype) -> tuple[list[list[Any]], dict[str, Any]]:
     from livecast.streamdiff import StreamBatcher, StreamPipeline
-    from livecast.streamdiff.lora import save_random_adapter
+    from livecast.streamdiff.lora_format import save_random_adapter
 
     options = {"resolution": args.resolution} if args.resolution else {}
     pipe = StreamPipeline.from_pretrained("demo", device=device, dtype=dtype,
