@@ -186,7 +186,9 @@ def test_forked_children_share_the_container_memory_limit(limited, site):
             children.append(pid)
         statuses = [os.waitpid(pid, 0)[1] for pid in children]
         print(sum(os.WIFSIGNALED(s) and os.WTERMSIG(s) == 9 for s in statuses))""")
-    assert int(result.stdout) >= 6, result  # at most two 200 MiB children fit beside the interpreter
+    # at most two 200 MiB children fit beside the interpreter; the kernel's OOM killer may also pick
+    # the interpreter itself (every process here has the same oom_score_adj), and then nothing prints
+    assert result.stdout == "" or int(result.stdout) >= 6, result
     assert result.limit == limits.MEMORY and "memory limit of 512 MiB (cgroup)" in result.stderr, result
     assert 400 * MIB < site.peak_bytes(limited.id) <= 512 * MIB  # the children did allocate; the host gave no more
     assert run(limited, "'alive'").stdout == "'alive'\n"  # the interpreter was not the one killed
