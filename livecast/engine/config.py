@@ -50,6 +50,14 @@ class EngineConfig:
         "help": "drafts per step at most (each request adapts its own to its acceptance)"})
     spec_max_batch: int = field(default=8, metadata={
         "help": "no speculation in a step with more running sequences than this (compute-bound)"})
+    enable_lora: bool = field(default=False, metadata={
+        "help": "serve LoRA adapters of the base model (implied by --lora-modules); requests name one in `model`"})
+    lora_modules: str | None = field(default=None, metadata={
+        "help": "PEFT adapter folders to load at start: name=PATH,name2=PATH2 (each served as a model)"})
+    max_loras: int = field(default=4, metadata={
+        "help": "adapters resident at once (one step mixes at most this many; least recently used swap out)"})
+    max_lora_rank: int = field(default=16, metadata={
+        "help": "largest adapter rank accepted (1-64); resident slots are sized for it"})
     seed: int = 0
     num_threads: int | None = None
     stats_interval_s: float = 5.0
@@ -79,6 +87,12 @@ class EngineConfig:
             raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
         if self.spec_max_batch < 1:
             raise ValueError(f"spec_max_batch must be >= 1, got {self.spec_max_batch}")
+        if not 1 <= self.max_loras <= 64:
+            raise ValueError(f"max_loras must be in [1, 64], got {self.max_loras}")
+        if not 1 <= self.max_lora_rank <= 64:
+            raise ValueError(f"max_lora_rank must be in [1, 64], got {self.max_lora_rank}")
+        if self.lora_modules:
+            self.enable_lora = True
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 

@@ -50,6 +50,7 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     grammar: Callable[[], Any] | None = field(default=None, repr=False)
     speculative: bool = True  # False: never speculate for this request (when the engine does)
+    lora: str | None = None  # a loaded LoRA adapter's name (the engine resolves it); None: the base model
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -120,6 +121,7 @@ class BeamSearchParams:
     max_tokens: int
     ignore_eos: bool = False
     length_penalty: float = 1.0
+    lora: str | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.beam_width, int) and self.beam_width >= 1, "beam_width",
