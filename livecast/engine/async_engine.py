@@ -114,6 +114,14 @@ class AsyncLLMEngine(Driven):
             return  # the driver applies the aborts and owns the loop
         await asyncio.get_running_loop().run_in_executor(None, self.stop_thread, 10)
 
+    # -- LoRA adapters -----------------------------------------------------------------------
+    async def add_lora(self, name: str, path: str):
+        """LLMEngine.add_lora off the event loop (and off the step: it reads the disk)."""
+        return await asyncio.to_thread(self.engine.add_lora, name, path)
+
+    async def remove_lora(self, name: str):
+        return self.engine.remove_lora(name)
+
     # -- requests ----------------------------------------------------------------------------
     async def generate(self, prompt: str | list[int], params: SamplingParams | BeamSearchParams,
                        request_id: str, delta: bool = False) -> AsyncIterator[RequestOutput]:

@@ -34,7 +34,7 @@ class BlockManager:
         """Device blocks already holding this sequence's leading full blocks (never all of it:
         the last token is always recomputed so the step yields its logits)."""
         bs, tokens = self.block_size, seq.token_ids
-        hits, parent = [], None
+        hits, parent = [], seq.cache_salt
         for i in range((len(tokens) - 1) // bs):
             parent = block_hash(parent, tokens[i * bs:(i + 1) * bs])
             block_id = self.device.lookup(parent)
@@ -97,7 +97,7 @@ class BlockManager:
         """Register every block that `seq.num_computed_tokens` has made full for prefix reuse."""
         hashes, table, bs = self._hashes[seq.seq_id], self.block_tables[seq.seq_id], self.block_size
         for i in range(len(hashes), seq.num_computed_tokens // bs):
-            h = block_hash(hashes[-1] if hashes else None, seq.token_ids[i * bs:(i + 1) * bs])
+            h = block_hash(hashes[-1] if hashes else seq.cache_salt, seq.token_ids[i * bs:(i + 1) * bs])
             hashes.append(h)
             self.device.register(table[i], h)
 

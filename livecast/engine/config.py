@@ -45,7 +45,8 @@ class EngineConfig:
                 "prefill chunking or prefix-cache hits (every row through the same native kernels)"})
     speculative: str | None = field(default=None, metadata={
         "help": "speculative decoding: ngram (prompt lookup: drafts copied from the request's own "
-                "earlier tokens, verified in one step; exact, the output distribution is unchanged)"})
+                "earlier tokens) or suffix (SuffixDecoding: suffix trees over the request and over recent "
+                "requests' outputs); verified in one step, exact: the output distribution is unchanged"})
     num_speculative_tokens: int = field(default=4, metadata={
         "help": "drafts per step at most (each request adapts its own to its acceptance)"})
     spec_max_batch: int = field(default=8, metadata={
@@ -81,8 +82,8 @@ class EngineConfig:
             raise ValueError(f"max_waiting must be >= 1, got {self.max_waiting}")
         if self.swap_space < 0:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
-        if self.speculative not in (None, "ngram"):
-            raise ValueError(f"speculative must be ngram or unset, got {self.speculative!r}")
+        if self.speculative not in (None, "ngram", "suffix"):
+            raise ValueError(f"speculative must be ngram, suffix or unset, got {self.speculative!r}")
         if self.num_speculative_tokens < 1:
             raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
         if self.spec_max_batch < 1:
@@ -93,6 +94,8 @@ class EngineConfig:
             raise ValueError(f"max_lora_rank must be in [1, 64], got {self.max_lora_rank}")
         if self.lora_modules:
             self.enable_lora = True
+        if self.enable_lora and self.deterministic:
+            raise ValueError("deterministic numerics do not take LoRA adapters yet (enable_lora or lora_modules)")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 

@@ -9,16 +9,18 @@ import torch
 
 from livecast.engine.block_manager import BlockManager
 from livecast.engine.config import EngineConfig
+from livecast.engine.lora import LoraAdapter, LoraRegistry, ModuleShapes, parse_modules
+from livecast.engine.lora.batch import choose_kernel
 from livecast.engine.model_input import build_model_input
 from livecast.engine.model_loader import eos_token_ids, iter_weights, load_config, load_tokenizer, resolve_model
 from livecast.engine.model_runner import ModelRunner
 from livecast.engine.models.llama import LlamaForCausalLM
-from livecast.engine.sequence_updates import OutputProcessor
 from livecast.engine.request_output import CompletionOutput, RequestOutput
 from livecast.engine.sample_step import Postprocessor
 from livecast.engine.sampling_params import BeamSearchParams, SamplingParams
 from livecast.engine.scheduler import Scheduler, SchedulerConfig
 from livecast.engine.sequence import Sequence, SequenceGroup, SequenceStatus
+from livecast.engine.sequence_updates import OutputProcessor
 from livecast.engine.spec import Speculator, make_proposer
 from livecast.engine.stats import EngineStats, StatsTracker
 
@@ -68,8 +70,12 @@ class LLMEngine:
                                           config.enable_prefix_caching)
         self.speculator = None if config.speculative is None else Speculator(
             make_proposer(config.speculative), config.num_speculative_tokens, config.spec_max_batch)
+        self.lora = LoraRegistry(config.enable_lora, ModuleShapes.of(hf), config.max_loras, config.max_lora_rank,
+                                 self.device, self.model_name,
+                                 choose_kernel(self.backend) if config.enable_lora else "torch")
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
-                                                   config.preemption_mode), self.block_manager, self.speculator)
+                                                   config.preemption_mode, config.max_loras),
+                                   self.block_manager, self.speculator)
         self._seq_ids = itertools.count()
         self.processor = OutputProcessor(self.tokenizer, self.block_manager, self.eos_token_ids,
                                          self.max_model_len, lambda: next(self._seq_ids), config.jump_forward)
@@ -77,6 +83,8 @@ class LLMEngine:
         self.requests: dict[str, SequenceGroup] = {}
         self.step_errors: dict[str, Exception] = {}
         self.stats_tracker = StatsTracker()
+        for name, path in parse_modules(config.lora_modules):
+            self.add_lora(name, path)
         logger.info("model %s (%s, %s, %s) · KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB) · "
                     "CPU swap: %d blocks (%.2f GiB) · max_model_len %d · attention: %s",
                     self.model_name, hf.architectures[0], self.dtype, self.device, num_blocks, config.block_size,
@@ -146,10 +154,12 @@ class LLMEngine:
         self._validate(token_ids, params)
         if isinstance(params, SamplingParams) and params.max_tokens is None:
             params.max_tokens = self.max_model_len - len(token_ids)
-        seq = Sequence(next(self._seq_ids), list(token_ids), len(token_ids))
+        lora = self.lora.resolve(params.lora)
+        seq = Sequence(next(self._seq_ids), list(token_ids), len(token_ids),
+                       cache_salt=None if lora is None else hash(("lora", lora.uid)))
         self.processor.detokenizer.start(seq)
         group = SequenceGroup(request_id, text, token_ids, params, [seq],
-                              arrival_time=arrival_time or time.monotonic())
+                              arrival_time=arrival_time or time.monotonic(), lora=lora)
         if isinstance(params, SamplingParams):
             if params.seed is not None:
                 group.generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -228,7 +238,8 @@ class LLMEngine:
         self.runner.move_blocks(sched.blocks_to_swap_out, sched.blocks_to_swap_in, sched.blocks_to_copy)
         touched, num_generated = {}, 0
         if sched.scheduled:
-            batch = build_model_input(sched.scheduled, self.block_size, self.device, self.backend)
+            batch = build_model_input(sched.scheduled, self.block_size, self.device, self.backend,
+                                      self.lora.slots, self.lora.activate(sched.scheduled))
             logits = self.runner.forward(batch)
             touched, num_generated = self.postprocess(batch, logits, self.requests)
             for request_id, error in self.postprocess.failed.items():
@@ -245,6 +256,23 @@ class LLMEngine:
             self.requests.pop(group.request_id, None)
             self.stats_tracker.on_finish(group)
         return outputs
+
+    # -- LoRA adapters -------------------------------------------------------------------------
+    @property
+    def loras(self) -> dict[str, LoraAdapter]:
+        return self.lora.adapters
+
+    def add_lora(self, name: str, path: str) -> LoraAdapter:
+        """Read and check a PEFT adapter folder and serve it as model `name` (safe from another
+        thread: the step never waits on the disk). Raises LoraError naming the problem."""
+        adapter = self.lora.add(name, path)
+        logger.info("LoRA adapter %s loaded from %s: rank %d, %s, %.1f MiB", name, adapter.path, adapter.rank,
+                    "/".join(adapter.targets), adapter.nbytes / (1 << 20))
+        return adapter
+
+    def remove_lora(self, name: str) -> LoraAdapter:
+        """Stop serving `name`; requests already running on it finish with it. Raises LoraNotFound."""
+        return self.lora.remove(name)
 
     # -- stats ---------------------------------------------------------------------------------
     def stats(self, reset_window: bool = False) -> EngineStats:

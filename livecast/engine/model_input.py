@@ -8,6 +8,8 @@ import torch
 
 from livecast.engine.backend import Backend, default_backend
 from livecast.engine.layers.attention import AttentionMetadata
+from livecast.engine.lora.batch import LoraBatch, build_lora_batch
+from livecast.engine.lora.slots import LoraSlots
 from livecast.engine.scheduler import ScheduledChunk
 
 
@@ -20,6 +22,7 @@ class ModelInput:
     scheduled: list[ScheduledChunk]  # batch order: decodes first, then prefill chunks
     sample_rows: list[int]  # per scheduled seq: its (first) row in the logits, or -1
     prompt_logprob_rows: list[tuple[int, int] | None]  # per scheduled seq: (first row, count)
+    lora: LoraBatch | None = None  # the rows' LoRA slots, when some row runs an adapter
 
 
 def _padded(tables: list[list[int]], width: int, device) -> torch.Tensor:
@@ -29,7 +32,9 @@ def _padded(tables: list[list[int]], width: int, device) -> torch.Tensor:
 
 
 def build_model_input(scheduled: list[ScheduledChunk], block_size: int, device: torch.device,
-                      backend: Backend | None = None) -> ModelInput:
+                      backend: Backend | None = None, lora_slots: LoraSlots | None = None,
+                      slot_of: dict[int, int] | None = None) -> ModelInput:
+    """`slot_of`: the LoRA slot of each adapter (by uid) in the step, from `lora_slots.activate`."""
     # decodes sorted by context so the torch path can gather each length bucket without much padding
     decodes = sorted((s for s in scheduled if s.num_new_tokens == 1), key=lambda s: s.start_pos)
     prefills = [s for s in scheduled if s.num_new_tokens > 1]
@@ -106,6 +111,9 @@ def build_model_input(scheduled: list[ScheduledChunk], block_size: int, device: 
         scheduled=ordered,
         sample_rows=sample_rows,
         prompt_logprob_rows=plp_rows,
+        lora=None if not slot_of else build_lora_batch(
+            [(s.num_new_tokens, -1 if s.lora is None else slot_of[s.lora.uid]) for s in ordered], num_decodes,
+            lora_slots, lora_slots.kernel, device),
     )
 
 

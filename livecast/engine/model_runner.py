@@ -49,5 +49,5 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: ModelInput) -> torch.Tensor:
         """fp32 logits for the rows in `batch.logits_indices`: (num_logit_rows, vocab_size)."""
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn)
+        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.attn, batch.lora)
         return self.model.compute_logits(hidden.index_select(0, batch.logits_indices))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from livecast.engine.block_manager import BlockManager
 from livecast.engine.sequence import Sequence, SequenceGroup, SequenceStatus
@@ -20,6 +21,7 @@ class SchedulerConfig:
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 1024
     preemption_mode: str = "swap"  # "swap" while CPU swap space lasts, else recompute
+    max_loras: int = 1 << 30  # distinct LoRA adapters one step may mix
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -47,6 +49,7 @@ class ScheduledChunk:
     # speculative decoding: guesses at the tokens after the last one, computed after it in this chunk
     # (token_ids ends with them) and checked against the model in postprocess; never in seq.token_ids
     draft_token_ids: list[int] = field(default_factory=list)
+    lora: Any = None  # the request's LoRA adapter (engine.lora.LoraAdapter), None for the base model
 
     @property
     def num_new_tokens(self) -> int:
@@ -70,6 +73,7 @@ class Scheduler:
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
         self.preemption_mode = config.preemption_mode
+        self.max_loras = config.max_loras
         self.block_manager = block_manager
         self.speculator = speculator
         self.waiting: deque[SequenceGroup] = deque()
@@ -105,6 +109,13 @@ class Scheduler:
         done = [g for g in self.running if g.finished]
         self.running = [g for g in self.running if not g.finished]
         return done
+
+    def _lora_fits(self, group: SequenceGroup) -> bool:
+        """A group may join the running ones if its adapter is among theirs or a slot is left."""
+        if group.lora is None:
+            return True
+        running = {g.lora.uid for g in self.running if g.lora is not None}
+        return group.lora.uid in running or len(running) < self.max_loras
 
     # -- the step ------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -169,7 +180,7 @@ class Scheduler:
             group = self.swapped[0]
             seqs = group.unfinished_seqs()
             if (self.num_running_seqs() + len(seqs) > self.max_num_seqs or budget < len(seqs)
-                    or not bm.can_swap_in(seqs)):
+                    or not self._lora_fits(group) or not bm.can_swap_in(seqs)):
                 break
             self.swapped.popleft()
             out.blocks_to_swap_in += bm.swap_in(seqs)
@@ -189,8 +200,12 @@ class Scheduler:
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
         bm = self.block_manager
+        skipped: list[SequenceGroup] = []  # adapters with no slot this step keep their place in line
         while self.waiting and budget > 0:
             group = self.waiting[0]
+            if not self._lora_fits(group):
+                skipped.append(self.waiting.popleft())
+                continue
             seqs = group.unfinished_seqs()
             if self.num_running_seqs() + len(seqs) > self.max_num_seqs:
                 break
@@ -214,6 +229,7 @@ class Scheduler:
                 self._schedule_chunk(out, seq, group, num_new)
             budget = remaining
             self.running.append(group)
+        self.waiting.extendleft(reversed(skipped))
 
     def _schedule_chunk(self, out: SchedulerOutput, seq: Sequence, group: SequenceGroup, num_new: int,
                         drafts: list[int] = ()) -> None:
@@ -225,7 +241,7 @@ class Scheduler:
         out.scheduled.append(ScheduledChunk(
             group.request_id, seq.seq_id, seq.token_ids[start:start + num_new] + list(drafts), start,
             list(self.block_manager.block_tables[seq.seq_id]), start + num_new == len(seq.token_ids),
-            start < seq.num_prompt_tokens, _prompt_logprob_span(group, start, num_new), list(drafts)))
+            start < seq.num_prompt_tokens, _prompt_logprob_span(group, start, num_new), list(drafts), group.lora))
 
     def _preempt(self, group: SequenceGroup, out: SchedulerOutput) -> None:
         bm = self.block_manager

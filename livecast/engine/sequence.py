@@ -34,6 +34,7 @@ class Sequence:
     prefix_offset: int = 0
     read_offset: int = 0
     grammar_matcher: Any = None
+    cache_salt: int | None = None  # the LoRA adapter's uid: its KV blocks never match the base's or another's
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -63,6 +64,7 @@ class Sequence:
             status=self.status, num_computed_tokens=self.num_computed_tokens,
             cumulative_logprob=self.cumulative_logprob, output_logprobs=list(self.output_logprobs),
             text=self.text, prefix_offset=self.prefix_offset, read_offset=self.read_offset,
+            cache_salt=self.cache_salt,
         )
 
 
@@ -84,6 +86,7 @@ class SequenceGroup:
     finished_beams: list[tuple[float, Sequence]] = field(default_factory=list)
     num_preemptions: int = 0
     spec: Any = None  # SpecState once the request has speculated
+    lora: Any = None  # the engine.lora.LoraAdapter its sequences run with, or None for the base
 
     @property
     def is_beam(self) -> bool:

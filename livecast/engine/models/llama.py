@@ -32,13 +32,15 @@ class LlamaAttention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.cos_sin_cache = cos_sin_cache
 
-    def project(self, rope, hidden):
+    def project(self, rope, hidden, lora=None, layer: int = 0):
         """q (num_tokens, num_heads, head_dim), k and v (num_tokens, num_kv_heads, head_dim), rotated.
 
         `rope`: the step's positions (the Triton kernel rotates in place) or, on the torch path,
         the step's `rotary_tables`, with which q and k heads rotate together in one pass."""
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
+        if lora is not None:
+            lora.add(layer, "qkv", qkv, hidden)
         qk_size = self.q_size + self.kv_size
         v = qkv[:, qk_size:].view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.backend.triton:
@@ -59,37 +61,49 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x, lora=None, layer: int = 0):
+        gate_up = self.gate_up_proj(x)
+        if lora is None:
+            gate, up = gate_up.split(self.intermediate_size, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
+        lora.add(layer, "gate_up", gate_up, x)
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
+        hidden = F.silu(gate) * up
+        out = self.down_proj(hidden)
+        lora.add(layer, "down", out, hidden)
+        return out
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, cos_sin_cache, backend: Backend) -> None:
+    def __init__(self, config, cos_sin_cache, backend: Backend, index: int = 0) -> None:
         super().__init__()
+        self.index = index  # the layer's place in the stack: its LoRA weights' index
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
         self.self_attn = LlamaAttention(config, cos_sin_cache, backend)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
         self.mlp = LlamaMLP(config)
 
-    def pre_attention(self, rope, hidden, residual):
+    def pre_attention(self, rope, hidden, residual, lora=None):
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        q, k, v = self.self_attn.project(rope, hidden)
+        q, k, v = self.self_attn.project(rope, hidden, lora, self.index)
         return q, k, v, residual
 
-    def post_attention(self, attn_out, residual):
-        hidden = self.self_attn.o_proj(attn_out.flatten(1))
+    def post_attention(self, attn_out, residual, lora=None):
+        attn_out = attn_out.flatten(1)
+        hidden = self.self_attn.o_proj(attn_out)
+        if lora is not None:
+            lora.add(self.index, "o", hidden, attn_out)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        return self.mlp(hidden, lora, self.index), residual
 
-    def forward(self, rope, hidden, residual, kv_cache, meta):
-        q, k, v, residual = self.pre_attention(rope, hidden, residual)
+    def forward(self, rope, hidden, residual, kv_cache, meta, lora=None):
+        q, k, v, residual = self.pre_attention(rope, hidden, residual, lora)
         out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.self_attn.scale)
-        return self.post_attention(out, residual)
+        return self.post_attention(out, residual, lora)
 
 
 def _batch_invariant_linears(model: nn.Module) -> None:
@@ -119,7 +133,7 @@ class LlamaForCausalLM(nn.Module):
         cos_sin = build_cos_sin_cache(config, head_dim, max_positions)
         self.cos_sin_cache = cos_sin  # plain attribute: .to(dtype) must not round it
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, cos_sin, backend) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, cos_sin, backend, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, backend)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -135,9 +149,12 @@ class LlamaForCausalLM(nn.Module):
         return self
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata,
+                lora=None) -> torch.Tensor:
+        """`lora`: the step's engine.lora.LoraBatch when some row runs an adapter (the per-layer
+        path then adds each row's low-rank update after every adapted projection)."""
         hidden = self.embed_tokens(input_ids)  # (num_tokens, hidden_size)
-        fused = self.native_decode
+        fused = None if lora is not None else self.native_decode
         deterministic = self.backend.deterministic  # every token, prefill or decode, a decode row of the stack
         if fused is not None and (deterministic or (not meta.prefill_chunks and meta.num_decodes == input_ids.shape[0]
                                                     and input_ids.shape[0] < fused.max_tokens)):
@@ -150,7 +167,7 @@ class LlamaForCausalLM(nn.Module):
         rope = positions if self.backend.triton else rotary_tables(positions, self.cos_sin_cache, hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer.forward(rope, hidden, residual, kv_cache, meta)  # no hooks: one call less per layer
+            hidden, residual = layer.forward(rope, hidden, residual, kv_cache, meta, lora)  # no hooks: one call less per layer
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
