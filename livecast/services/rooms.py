@@ -15,7 +15,7 @@ from livecast.services.agents.db import open_database
 from livecast.services.agents.service import agents_service
 from livecast.services.agents.routes import ROUTERS as AGENTS_ROUTERS
 from livecast.services.agents.tools import ToolRooms
-from livecast.services.llm.routes import chat, completions, generate, models, tokenize, ws
+from livecast.services.llm.routes import ROUTERS as LLM_ROUTERS
 from livecast.services.llm.service import llm_service
 from livecast.services.media.service import media_service
 from livecast.services.media.routes import broadcast, frames, images, webrtc
@@ -71,8 +71,7 @@ def _agents_on(settings: ServerSettings) -> bool:
 ROOMS = (
     Room("media", lambda s: s.enable_diffusion, (webrtc.router, broadcast.router, frames.router, images.router),
          lambda s, up: media_service(s.diffusion, up.registry)),
-    Room("llm", lambda s: s.enable_llm,
-         (models.router, chat.router, completions.router, generate.router, tokenize.router, ws.router), _llm),
+    Room("llm", lambda s: s.enable_llm, LLM_ROUTERS, _llm),
     Room("store", _agents_on, (), lambda s, up: _store(s)),
     Room("containers", _agents_on, (sandbox_router,), lambda s, up: containers_service(s.sandbox)),
     Room("retrieval", _agents_on, (retrieval_router,), _retrieval),

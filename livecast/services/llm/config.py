@@ -15,6 +15,8 @@ class LLMConfig:
     cot_demos: str = field(default="", metadata={
         "help": "comma-separated NAME=PATH demo sets for the `cot` request field (hand-written or from "
                 "livecast cot build)"})
+    lora_dir: str | None = field(default=None, metadata={
+        "help": "folder runtime-loaded adapters must live in; unset: /v1/load_lora_adapter is refused"})
 
     def __post_init__(self) -> None:
         if self.grammar_cache_size < 1:

@@ -194,6 +194,7 @@ class TGIParameters(EdgeModel):
     details: bool = False
     return_full_text: bool = False
     grammar: TGIGrammar | None = None
+    adapter_id: str | None = None  # TGI's multi-LoRA field: a loaded adapter's name (None: the base model)
 
 
 class TGIRequest(EdgeModel):
@@ -220,6 +221,19 @@ class DetokenizeRequest(EdgeModel):
 class WSGenerate(SamplingFields):
     type: Literal["generate"]
     id: str | int
+    model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = 256
+
+
+# -- LoRA adapters (vLLM's runtime loading routes) ---------------------------------------------------
+class LoadLoraRequest(EdgeModel):
+    lora_name: Text
+    lora_path: Text
+
+
+class UnloadLoraRequest(EdgeModel):
+    model_config = ConfigDict(extra="ignore")
+    lora_name: Text
+    lora_int_id: int | None = None  # vLLM's; accepted and ignored (adapters are named)

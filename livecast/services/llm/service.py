@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from contextlib import aclosing, asynccontextmanager
 from typing import AsyncIterator
@@ -21,6 +22,7 @@ from livecast.engine import (
     RequestOutput,
     SamplingParams,
 )
+from livecast.engine.lora import LoraAdapter, LoraError, LoraNotFound
 from livecast.services.errors import APIError, overloaded
 from livecast.services.llm.chat_template import render_chat
 from livecast.services.llm.config import LLMConfig
@@ -55,11 +57,62 @@ class LLMService:
         # where `store: true` chat completions go: the agents room sets it (services.agents.chat_completions);
         # .save(project, completion, request messages, metadata)
         self.completion_store = None
+        self.lora_dir = config.lora_dir
 
-    # -- prompts -------------------------------------------------------------------------------
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_name:
-            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+    # -- models: the base and its LoRA adapters ------------------------------------------------------
+    @property
+    def loras(self) -> dict[str, LoraAdapter]:
+        """The adapters loaded now, by name (the engine's; read only)."""
+        return self.engine.engine.loras
+
+    def resolve_model(self, model: str | None) -> str | None:
+        """The LoRA adapter a request's `model` names, or None for the base model (also when no
+        `model` was sent); any other name is a 404 model_not_found. Every generating route calls
+        this and puts the result in its SamplingParams' `lora`."""
+        if model is None or model == self.model_name:
+            return None
+        if model in self.loras:
+            return model
+        raise model_not_found(model)
+
+    def served_name(self, lora: str | None) -> str:
+        """The `model` a response echoes: the adapter's name when one was used (as vLLM does)."""
+        return lora or self.model_name
+
+    async def load_lora(self, name: str, path: str) -> LoraAdapter:
+        """Load a PEFT adapter folder at run time (parsed off the event loop). The folder must lie
+        inside --lora-dir (403 otherwise); a bad adapter is a 400 naming the problem, and nothing
+        already loaded changes."""
+        if name == self.model_name:
+            raise APIError(400, f"lora_name {name!r} is the base model's name", param="lora_name")
+        if name in self.loras:
+            raise APIError(400, f"The lora adapter '{name}' has already been loaded.", param="lora_name")
+        folder = self._adapter_folder(path)
+        try:
+            return await self.engine.add_lora(name, folder)
+        except LoraError as exc:
+            raise APIError(400, str(exc), param="lora_name" if name in self.loras else "lora_path") from exc
+
+    async def unload_lora(self, name: str) -> LoraAdapter:
+        """Running requests on the adapter finish with it; new ones naming it get 404s."""
+        try:
+            return await self.engine.remove_lora(name)
+        except LoraNotFound:
+            raise model_not_found(name, param="lora_name") from None
+
+    def _adapter_folder(self, path: str) -> str:
+        """`path` resolved (symlinks too; relative to --lora-dir), refused unless inside --lora-dir:
+        the route reads server-side paths, so without the fence any key holder could probe the disk."""
+        if self.lora_dir is None:
+            raise APIError(403, "loading LoRA adapters at run time is off on this server; start it with "
+                                "--lora-dir DIR (the folder adapters must live in) to allow it",
+                           param="lora_path", type="permission_error", code="lora_loading_disabled")
+        root = os.path.realpath(self.lora_dir)
+        folder = os.path.realpath(os.path.join(root, path))
+        if os.path.commonpath([root, folder]) != root:
+            raise APIError(403, f"lora_path {path!r} is outside this server's --lora-dir", param="lora_path",
+                           type="permission_error", code="lora_path_not_allowed")
+        return folder
 
     async def encode_chat(self, messages: list[dict], tools: list[dict] | None = None,
                           add_generation_prompt: bool = True) -> list[int]:
@@ -118,6 +171,8 @@ class LLMService:
                         for o in out.outputs:
                             self.metrics.requests_finished.labels(o.finish_reason or "unknown").inc()
                     yield out
+        except LoraNotFound as exc:  # unloaded after the route resolved it
+            raise model_not_found(params.lora) from exc
         except QueueFullError as exc:
             self.metrics.requests_rejected.inc()
             raise overloaded(f"the server is overloaded ({exc}); retry later", self.retry_after_s) from exc
@@ -135,6 +190,10 @@ class LLMService:
                 "quantization": engine.quantization, "quantization_detail": engine.quantization_detail,
                 "max_model_len": self.max_model_len, "running": stats.num_running,
                 "waiting": stats.num_waiting, "kv_cache_usage": stats.kv_cache_usage}
+
+
+def model_not_found(model: str | None, param: str = "model") -> APIError:
+    return APIError(404, f"The model `{model}` does not exist.", param=param, code="model_not_found")
 
 
 async def _prepend(first: RequestOutput, rest: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import time
 from contextlib import aclosing
 from typing import AsyncIterator
@@ -34,7 +35,8 @@ class Runs:
         store = self.store
         thread = store.threads.require(thread_id, param="thread_id")
         assistant = store.assistants.require(body.assistant_id, param="assistant_id")
-        self.llm.check_model(body.model)
+        # the run's model, or its assistant's: the base or a LoRA adapter, checked now and again when it runs
+        model = self.llm.served_name(self.llm.resolve_model(body.model or assistant.get("model")))
         if any(r["status"] in ACTIVE for r in (self.get(thread_id, r["id"]) for r in self._runs(thread_id))):
             raise APIError(400, f"Thread {thread_id} already has an active run.", param="thread_id")
         tools = body.tools if body.tools is not None else assistant["tools"]
@@ -47,7 +49,7 @@ class Runs:
         run = {"id": new_id("run"), "object": "thread.run", "created_at": int(time.time()), "thread_id": thread_id,
                "assistant_id": assistant["id"], "status": "queued", "required_action": None, "last_error": None,
                "expires_at": None, "started_at": None, "cancelled_at": None, "failed_at": None, "completed_at": None,
-               "incomplete_details": None, "model": self.llm.model_name, "instructions": instructions or "",
+               "incomplete_details": None, "model": model, "instructions": instructions or "",
                "tools": tools, "metadata": body.metadata or {}, "usage": None, "temperature": pick("temperature"),
                "top_p": pick("top_p"), "max_prompt_tokens": body.max_prompt_tokens,
                "max_completion_tokens": body.max_completion_tokens,
@@ -149,6 +151,7 @@ class Runs:
         if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
             text_format = (fmt["type"], (fmt.get("json_schema") or {}).get("schema"))
         sampling = SamplingFields(temperature=run["temperature"], top_p=run["top_p"])
+        lora = self.llm.resolve_model(run["model"])  # unloaded since the run was created: it fails
         max_tokens = run["max_completion_tokens"]
         if max_tokens is not None and run["usage"]:
             max_tokens = max(1, max_tokens - run["usage"]["completion_tokens"])
@@ -157,7 +160,7 @@ class Runs:
                                self.store.threads.require(thread_id).get("tool_resources"))
         return RunLoop(self.llm, LoopRequest(
             items=items, toolset=build_toolset(tools, self.agents.tools), tool_choice=tool_choice,
-            make_params=sampling.sampling_params, instructions=run["instructions"],
+            make_params=functools.partial(sampling.sampling_params, lora=lora), instructions=run["instructions"],
             parallel_tool_calls=run["parallel_tool_calls"], text_format=text_format, max_output_tokens=max_tokens,
             truncation="auto"), run["id"])
 

@@ -20,14 +20,14 @@ from livecast.services.agents.tools import build_toolset
 
 def _loop(responses, body: ResponseCreate) -> tuple[RunLoop, list[dict]]:
     """A run loop over the request's whole context (never opened: nothing runs), and that context."""
-    responses.llm.check_model(body.model)
+    lora = responses.llm.resolve_model(body.model)
     new_items = normalize_input(body.input)
     context = responses.context(body)
     check_call_outputs(context, new_items)
     toolset = build_toolset(body.tools, responses.agents.tools, mcp=True)
     loop = RunLoop(responses.llm, LoopRequest(
         items=context + new_items, toolset=toolset, tool_choice=body.tool_choice,
-        make_params=lambda **kw: body.sampling_params(**kw), instructions=body.instructions,
+        make_params=lambda **kw: body.sampling_params(lora=lora, **kw), instructions=body.instructions,
         parallel_tool_calls=body.parallel_tool_calls, truncation=body.truncation), "count")
     return loop, context + new_items
 

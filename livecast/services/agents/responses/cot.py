@@ -17,7 +17,7 @@ from livecast.services.llm.cot.serving import CotCall, invalid_cot
 
 
 class CotLoop:
-    def __init__(self, llm, body, items: list[dict]) -> None:
+    def __init__(self, llm, body, items: list[dict], lora: str | None = None) -> None:
         if body.tools:
             raise APIError(400, "cot cannot be combined with tools", param="tools")
         try:
@@ -25,7 +25,7 @@ class CotLoop:
         except CotError as exc:
             raise invalid_cot(exc) from None
         system = [{"role": "system", "content": body.instructions}] if body.instructions else []
-        self.call = CotCall(llm, spec, _question(items), cot_params(body, spec, body.max_output_tokens),
+        self.call = CotCall(llm, spec, _question(items), cot_params(body, spec, body.max_output_tokens, lora),
                             chat=True, system=system)
         self.output: list[dict] = []
         self.finish: str | None = None

@@ -33,7 +33,7 @@ class Responses:
     # -- create -----------------------------------------------------------------------------------
     async def create(self, body: ResponseCreate) -> dict | AsyncIterator[dict]:
         """The finished response, its event stream (`stream`), or the queued response (`background`)."""
-        self.llm.check_model(body.model)
+        lora = self.llm.resolve_model(body.model)
         if body.top_logprobs:
             raise APIError(400, "top_logprobs: responses on this server carry no logprobs (output_text.logprobs is "
                                 "always []); chat completions return them", param="top_logprobs")
@@ -53,8 +53,8 @@ class Responses:
             await mcp.prepare(toolset, context + new_items, mcp.listed_in_chain(self.store.responses,
                                                                                 body.previous_response_id))
         response_id = new_id("resp")
-        loop = self._loop(body, context + new_items, toolset, response_id)
-        response = self._object(response_id, body, toolset)
+        loop = self._loop(body, context + new_items, toolset, response_id, lora)
+        response = self._object(response_id, body, toolset, lora)
         if body.background:
             self.agents.background.check_room()
         await loop.open()  # bad input and a full queue fail here, before anything is stored
@@ -72,13 +72,14 @@ class Responses:
         await drain(run, loop.close)
         return events.response
 
-    def _loop(self, body: ResponseCreate, items: list[dict], toolset, response_id: str) -> RunLoop | CotLoop:
+    def _loop(self, body: ResponseCreate, items: list[dict], toolset, response_id: str,
+              lora: str | None) -> RunLoop | CotLoop:
         if body.cot is not None:  # the Chain-of-Thought extension: a reasoning item, then the answer
-            return CotLoop(self.llm, body, items)
+            return CotLoop(self.llm, body, items, lora)
         fmt = body.text.format if body.text else None
         return RunLoop(self.llm, LoopRequest(
             items=items, toolset=toolset, tool_choice=body.tool_choice,
-            make_params=lambda **kw: body.sampling_params(**kw), instructions=body.instructions,
+            make_params=lambda **kw: body.sampling_params(lora=lora, **kw), instructions=body.instructions,
             parallel_tool_calls=body.parallel_tool_calls,
             text_format=(fmt.type, fmt.json_schema) if fmt and fmt.type != "text" else None,
             max_output_tokens=body.max_output_tokens, max_tool_calls=body.max_tool_calls,
@@ -100,13 +101,13 @@ class Responses:
             items += self.store.items.children(previous["id"]) + previous["output"]
         return items
 
-    def _object(self, response_id: str, body: ResponseCreate, toolset) -> dict:
+    def _object(self, response_id: str, body: ResponseCreate, toolset, lora: str | None) -> dict:
         tool_choice = body.tool_choice if body.tool_choice is not None else ("auto" if toolset.functions else "none")
         fmt = body.text.format.to_openai() if body.text else {"type": "text"}
         return {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
                 "background": body.background, "error": None, "incomplete_details": None,
                 "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
-                "max_tool_calls": body.max_tool_calls, "model": self.llm.model_name, "output": [],
+                "max_tool_calls": body.max_tool_calls, "model": self.llm.served_name(lora), "output": [],
                 "parallel_tool_calls": body.parallel_tool_calls, "previous_response_id": body.previous_response_id,
                 "conversation": {"id": body.conversation_id} if body.conversation_id else None,
                 "reasoning": None, "store": body.store, "temperature": body.temperature, "top_p": body.top_p,

@@ -40,19 +40,21 @@ def check_tool_resources(agents, tool_resources: dict | None) -> None:
 
 
 # -- assistants -----------------------------------------------------------------------------------
-def _check_assistant(agents, body) -> None:
-    agents.llm.check_model(body.model)
+def _check_assistant(agents, body) -> str | None:
+    """Checks the body; the LoRA adapter its `model` names (None: the base model)."""
+    lora = agents.llm.resolve_model(body.model)
     build_toolset(body.tools, agents.tools)
     check_tool_resources(agents, body.tool_resources)
     if isinstance(body.response_format, str) and body.response_format != "auto":
         raise APIError(400, "response_format must be 'auto' or an object", param="response_format")
+    return lora
 
 
 @router.post("/v1/assistants")
 async def create_assistant(body: AssistantCreate, agents=Depends(get_agents)):
-    _check_assistant(agents, body)
+    lora = _check_assistant(agents, body)
     assistant = {"id": new_id("asst"), "object": "assistant", "created_at": int(time.time()), "name": body.name,
-                 "description": body.description, "model": agents.llm.model_name, "instructions": body.instructions,
+                 "description": body.description, "model": agents.llm.served_name(lora), "instructions": body.instructions,
                  "tools": body.tools or [], "tool_resources": body.tool_resources or {}, "metadata": body.metadata or {},
                  "temperature": body.temperature, "top_p": body.top_p, "response_format": body.response_format or "auto"}
     return agents.store.assistants.insert(assistant)
@@ -71,10 +73,12 @@ async def get_assistant(assistant_id: str, agents=Depends(get_agents)):
 
 @router.post("/v1/assistants/{assistant_id}")
 async def update_assistant(assistant_id: str, body: AssistantUpdate, agents=Depends(get_agents)):
-    _check_assistant(agents, body)
+    lora = _check_assistant(agents, body)
     with agents.store.db.transaction():
         assistant = agents.store.assistants.require(assistant_id)
         assistant.update(body.model_dump(exclude_unset=True, exclude={"model"}))
+        if body.model is not None:
+            assistant["model"] = agents.llm.served_name(lora)
         agents.store.assistants.update(assistant)
     return assistant
 

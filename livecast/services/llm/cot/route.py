@@ -45,12 +45,14 @@ def parse_cot(body: ChatCompletionRequest | CompletionRequest, unsupported: dict
     return spec
 
 
-def cot_params(body: ChatCompletionRequest | CompletionRequest, spec: CotSpec, max_tokens: int | None) -> SamplingParams:
+def cot_params(body: ChatCompletionRequest | CompletionRequest, spec: CotSpec, max_tokens: int | None,
+               lora: str | None = None) -> SamplingParams:
     """The request's sampling controls; unset ones take run_cot's defaults (greedy, or T=0.7 for
-    self-consistency; a rationale-sized token budget)."""
+    self-consistency; a rationale-sized token budget). `lora`: the adapter every stage runs on."""
     extra = {} if body.temperature is not None else {
         "temperature": SELF_CONSISTENCY_TEMPERATURE if spec.mode == "self_consistency" else 0.0}
-    return body.sampling_params(max_tokens=RATIONALE_MAX_TOKENS if max_tokens is None else max_tokens, **extra)
+    return body.sampling_params(max_tokens=RATIONALE_MAX_TOKENS if max_tokens is None else max_tokens, lora=lora,
+                                **extra)
 
 
 def cot_extension(result: CotResult) -> dict:
@@ -79,7 +81,7 @@ def _text(content) -> str:
     return "".join(part.text or "" for part in content if part.type == "text")
 
 
-async def chat_cot(request: Request, body: ChatCompletionRequest, llm: LLMService):
+async def chat_cot(request: Request, body: ChatCompletionRequest, llm: LLMService, lora: str | None = None):
     spec = parse_cot(body, {"tools": None, "response_format": None, "logprobs": False, "top_logprobs": None})
     users = [m for m in body.messages if m.role == "user"]
     question = _text(users[-1].content) if users else ""
@@ -88,7 +90,7 @@ async def chat_cot(request: Request, body: ChatCompletionRequest, llm: LLMServic
                        code="invalid_cot")
     system = [m.model_dump(exclude_none=True) for m in body.messages if m.role in ("system", "developer")]
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    call = CotCall(llm, spec, question, cot_params(body, spec, max_tokens), True, system)
+    call = CotCall(llm, spec, question, cot_params(body, spec, max_tokens, lora), True, system)
     return await respond(request, call, body.stream, _ChatShape(body))
 
 
@@ -98,7 +100,7 @@ class _ChatShape:
 
     def _chunk(self, call: CotCall, choices: list[dict], **extra) -> dict:
         chunk = {"id": f"chatcmpl-{call.id}", "object": "chat.completion.chunk", "created": call.created,
-                 "model": call.llm.model_name, "choices": choices, **extra}
+                 "model": call.model, "choices": choices, **extra}
         if self.include_usage:
             chunk.setdefault("usage", None)
         return chunk
@@ -125,19 +127,19 @@ class _ChatShape:
         choice = {"index": 0, "message": message, "finish_reason": call.generate.finish_reason(result),
                   "logprobs": None}
         return {"id": f"chatcmpl-{call.id}", "object": "chat.completion", "created": call.created,
-                "model": call.llm.model_name, "choices": [choice],
+                "model": call.model, "choices": [choice],
                 "usage": call.usage(), "cot": cot_extension(result)}
 
 
 # -- completions -----------------------------------------------------------------------------------
-async def completion_cot(request: Request, body: CompletionRequest, llm: LLMService):
+async def completion_cot(request: Request, body: CompletionRequest, llm: LLMService, lora: str | None = None):
     spec = parse_cot(body, {"echo": False, "logprobs": None, "best_of": 1, "response_format": None})
     if not isinstance(body.prompt, str):
         if not (isinstance(body.prompt, list) and len(body.prompt) == 1 and isinstance(body.prompt[0], str)):
             raise APIError(400, "cot takes one text prompt (the question)", param="prompt", code="invalid_cot")
     question = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     max_tokens = body.max_tokens if "max_tokens" in body.model_fields_set else None  # 16 is too short here
-    call = CotCall(llm, spec, question, cot_params(body, spec, max_tokens), False)
+    call = CotCall(llm, spec, question, cot_params(body, spec, max_tokens, lora), False)
     return await respond(request, call, body.stream, _CompletionShape(body))
 
 
@@ -147,7 +149,7 @@ class _CompletionShape:
 
     def _chunk(self, call: CotCall, choices: list[dict], **extra) -> dict:
         chunk = {"id": f"cmpl-{call.id}", "object": "text_completion", "created": call.created,
-                 "model": call.llm.model_name, "choices": choices, **extra}
+                 "model": call.model, "choices": choices, **extra}
         if self.include_usage:
             chunk.setdefault("usage", None)
         return chunk

@@ -62,8 +62,10 @@ def rationale_params(spec: CotSpec, base: SamplingParams | None, chat: bool) -> 
                    stop=[*base.stop, *(s for s in extra_stop if s not in base.stop)])
 
 
-def answer_params(chat: bool) -> SamplingParams:
-    return SamplingParams(temperature=0.0, max_tokens=ANSWER_MAX_TOKENS, stop=None if chat else ANSWER_STOP)
+def answer_params(chat: bool, lora: str | None = None) -> SamplingParams:
+    """Stage-2 sampling (greedy, a short answer), on the rationale's LoRA adapter."""
+    return SamplingParams(temperature=0.0, max_tokens=ANSWER_MAX_TOKENS, stop=None if chat else ANSWER_STOP,
+                          lora=lora)
 
 
 async def run_cot(generate_fn: GenerateFn, spec: CotSpec, question: str, demos: Sequence[Demo] = (),
@@ -78,8 +80,9 @@ async def run_cot(generate_fn: GenerateFn, spec: CotSpec, question: str, demos: 
     if len(outputs) != spec.n:
         raise RuntimeError(f"generate_fn returned {len(outputs)} completions for n={spec.n}")
     if needs_answer_stage(spec, demos):
+        lora = params.lora if params else None
         stage2 = await asyncio.gather(*(generate_fn(answer_prompt(prompt, o.text, spec.answer_format),
-                                                    answer_params(chat)) for o in outputs))
+                                                    answer_params(chat, lora)) for o in outputs))
         chains = [Chain(o.text.strip(), extract_answer(a[0].text, spec.answer_format, "first"),
                         len(o.token_ids) + len(a[0].token_ids)) for o, a in zip(outputs, stage2)]
     elif spec.mode == "none":

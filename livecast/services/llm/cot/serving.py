@@ -153,6 +153,7 @@ class CotCall:
     def __init__(self, llm: LLMService, spec: CotSpec, question: str, params: SamplingParams, chat: bool,
                  system: Sequence[dict] = ()) -> None:
         self.llm, self.spec, self.question, self.params, self.chat = llm, spec, question, params, chat
+        self.model = llm.served_name(params.lora)  # what the response's `model` echoes
         try:
             demos = spec.resolve_demos(llm.cot_demos)
         except CotError as exc:

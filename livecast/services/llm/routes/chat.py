@@ -26,11 +26,11 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request, body: ChatCompletionRequest, llm: LLMService = Depends(get_llm)):
-    llm.check_model(body.model)
+    lora = llm.resolve_model(body.model)
     if body.cot is not None:
         if body.store:
             raise APIError(400, "store: chat completions with the cot extension are not stored", param="store")
-        return await chat_cot(request, body, llm)
+        return await chat_cot(request, body, llm, lora)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
     tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
     choice = resolve_tool_choice(tools, tool_choice)
@@ -52,9 +52,10 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest, 
         grammar = None
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     params = body.sampling_params(max_tokens=max_tokens,
-                                  logprobs=(body.top_logprobs or 0) if body.logprobs else None, grammar=grammar)
+                                  logprobs=(body.top_logprobs or 0) if body.logprobs else None, grammar=grammar,
+                                  lora=lora)
 
-    completion = _ChatCompletion(llm, body, choice)
+    completion = _ChatCompletion(llm, body, choice, llm.served_name(lora))
     if body.store:  # kept in the agents room's store, in the request's project
         if llm.completion_store is None:
             raise APIError(400, "store: this server keeps no chat completions (the agents room is off)",
@@ -98,8 +99,8 @@ class _Choice:
 
 
 class _ChatCompletion:
-    def __init__(self, llm: LLMService, body: ChatCompletionRequest, choice: ToolChoice) -> None:
-        self.llm, self.body = llm, body
+    def __init__(self, llm: LLMService, body: ChatCompletionRequest, choice: ToolChoice, model: str) -> None:
+        self.llm, self.body, self.model = llm, body, model
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.choices = [_Choice(i, choice) for i in range(body.n)]
@@ -121,7 +122,7 @@ class _ChatCompletion:
 
     def _chunk(self, choices: list[dict], usage: bool = False) -> dict:
         chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                 "model": self.llm.model_name, "choices": choices}
+                 "model": self.model, "choices": choices}
         if self.body.stream_options and self.body.stream_options.include_usage:
             chunk["usage"] = self._usage() if usage else None
         return chunk
@@ -176,5 +177,5 @@ class _ChatCompletion:
                 message["content"] = m["content"] if m["content"].strip() else None
             choices.append({"index": i, "message": message, "finish_reason": m["finish_reason"],
                             "logprobs": {"content": m["logprobs"], "refusal": None} if self.body.logprobs else None})
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.llm.model_name,
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": choices, "usage": self._usage()}

@@ -24,9 +24,9 @@ router = APIRouter()
 
 @router.post("/v1/completions")
 async def create_completion(request: Request, body: CompletionRequest, llm: LLMService = Depends(get_llm)):
-    llm.check_model(body.model)
+    lora = llm.resolve_model(body.model)
     if body.cot is not None:
-        return await completion_cot(request, body, llm)
+        return await completion_cot(request, body, llm, lora)
     prompts = _prompts(body.prompt)
     if len(prompts) > llm.max_prompts:
         raise APIError(400, f"at most {llm.max_prompts} prompts per request, got {len(prompts)}", param="prompt")
@@ -37,8 +37,8 @@ async def create_completion(request: Request, body: CompletionRequest, llm: LLMS
                                                      spec.json_schema if spec is not None else None)
     params = body.sampling_params(
         max_tokens=body.max_tokens, logprobs=body.logprobs, best_of=body.best_of, grammar=grammar,
-        prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None)
-    completion = _Completion(llm, body, len(prompts))
+        prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None, lora=lora)
+    completion = _Completion(llm, body, len(prompts), llm.served_name(lora))
 
     async def respond():
         streams = await open_all([llm.open_stream(p, params, f"{completion.id}-{i}") for i, p in enumerate(prompts)])
@@ -61,8 +61,8 @@ def _prompts(prompt) -> list[str | list[int]]:
 
 
 class _Completion:
-    def __init__(self, llm: LLMService, body: CompletionRequest, num_prompts: int) -> None:
-        self.llm, self.body = llm, body
+    def __init__(self, llm: LLMService, body: CompletionRequest, num_prompts: int, model: str) -> None:
+        self.llm, self.body, self.model = llm, body, model
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.num_prompt_tokens = [0] * num_prompts
@@ -75,7 +75,7 @@ class _Completion:
 
     def _chunk(self, choices: list[dict], usage: bool = False) -> dict:
         chunk = {"id": self.id, "object": "text_completion", "created": self.created,
-                 "model": self.llm.model_name, "choices": choices}
+                 "model": self.model, "choices": choices}
         if usage:  # the last chunk only: OpenAI's document gives a completion's usage no null
             chunk["usage"] = self._usage()
         return chunk
@@ -129,5 +129,5 @@ class _Completion:
                 merged["finish_reason"], merged["stop_reason"] = c["finish_reason"], c["stop_reason"]
                 if c["logprobs"] is not None:
                     merged["logprobs"] = {k: merged["logprobs"][k] + c["logprobs"][k] for k in c["logprobs"]}
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.llm.model_name,
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": [choices[i] for i in sorted(choices)], "usage": self._usage()}

@@ -59,6 +59,7 @@ async def generate_stream(request: Request, body: TGIRequest, llm: LLMService = 
 
 async def _open(body: TGIRequest, llm: LLMService) -> AsyncIterator[RequestOutput]:
     p = body.parameters
+    lora = llm.resolve_model(p.adapter_id)
     sampling = p.do_sample or (p.temperature is not None and p.temperature > 0)
     fields = SamplingFields(temperature=(p.temperature or 1.0) if sampling else 0.0, top_p=p.top_p, top_k=p.top_k,
                             repetition_penalty=p.repetition_penalty, frequency_penalty=p.frequency_penalty,
@@ -73,7 +74,7 @@ async def _open(body: TGIRequest, llm: LLMService) -> AsyncIterator[RequestOutpu
             grammar = await llm.grammars.json_object()
         else:
             grammar = await llm.grammars.json_schema(p.grammar.value, "parameters.grammar")
-    params = fields.sampling_params(max_tokens=p.max_new_tokens, logprobs=0, grammar=grammar)
+    params = fields.sampling_params(max_tokens=p.max_new_tokens, logprobs=0, grammar=grammar, lora=lora)
     return await llm.open_stream(body.inputs, params, f"tgi-{uuid.uuid4().hex}")
 
 

@@ -13,7 +13,7 @@ router = APIRouter()
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, llm: LLMService = Depends(get_llm)):
-    llm.check_model(body.model)
+    llm.resolve_model(body.model)  # an adapter shares the base's tokenizer: only an unknown name matters
     if body.prompt is not None and body.messages is not None:
         raise APIError(400, "send one of prompt or messages, not both", param="prompt")
     if body.messages is not None:
@@ -28,5 +28,5 @@ async def tokenize(body: TokenizeRequest, llm: LLMService = Depends(get_llm)):
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, llm: LLMService = Depends(get_llm)):
-    llm.check_model(body.model)
+    llm.resolve_model(body.model)
     return {"prompt": llm.decode(body.tokens)}

@@ -1,6 +1,7 @@
 """GET /v1/ws/generate: token streaming over a WebSocket, many generations multiplexed by id.
 
-Client → `{"type": "generate", "id", "messages" | "prompt", …sampling}` and `{"type": "cancel", "id"}`.
+Client → `{"type": "generate", "id", "messages" | "prompt", "model"?, …sampling}` (`model`: the base or
+a loaded LoRA adapter) and `{"type": "cancel", "id"}`.
 Server → `{"type": "delta", "id", "text", "token_ids"}`, then `{"type": "done", "id",
 "finish_reason", "usage"}` (`"abort"` after a cancel), or `{"type": "error", "id"?, "code",
 "message"}`; an error never closes the socket. Closing the socket aborts what is still running.
@@ -118,11 +119,12 @@ class _Session:
                 raise APIError(400, "send exactly one of prompt or messages", param="prompt")
             if request.n != 1:
                 raise APIError(400, "n must be 1 on the WebSocket", param="n")
+            lora = self.llm.resolve_model(request.model)
             if request.messages is not None:
                 prompt = await self.llm.encode_chat([m.model_dump(exclude_none=True) for m in request.messages])
             else:
                 prompt = request.prompt
-            params = request.sampling_params(max_tokens=request.max_tokens)
+            params = request.sampling_params(max_tokens=request.max_tokens, lora=lora)
         except ValidationError as exc:
             return await self._error("invalid_request", validation_error(list(exc.errors())).message, id)
         except APIError as exc:
