@@ -72,7 +72,16 @@ class Postprocessor:
             self._guarded(group, self.processor.beam_step, group, [s for s, _ in seq_rows], logprobs)
         for request_id in self.failed:
             touched.pop(request_id, None)
+        if self.speculator is not None:
+            self._learn_finished(touched)
         return touched, len(rows) + self.num_accepted + sum(group.params.beam_width for group, _ in beam_rows.values())
+
+    def _learn_finished(self, touched: dict[str, SequenceGroup]) -> None:
+        """Requests finished this step hand their outputs to the proposer (suffix: its global tree)."""
+        for group in touched.values():
+            if group.finished and not group.is_beam:
+                for seq in group.seqs:
+                    self.speculator.request_finished(group.prompt_token_ids, seq.output_token_ids)
 
     def _guarded(self, group: SequenceGroup, fn, *args) -> None:
         if group.request_id in self.failed:

@@ -78,7 +78,7 @@ class ScriptedProposer:
         self.references = references
         self.first_tokens: set[int] = set()
 
-    def propose(self, token_ids: list[int], k: int) -> list[int]:
+    def propose(self, token_ids: list[int], k: int, state=None) -> list[int]:
         self.first_tokens.add(token_ids[0])
         n = len(token_ids)
         for ref in self.references:
@@ -92,9 +92,11 @@ class ScriptedProposer:
         return []
 
 
-def _engine(path, speculative: bool, **overrides) -> LLMEngine:
+def _engine(path, speculative: bool | str, **overrides) -> LLMEngine:
+    """speculative: False (off), True (ngram) or a proposer's name."""
     config = dict(model=str(path), dtype="float32", kv_cache_memory=8 << 20, block_size=8,
-                  deterministic=native.available(), speculative="ngram" if speculative else None,
+                  deterministic=native.available(),
+                  speculative="ngram" if speculative is True else speculative or None,
                   num_speculative_tokens=4)
     config.update(overrides)
     return LLMEngine(EngineConfig(**config))
@@ -201,7 +203,7 @@ class TableProposer:
     def __init__(self, prompt_len: int, table: dict[int, list[int]]) -> None:
         self.prompt_len, self.table = prompt_len, table
 
-    def propose(self, token_ids: list[int], k: int) -> list[int]:
+    def propose(self, token_ids: list[int], k: int, state=None) -> list[int]:
         if len(token_ids) != self.prompt_len + 1:
             return []
         return self.table.get(token_ids[-1], [])[:k]

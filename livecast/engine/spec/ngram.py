@@ -17,7 +17,7 @@ class NgramProposer:
         if not 1 <= self.min_n <= self.max_n:
             raise ValueError(f"need 1 <= min_n <= max_n, got {self.min_n}, {self.max_n}")
 
-    def propose(self, token_ids: list[int], k: int) -> list[int]:
+    def propose(self, token_ids: list[int], k: int, state=None) -> list[int]:
         length = len(token_ids)
         if k <= 0 or length < 2:
             return []
@@ -42,3 +42,6 @@ class NgramProposer:
             if n in ends:
                 return token_ids[ends[n]:ends[n] + k]
         return []
+
+    def request_finished(self, prompt_token_ids: list[int], output_token_ids: list[int]) -> None:
+        pass  # each request is its own lookup table

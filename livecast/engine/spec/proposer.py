@@ -1,12 +1,19 @@
-"""The proposer interface: a cheap guess at a sequence's next tokens, from its tokens alone."""
+"""The proposer interface: a cheap guess at a sequence's next tokens, from its tokens and what the
+proposer has learnt from earlier requests."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Proposer(Protocol):
-    def propose(self, token_ids: list[int], k: int) -> list[int]:
-        """Up to `k` tokens that may follow `token_ids` (prompt + output); [] when there is no guess."""
+    def propose(self, token_ids: list[int], k: int, state: Any = None) -> list[int]:
+        """Up to `k` tokens that may follow `token_ids` (prompt + output); [] when there is no guess.
+        `state` is the request's SpecState: its `proposer_state` is the proposer's to keep between
+        the request's steps (it goes with the request, finished or aborted)."""
+        ...
+
+    def request_finished(self, prompt_token_ids: list[int], output_token_ids: list[int]) -> None:
+        """A request finished with this output (every finished sampling request, speculating or not)."""
         ...
 
 
@@ -14,4 +21,7 @@ def make_proposer(name: str) -> Proposer:
     if name == "ngram":
         from livecast.engine.spec.ngram import NgramProposer
         return NgramProposer()
-    raise ValueError(f"speculative must be 'ngram', got {name!r}")
+    if name == "suffix":
+        from livecast.engine.spec.suffix import SuffixProposer
+        return SuffixProposer()
+    raise ValueError(f"speculative must be 'ngram' or 'suffix', got {name!r}")

@@ -4,6 +4,7 @@ not speculate at all."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from livecast.engine.spec.proposer import Proposer
 
@@ -14,6 +15,7 @@ class SpecState:
 
     acceptance: float = 1.0  # optimistic start: a new request tries the full k
     paused_steps: int = 0  # decode steps left without proposing after drafts kept failing
+    proposer_state: Any = None  # the proposer's own, between this request's steps (suffix: its tree)
 
 
 @dataclass(slots=True)
@@ -39,7 +41,12 @@ class Speculator:
 
     def propose(self, state: SpecState, token_ids: list[int], max_k: int) -> list[int]:
         k = min(self.num_drafts(state), max_k)
-        return self.proposer.propose(token_ids, k) if k > 0 else []
+        return self.proposer.propose(token_ids, k, state) if k > 0 else []
+
+    def request_finished(self, prompt_token_ids: list[int], output_token_ids: list[int]) -> None:
+        hook = getattr(self.proposer, "request_finished", None)  # optional: a proposer may learn nothing
+        if hook is not None:
+            hook(prompt_token_ids, output_token_ids)
 
     def record(self, state: SpecState, num_drafts: int, num_accepted: int) -> None:
         """One verification: `num_accepted` of `num_drafts` proposed tokens were the target's."""
