@@ -16,6 +16,9 @@ import websockets
 from livecast.engine import SamplingParams
 from livecast.services.errors import APIError
 from livecast.services.llm.config import LLMConfig
+from livecast.services.llm.cot import CotSpec, run_cot
+from livecast.services.llm.cot.serving import Completion
+from tests.conformance import openapi
 from tests.services.conftest import running_server, tiny_settings
 
 OPERATOR, TENANT = "sk-operator-key", "sk-tenant-key"  # projects `default` and `proj_t`
@@ -117,6 +120,9 @@ def test_lora_modules_are_served_at_start(http, adapters):
     assert a["root"] == os.path.realpath(adapters["a"]) and isinstance(a["created"], int)
     assert http.get("/v1/models/a").json() == a
     assert http.get("/v1/models/tiny").json()["id"] == "tiny"
+    # vLLM's extra keys still conform to OpenAI's document (its Model allows more properties)
+    assert openapi.errors(openapi.response_schema("GET", "/v1/models", 200), http.get("/v1/models").json()) == []
+    assert openapi.errors(openapi.response_schema("GET", "/v1/models/a", 200), a) == []
 
 
 # -- the adapter changes generation, on every route, and is echoed -----------------------------------------
@@ -183,6 +189,51 @@ def test_responses_assistants_and_the_websocket_take_the_adapter(http, server):
             return text
 
     assert asyncio.run(ws_text("a")) == chat != asyncio.run(ws_text("tiny"))
+
+
+def _sse(response) -> list[tuple[str, dict]]:
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:") and "[DONE]" not in line:
+            events.append((name, json.loads(line[5:])))
+    return events
+
+
+def test_assistant_runs_take_the_assistants_adapter_or_the_runs_model(http, adapters):
+    assistant = http.post("/v1/assistants", json={"model": "a"}).json()
+    for model, expected in ((None, "a"), ("tiny", "tiny")):
+        body = {"assistant_id": assistant["id"], "thread": {"messages": MESSAGES}, "stream": True,
+                "max_completion_tokens": 4, "temperature": 0, **({"model": model} if model else {})}
+        with http.stream("POST", "/v1/threads/runs", json=body) as r:
+            assert r.status_code == 200
+            events = _sse(r)
+        name, run = next((n, d) for n, d in reversed(events) if (n or "").startswith("thread.run.")
+                         and d.get("object") == "thread.run")
+        assert run["model"] == expected and run["status"] in ("completed", "incomplete"), (name, run)
+    # an assistant on an adapter unloaded since: its runs are 404 model_not_found
+    assert _load(http, "b", adapters["b"]).status_code == 200
+    orphan = http.post("/v1/assistants", json={"model": "b"}).json()
+    assert orphan["model"] == "b"
+    http.post("/v1/unload_lora_adapter", json={"lora_name": "b"})
+    r = http.post("/v1/threads/runs", json={"assistant_id": orphan["id"], "thread": {"messages": MESSAGES}})
+    assert _error(r, 404)["code"] == "model_not_found"
+
+
+def test_cot_runs_every_stage_on_the_adapter(http):
+    seen = []
+
+    async def generate(prompt, params):
+        seen.append(params.lora)
+        return [Completion(i, "so it is 4. The answer is 4.", [5]) for i in range(params.n)]
+
+    result = asyncio.run(run_cot(generate, CotSpec("zero_shot"), "2+2?",
+                                 params=SamplingParams(temperature=0, max_tokens=8, lora="a"), chat=True))
+    assert result.answer == "4" and seen == ["a", "a"]  # the rationale, then Kojima's answer stage
+    r = http.post("/v1/chat/completions", json={"model": "a", "messages": MESSAGES, "max_tokens": 8,
+                                               "cot": {"mode": "zero_shot"}})
+    assert r.status_code == 200 and r.json()["model"] == "a", r.text
 
 
 def test_unknown_model_is_404_model_not_found_on_every_route(http, server):
