@@ -55,7 +55,7 @@ CREATES = {
     **{path: lambda a: [] for path in (
         "/v1/files", "/v1/conversations", "/v1/containers", "/v1/embeddings", "/v1/chat/completions",
         "/v1/completions", "/generate", "/generate_stream", "/tokenize", "/detokenize", "/v1/webrtc/offer", "/v1/whip",
-        "/v1/images/generations", "/v1/images/edits")},
+        "/v1/images/generations", "/v1/images/edits", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")},
 }
 
 
