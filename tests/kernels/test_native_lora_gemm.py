@@ -50,6 +50,15 @@ def test_a_row_has_the_same_bits_alone_or_in_a_mixed_batch(dtype):
     assert torch.equal(one_thread, batch)
 
 
+def test_bfloat16_rounds_the_float32_result_once_to_nearest_even():
+    # bf16 x widens exactly, so the bf16 call computes the float32 call's sums and must round them as torch does.
+    case = make_lora(19, 40, 203, 16, 3, torch.bfloat16, seed=2)  # 203 columns: full groups of 8 and a tail
+    y32 = case["y"].float()
+    add_lora_native(y32, case["x"].float(), case["a"], case["b"], case["slots"], case["scales"])
+    add_lora_native(**case)
+    assert torch.equal(case["y"], y32.bfloat16())
+
+
 def test_strided_rows_leave_the_other_columns_alone():
     case = make_lora(6, 40, 24, 8, 3, torch.float32, seed=5)
     wide = torch.randn(6, 64)

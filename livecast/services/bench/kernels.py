@@ -5,7 +5,9 @@ the bytes the kernel must move over its time, as GB/s and as a share of a large 
 copy measured in the same run. Peers on the same inputs: the per-sequence torch reference
 (`paged_attention_decode_ref`, gather + fp32 softmax) and `scaled_dot_product_attention` on K/V
 already gathered into dense `(batch, kv_heads, context, head_dim)` tensors, which leaves the
-paging cost out of SDPA's time. GPU only: on a CPU it says so and measures nothing.
+paging cost out of SDPA's time. GPU only: on a CPU it says so and measures only the LoRA rows.
+LoRA rows: the batched per-row-adapter update (Triton BGMV on CUDA, the native kernel on a CPU)
+against its torch reference.
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ HEADERS = ["batch", "context", "path", "kernel_us", "single_us", "split_us", "re
            "GB/s", "pct_copy_bw", "vs_ref", "vs_sdpa", "max_err"]
 # Llama-3-8B's attention shape: 32 query heads over 8 kv heads of 128, bf16, 16-token blocks.
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 32, 8, 128, 16, torch.bfloat16
+# LoRA rows: 8 adapters of rank 16 on SmolLM2-135M's fused qkv (576 -> 960), slots mixed with -1.
+LORA_HEADERS = ["rows", "path", "kernel_us", "ref_us", "vs_ref", "max_err"]
+LORA_SLOTS, LORA_RANK, LORA_K, LORA_N = 8, 16, 576, 960
 
 
 def copy_bandwidth_gbps(num_bytes: int = 2 * 2**30) -> float:
@@ -90,16 +95,52 @@ def measure(batch: int, context_len: int, device: str, time_ms: Callable[[Callab
     return row
 
 
+def measure_lora(num_rows: int, device: str, time_ms: Callable[[Callable], float]) -> dict:
+    """The batched LoRA update (Triton BGMV on CUDA, the native kernel on a CPU) against the torch
+    reference (one grouped matmul pair per slot)."""
+    from livecast.kernels.lora import add_lora_bgmv, add_lora_reference
+    from livecast.kernels.native.lora_gemm import add_lora_native
+
+    g = torch.Generator().manual_seed(num_rows)
+    y, *args = (t.to(device) for t in (
+        torch.randn(num_rows, LORA_N, generator=g), torch.randn(num_rows, LORA_K, generator=g),
+        torch.randn(LORA_SLOTS, LORA_RANK, LORA_K, generator=g) / LORA_K ** 0.5,
+        torch.randn(LORA_SLOTS, LORA_N, LORA_RANK, generator=g) / LORA_RANK ** 0.5,
+        (torch.arange(num_rows) + 1) % (LORA_SLOTS + 1) - 1, torch.ones(LORA_SLOTS)))  # every 9th row none
+    kernel, path = (add_lora_bgmv, "triton-bgmv") if device == "cuda" else (add_lora_native, "native")
+    out, ref = y.clone(), y.clone()
+    kernel(out, *args)
+    add_lora_reference(ref, *args)
+    row = dict(rows=num_rows, path=path, kernel_us=1e3 * time_ms(lambda: kernel(y, *args)),
+               ref_us=1e3 * time_ms(lambda: add_lora_reference(y, *args)), max_err=(out - ref).abs().max().item())
+    return dict(row, vs_ref=row["ref_us"] / row["kernel_us"])
+
+
+def report_lora(num_rows: list[int], device: str, time_ms: Callable[[Callable], float]) -> list[dict]:
+    rows = [measure_lora(n, device, time_ms) for n in num_rows]
+    report("kernels lora", LORA_HEADERS, [[row[h] for h in LORA_HEADERS] for row in rows], {}, None)
+    return rows
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="livecast bench kernels", description=__doc__)
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     parser.add_argument("--context-lens", type=int, nargs="+", default=[128, 512, 2048, 8192])
+    parser.add_argument("--lora-rows", type=int, nargs="*", default=[1, 16, 256], help="rows per LoRA call")
     args = parser.parse_args(argv)
 
     if not torch.cuda.is_available():
-        print("no GPU present: the kernel benchmark needs CUDA; nothing was measured")
-        report("kernels", HEADERS, [], {"gpu": False}, args.json_path)
+        from torch.utils.benchmark import Timer
+
+        from livecast.kernels import native
+
+        def cpu_ms(fn: Callable) -> float:
+            return 1e3 * Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.2).median
+
+        lora = report_lora(args.lora_rows, "cpu", cpu_ms) if native.available() else []
+        print("no GPU present: the attention benchmark needs CUDA; only the LoRA rows were measured")
+        report("kernels", HEADERS, [], {"gpu": False, "lora": lora}, args.json_path)
         return 0
 
     import triton.testing
@@ -119,6 +160,6 @@ def main(argv: list[str]) -> int:
     result = {"gpu": True, "copy_bandwidth_gbps": copy_gbps,
               "shape": dict(num_heads=NUM_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
                             block_size=BLOCK_SIZE, dtype=str(DTYPE)),
-              "rows": rows}
+              "rows": rows, "lora": report_lora(args.lora_rows, "cuda", time_ms)}
     report("kernels", HEADERS, [[row[h] for h in HEADERS] for row in rows], result, args.json_path)
     return 0
