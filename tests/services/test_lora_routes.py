@@ -362,5 +362,22 @@ def test_malformed_adapters_are_400_naming_the_fault_and_change_nothing(http, ad
         for word in words:
             assert word in error["message"], (folder, error["message"])
     assert _error(_load(http, "", root / "b"), 400)["param"] == "lora_name"  # an empty name
+    assert _error(_load(http, "nul", f"{root}/b\0"), 400)["param"] == "lora_path"
     assert http.get("/v1/models").json()["data"] == before
     assert _chat(http, "a")["choices"][0]["message"]["content"] == a_before
+
+
+def test_an_adapter_named_like_the_base_stops_startup(tiny_llama_path, adapters):
+    from prometheus_client import CollectorRegistry
+
+    from livecast.engine import EngineConfig
+    from livecast.services.llm.service import llm_service
+
+    async def start():
+        config = EngineConfig(model=str(tiny_llama_path), dtype="float32", kv_cache_memory=16 << 20,
+                              lora_modules=f"tiny={adapters['a']}")
+        async with llm_service(config, LLMConfig(served_model_name="tiny"), CollectorRegistry()):
+            pass
+
+    with pytest.raises(ValueError, match="'tiny' has the served model's name"):
+        asyncio.run(start())

@@ -107,6 +107,8 @@ class LLMService:
             raise APIError(403, "loading LoRA adapters at run time is off on this server; start it with "
                                 "--lora-dir DIR (the folder adapters must live in) to allow it",
                            param="lora_path", type="permission_error", code="lora_loading_disabled")
+        if "\0" in path:
+            raise APIError(400, "lora_path must not contain a NUL character", param="lora_path")
         root = os.path.realpath(self.lora_dir)
         folder = os.path.realpath(os.path.join(root, path))
         if os.path.commonpath([root, folder]) != root:
@@ -213,6 +215,10 @@ async def llm_service(engine_config: EngineConfig, config: LLMConfig, registry: 
     except ValueError as exc:
         raise ValueError(f"cannot load --cot-demos: {exc}") from None
     engine = AsyncLLMEngine(await on_own_thread(LLMEngine, engine_config))  # see on_own_thread
+    clash = config.served_model_name or engine.engine.model_name
+    if clash in engine.engine.loras:  # a request naming it could not tell adapter and base apart
+        await engine.shutdown()
+        raise ValueError(f"--lora-modules: adapter {clash!r} has the served model's name")
     metrics = LLMMetrics(registry)
     service = LLMService(engine, config, metrics, retry_after_s, cot_demos)
     collector = EngineCollector(engine.stats)
