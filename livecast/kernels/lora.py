@@ -252,6 +252,7 @@ def add_lora_bgmv(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Te
 
 
 SGMV_BLOCK_M = 16
+SGMV_MAX_BLOCK_G = 256  # segments a program scans per step when it looks up its tile
 
 
 def add_lora_sgmv(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -270,7 +271,7 @@ def add_lora_sgmv(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Te
     max_tiles = triton.cdiv(num_rows, block_m) + num_segments
     v = torch.empty(num_rows, rank, dtype=torch.float32, device=y.device)  # (T, R)
     segments = (seg_starts, seg_slots, tile_ends, num_segments)
-    meta = dict(BLOCK_M=block_m, BLOCK_G=min(256, max(16, triton.next_power_of_2(num_segments))),
+    meta = dict(BLOCK_M=block_m, BLOCK_G=min(SGMV_MAX_BLOCK_G, max(16, triton.next_power_of_2(num_segments))),
                 DOT_PRECISION=_dot_precision(y.dtype))
     block_r = 16 if rank <= 16 else 32
     _sgmv_shrink_kernel[(max_tiles, triton.cdiv(rank, block_r))](

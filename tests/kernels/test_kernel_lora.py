@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from livecast.kernels import lora
 from livecast.kernels.lora import (
     add_lora_bgmv,
     add_lora_reference,
@@ -126,6 +127,17 @@ def test_sgmv_matches_the_reference(dtype, num_rows, k, n, rank, num_slots, devi
     actual, expected = run_both(case, launch, poisoned)
     torch.testing.assert_close(segments, expected, atol=1e-5, rtol=1e-5)
     check_close(actual, expected)
+
+
+def test_sgmv_one_row_segments_past_one_lookup_block(device, poisoned, check_close, monkeypatch):
+    # 37 segments of one row each (a decode batch sent through SGMV), scanned 16 at a time.
+    monkeypatch.setattr(lora, "SGMV_MAX_BLOCK_G", 16)
+    case = make_lora(37, 40, 24, 8, 4, torch.float32, seed=9, device=device)
+    seg_starts = torch.arange(38, device=device)
+
+    def launch(c: dict) -> None:
+        add_lora_sgmv(c["y"], c["x"], c["a"], c["b"], seg_starts, c["slots"], c["scales"])
+    check_close(*run_both(case, launch, poisoned))
 
 
 def test_launchers_refuse_bad_inputs(device):

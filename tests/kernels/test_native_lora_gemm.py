@@ -98,3 +98,11 @@ def test_refuses_bad_shapes_slots_and_dtypes():
     assert torch.equal(y, before), "a refused call wrote into y"
     empty = make_lora(0, 16, 12, 8, 2, torch.float32)
     add_lora_native(**empty)
+
+
+def test_bench_lora_row_compares_native_with_the_reference():
+    from livecast.services.bench import kernels as bench
+
+    row = bench.measure_lora(9, "cpu", time_ms=lambda fn: fn() or 1.0)
+    assert set(bench.LORA_HEADERS) <= set(row) and row["path"] == "native"
+    assert row["max_err"] < 1e-4 and row["kernel_us"] > 0  # float32 against float32

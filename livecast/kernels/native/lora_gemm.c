@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <immintrin.h>
+#include "q8_act.h"  /* hsum_ps */
 
 #define TILE_M 4    /* rows of one slot side by side */
 #define TILE_R 3    /* rank outputs side by side in the shrink (TILE_M x TILE_R accumulators) */
@@ -23,19 +23,13 @@
 
 typedef struct { int first, count; long slot; } tile_t;  /* rows order[first .. first + count) */
 
-static inline __m256 tail_mask(int len) {  /* lanes < len (0 < len < 8) all ones */
+static inline __m256 tail_mask(int len) {  /* lanes < len all ones */
     return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(len), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
 }
 
 /* 8 floats from w + i, len (<= 8) of them read, the rest zero */
 static inline __m256 load8(const float *w, long i, int len, __m256 mask) {
     return len == 8 ? _mm256_loadu_ps(w + i) : _mm256_maskload_ps(w + i, _mm256_castps_si256(mask));
-}
-
-static inline float hsum(__m256 v) {
-    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    return _mm_cvtss_f32(_mm_add_ss(lo, _mm_movehdup_ps(lo)));
 }
 
 /* The 8 sums of s[0..7], as 8 lanes; per output the same tree as every other. */
@@ -78,7 +72,7 @@ static inline __attribute__((always_inline)) void shrink_tile(
         }
     }
     for (int t = 0; t < mt; t++)
-        for (int c = 0; c < nt; c++) out[t][c] = hsum(acc[t][c]);
+        for (int c = 0; c < nt; c++) out[t][c] = hsum_ps(acc[t][c]);
 }
 
 #define SHRINK_COLS(MT)                                                              \
