@@ -74,8 +74,9 @@ def check_lora_inputs(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torc
                          f"want a (S, R, {x.shape[1]}) and b (S, {n}, R)")
     if a.dtype != torch.float32 or b.dtype != torch.float32 or not a.is_contiguous() or not b.is_contiguous():
         raise ValueError(f"a and b must be contiguous float32, got {a.dtype}, {b.dtype}")
-    if scales.shape != (num_slots,) or scales.dtype != torch.float32:
-        raise ValueError(f"scales must be float32 ({num_slots},), got {scales.dtype} {tuple(scales.shape)}")
+    if scales.shape != (num_slots,) or scales.dtype != torch.float32 or not scales.is_contiguous():
+        raise ValueError(f"scales must be contiguous float32 ({num_slots},), got {scales.dtype} {tuple(scales.shape)} "
+                         f"strides {scales.stride()}")
     if not (y.device == x.device == a.device == b.device == scales.device):
         raise ValueError("y, x, a, b and scales must share a device")
 

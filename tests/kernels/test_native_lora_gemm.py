@@ -84,6 +84,7 @@ def test_refuses_bad_shapes_slots_and_dtypes():
         r"want a \(S, R, 16\) and b \(S, 12, R\)": dict(b=b[:, :, :4].contiguous()),
         "contiguous float32": dict(a=a.double()),
         "scales must be": dict(scales=scales[:1]),
+        "scales must be contiguous": dict(scales=torch.rand(4)[::2]),
         "share a float dtype": dict(x=x.bfloat16()),
         "native LoRA kernel takes": dict(y=y.half(), x=x.half()),
         "rows must be contiguous": dict(y=y.t().contiguous().t()),

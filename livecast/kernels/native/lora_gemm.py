@@ -31,8 +31,9 @@ def add_lora_native(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.
         raise ValueError(f"the native LoRA kernel takes float32 or bfloat16 CPU tensors, got {y.dtype} on {y.device}")
     if y.stride(1) != 1 or x.stride(1) != 1:
         raise ValueError(f"y and x rows must be contiguous, strides y {y.stride()}, x {x.stride()}")
-    if slots.shape != (y.shape[0],) or slots.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"slots must be int64 or int32 ({y.shape[0]},), got {slots.dtype} {tuple(slots.shape)}")
+    if slots.shape != (y.shape[0],) or slots.dtype not in (torch.int64, torch.int32) or slots.device.type != "cpu":
+        raise ValueError(f"slots must be int64 or int32 ({y.shape[0]},) on the CPU, got {slots.dtype} "
+                         f"{tuple(slots.shape)} on {slots.device}")
     slots = slots.to(torch.int64).contiguous()
     (num_slots, rank, k), (num_rows, n) = a.shape, y.shape
     status = library().lc_add_lora(
