@@ -8,7 +8,8 @@
  * fixed reduction: lane e of an 8-lane accumulator takes index 8 i + e by FMA (the last partial
  * step zero-padded), then one fixed horizontal tree. Tiles and the thread split only change which
  * outputs are computed side by side, so a row's bits do not depend on the other rows of the call.
- * Threads take (tile, chunk) tasks in both phases, so a single decode row still uses every thread.
+ * Threads take (tile, chunk) tasks in both phases, so a single decode row of a large projection still
+ * uses every thread; calls under SERIAL_FMAS run on one.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #define TILE_R 3    /* rank outputs side by side in the shrink (TILE_M x TILE_R accumulators) */
 #define R_CHUNK 12  /* rank outputs per shrink task */
 #define N_CHUNK 64  /* columns per expand task, 8 at a time */
+#define SERIAL_FMAS (1L << 17)  /* below this many multiply-adds (~10 us) a thread fork/join costs more than it saves */
 
 typedef struct { int first, count; long slot; } tile_t;  /* rows order[first .. first + count) */
 
@@ -186,6 +188,7 @@ int lc_add_lora(void *y, long ldy, const void *x, long ldx, int bf16, int t, int
         for (int f = begin; f < pos[slot]; f += TILE_M)
             tiles[num_tiles++] = (tile_t){f, pos[slot] - f < TILE_M ? pos[slot] - f : TILE_M, slot};
     const int r_chunks = (r + R_CHUNK - 1) / R_CHUNK, n_chunks = (n + N_CHUNK - 1) / N_CHUNK;
+    if ((long)pos[s - 1] * r * ((long)k + n) < SERIAL_FMAS) nthreads = 1;  /* pos[s - 1]: rows with a slot */
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {

@@ -136,7 +136,8 @@ def main(argv: list[str]) -> int:
         from livecast.kernels import native
 
         def cpu_ms(fn: Callable) -> float:
-            return 1e3 * Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.2).median
+            return 1e3 * Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) \
+                .blocked_autorange(min_run_time=0.2).median
 
         lora = report_lora(args.lora_rows, "cpu", cpu_ms) if native.available() else []
         print("no GPU present: the attention benchmark needs CUDA; only the LoRA rows were measured")
