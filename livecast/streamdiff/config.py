@@ -12,6 +12,9 @@ MAX_TRAIN_TIMESTEPS = 1000
 MAX_BLEND = 8  # entries of a weighted prompt or seed list
 MAX_TEMPORAL_BLEND = 0.9  # beyond this the output barely follows the input
 MAX_LORA_SCALE = 4.0  # lora_scale multiplies the adapter's alpha / r
+MAX_CONTROLNET_SCALE = 2.0
+CONTROLNET_AUTO_SCALE = 1.0  # what controlnet_scale=None means on a pipeline with a ControlNet
+MAX_CANNY_THRESHOLD = 2040.0  # the L1 Sobel gradient's peak on 0-255 pixels (4 * 255 * 2)
 
 
 class PromptWeight(NamedTuple):
@@ -56,6 +59,12 @@ class StreamParams:
     - `lora`: a style LoRA registered with the pipeline (`load_lora`), applied to this stream's
       rows only, at `lora_scale` x its alpha / r (diffusers' `cross_attention_kwargs={"scale"}`);
       None (the default) is none. Switching it takes effect on the next frame.
+    - `controlnet_scale` in [0, 2] multiplies the ControlNet's residuals for this stream (diffusers'
+      `controlnet_conditioning_scale`); its conditioning image is the canny map of the input frame
+      with thresholds `canny_low` <= `canny_high` (0-255 pixel scale, cv2.Canny's). None (the
+      default): CONTROLNET_AUTO_SCALE on img2img frames when the pipeline has a ControlNet, off
+      otherwise; 0: off. A positive value needs a loaded ControlNet and an input frame (txt2img
+      frames have no edges to follow: such a frame is refused with a ValueError).
     """
 
     prompt: str | tuple[PromptWeight, ...] = ""
@@ -77,6 +86,9 @@ class StreamParams:
     temporal_blend: float = 0.0
     lora: str | None = None
     lora_scale: float = 1.0
+    controlnet_scale: float | None = None
+    canny_low: float = 100.0
+    canny_high: float = 200.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -132,6 +144,13 @@ class StreamParams:
                 or not -MAX_LORA_SCALE <= c <= MAX_LORA_SCALE):
             raise ValueError(f"lora_scale must be a number in [-{MAX_LORA_SCALE:g}, {MAX_LORA_SCALE:g}], got {c!r}")
         object.__setattr__(self, "lora_scale", float(c))
+        if self.controlnet_scale is not None:
+            object.__setattr__(self, "controlnet_scale",
+                               _number("controlnet_scale", self.controlnet_scale, 0.0, MAX_CONTROLNET_SCALE))
+        for name in ("canny_low", "canny_high"):
+            object.__setattr__(self, name, _number(name, getattr(self, name), 0.0, MAX_CANNY_THRESHOLD))
+        if self.canny_low > self.canny_high:
+            raise ValueError(f"canny_low must be <= canny_high, got {self.canny_low:g} > {self.canny_high:g}")
 
     def step_indices(self, txt2img: bool) -> tuple[int, ...]:
         """Indices into the trailing timesteps that this stream denoises, in order."""
@@ -154,6 +173,13 @@ class StreamParams:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            or not low <= value <= high):
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
 
 
 def _check_text(name: str, value: Any) -> None:

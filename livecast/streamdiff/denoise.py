@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .controlnet import ControlRows
 from .schedule import Plan
 
 
@@ -40,6 +41,10 @@ class Job:
     batched: bool
     fill_buffer: bool
     output: torch.Tensor | None = None  # (1, C, h, w) finished x0
+    # ControlNet: the new frame's conditioning image, at control_scale > 0, for every row of the
+    # job (Stream Batch's buffered rows of earlier frames too: one map per stream and round).
+    control: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]
+    control_scale: float = 0.0
     _filled: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @classmethod
@@ -87,6 +92,7 @@ class Denoiser:
         self.prediction_type = prediction_type
         self.dtype = dtype
         self.lora = None  # a lora.LoraBank: each row gets its own stream's adapter
+        self.controlnet = None  # a controlnet.ControlNet: rows of jobs with a control image use it
 
     @torch.inference_mode()
     def run(self, jobs: list[Job]) -> None:
@@ -97,6 +103,7 @@ class Denoiser:
     def _round(self, jobs: list[Job]) -> None:
         # 1. stack the rows of all jobs: conditional rows, then any unconditional ones
         samples, timesteps, embeds, sizes = [], [], [], []
+        control_rows: list[ControlRows] = []
         for job in jobs:
             g, rows = job.guidance, job.x.shape[0]
             t = job.plan.timesteps[job.slots[0]:job.slots[-1] + 1]  # (R,)
@@ -110,13 +117,18 @@ class Denoiser:
                 timesteps.append(tt)
                 embeds.append(e)
             sizes.append(sum(x.shape[0] for x, _, _ in parts))
-        # 2. one UNet call for everything, each row with its own stream's LoRA (if any)
+            if job.control is not None:  # the unconditional rows too, as diffusers' CFG does
+                first_row = sum(sizes) - sizes[-1]
+                control_rows.append(ControlRows(first_row, sizes[-1], job.control, job.control_scale))
+        sample, timestep, embed = torch.cat(samples).to(self.dtype), torch.cat(timesteps), torch.cat(embeds)
+        # 2. the ControlNet once over the rows that use it: residuals for the UNet's blocks
+        extra = self.controlnet.residuals(sample, timestep, embed, control_rows) if control_rows else {}
+        # 3. one UNet call for everything, each row with its own stream's LoRA (if any)
         rows = [(job.guidance.lora, n) for job, n in zip(jobs, sizes)]
         with self.lora.rows(rows) if self.lora is not None else nullcontext():
-            model_out = self.unet(torch.cat(samples).to(self.dtype), torch.cat(timesteps),
-                                  encoder_hidden_states=torch.cat(embeds),
-                                  return_dict=False)[0].float()
-        # 3. per job: guidance, x0, and the latent and residual noise of the next slot
+            model_out = self.unet(sample, timestep, encoder_hidden_states=embed, return_dict=False,
+                                  **extra)[0].float()
+        # 4. per job: guidance, x0, and the latent and residual noise of the next slot
         for job, out in zip(jobs, model_out.split(sizes)):
             job.advance(*self._step(job, out))
 

@@ -9,15 +9,16 @@ import torch
 from diffusers import DDPMScheduler
 
 from . import components as comp
+from .canny import canny_control_image
 from .codec import LatentCodec
-from .config import StreamParams
+from .config import CONTROLNET_AUTO_SCALE, StreamParams
+from .controlnet import ControlNet, load_controlnet
 from .denoise import Denoiser, Job
 from .image import Frame, fit, frame_size, frame_to_tensor, to_pil
 from .lora import DEFAULT_STRATEGY, LoraBank
 from .lora_format import LoraAdapter
 from .prompt import PromptEncoder
 from .stream import StateFactory, StreamState
-
 
 MAX_LORA_PROMPT_CACHES = 8  # (adapter, scale) pairs whose prompt embeddings stay cached
 
@@ -34,27 +35,38 @@ class StreamPipeline:
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                  name: str = "custom", demo: bool = False, resolution: int | None = None,
                  channels_last: bool = True, fuse_qkv: bool = True, max_cached_prompts: int = 64,
-                 max_loras: int = 4, lora_strategy: str | None = None):
+                 max_loras: int = 4, lora_strategy: str | None = None, controlnet: Any = None):
         self.device = comp.resolve_device(device)
         self.dtype = comp.resolve_dtype(dtype, self.device)
         self.name, self.demo = name, demo
         self.codec = LatentCodec(vae, self.dtype)
-        for module, module_dtype in ((unet, self.dtype), (vae, self.codec.dtype),
-                                     (text_encoder, self.dtype)):
+        # Before the UNet's qkv fusion: controlnet-shape copies the UNet's encoder by state dict.
+        controlnet_name = controlnet if isinstance(controlnet, str) else "custom"
+        if isinstance(controlnet, str):
+            controlnet = load_controlnet(controlnet, unet, self.codec.downscale, self.dtype)
+        modules = [(unet, self.dtype), (vae, self.codec.dtype), (text_encoder, self.dtype)]
+        modules += [(controlnet, self.dtype)] if controlnet is not None else []
+        for module, module_dtype in modules:
             # nn.Module.to: diffusers' override warns about "modules to keep in float32" even
             # when there are none, on every cast.
             torch.nn.Module.to(module, device=self.device, dtype=module_dtype)
             module.eval().requires_grad_(False)
         if channels_last:
             # Convolutions dominate at these sizes; oneDNN and cuDNN are fastest on NHWC.
-            unet.to(memory_format=torch.channels_last)
-            vae.to(memory_format=torch.channels_last)
+            for module in (unet, vae, controlnet):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
         if fuse_qkv:
             # One matmul for q, k, v (k, v for cross-attention): ~5% of a demo step on CPU.
-            unet.fuse_qkv_projections()
+            for module in (unet, controlnet):
+                if module is not None:
+                    module.fuse_qkv_projections()
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer, self.scheduler = tokenizer, scheduler
         self.denoiser = Denoiser(unet, scheduler.config.prediction_type, self.dtype)
+        # A ControlNet streams use at their controlnet_scale (None: no stream can).
+        self.controlnet = ControlNet(controlnet, controlnet_name, self.dtype) if controlnet is not None else None
+        self.denoiser.controlnet = self.controlnet
         # Style LoRAs streams may pick (load_lora); nothing is hooked until one is loaded.
         self.loras = LoraBank(unet, dtype=self.dtype, device=self.device, max_resident=max_loras,
                               strategy=lora_strategy or DEFAULT_STRATEGY, text_encoder=text_encoder)
@@ -81,7 +93,8 @@ class StreamPipeline:
 
         Options: `tiny_vae` (bool, or a path/hub id of an AutoencoderTiny; default True for the
         built-in models), `seed` (built-in weights), `resolution`, `channels_last`, `fuse_qkv`,
-        `max_cached_prompts`, `max_loras`, `lora_strategy`.
+        `max_cached_prompts`, `max_loras`, `lora_strategy`, `controlnet` (a diffusers ControlNet
+        folder or hub id, or "controlnet-shape": random weights on this UNet's architecture).
         """
         loaded = comp.load_components(name_or_path, tiny_vae=options.pop("tiny_vae", None),
                                       seed=options.pop("seed", None),
@@ -96,7 +109,8 @@ class StreamPipeline:
         width, height = self.states.default_size
         return {"name": self.name, "demo": self.demo, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "resolution": [width, height],
-                "vae": "tiny" if self.codec.tiny else "kl", "size_multiple": self.states.size_multiple}
+                "vae": "tiny" if self.codec.tiny else "kl", "size_multiple": self.states.size_multiple,
+                "controlnet": self.controlnet.name if self.controlnet is not None else None}
 
     # -- style LoRAs ---------------------------------------------------------------------------
 
@@ -126,9 +140,24 @@ class StreamPipeline:
 
     def check(self, params: StreamParams) -> None:
         """ValueError, naming the setting, for params this pipeline cannot serve (a working size
-        that is not a multiple of size_multiple, an adapter that is not registered)."""
+        that is not a multiple of size_multiple, an adapter that is not registered, a
+        controlnet_scale without a ControlNet)."""
         self.states.working_size(params)
         self.loras.check(params.lora)
+        if params.controlnet_scale and self.controlnet is None:
+            raise ValueError(f"controlnet_scale={params.controlnet_scale:g} needs a ControlNet and this "
+                             f"pipeline has none (start it with a ControlNet folder or controlnet-shape)")
+
+    def control_scale(self, params: StreamParams, txt2img: bool) -> float:
+        """The ControlNet scale of a stream's frame (0: off); ValueError for a positive
+        controlnet_scale on a txt2img frame, which has no input to take edges from."""
+        scale = params.controlnet_scale
+        if scale is None:
+            return CONTROLNET_AUTO_SCALE if self.controlnet is not None and not txt2img else 0.0
+        if scale > 0 and txt2img:
+            raise ValueError(f"controlnet_scale={scale:g} needs an input frame (its canny edges "
+                             f"condition the ControlNet); send a frame, or set controlnet_scale to 0")
+        return scale
 
     # -- single stream -------------------------------------------------------------------------
 
@@ -141,7 +170,7 @@ class StreamPipeline:
         if prompt is not None:
             settings["prompt"] = prompt
         params = StreamParams(**settings)
-        self.loras.check(params.lora)
+        self.check(params)
         self._state = self.states.build(params)
 
     def update_prompt(self, prompt: str | Sequence[Any], negative_prompt: str | None = None) -> None:
@@ -157,7 +186,7 @@ class StreamPipeline:
         and seed blends and temporal_blend carry the Stream Batch buffer over."""
         state = self._ensure_state()
         params = state.params.updated(**changes)
-        self.loras.check(params.lora)
+        self.check(params)
         self._state = self.states.build(params, previous=state)
 
     @property
@@ -193,12 +222,14 @@ class StreamPipeline:
             raise ValueError("a state can appear only once per batch")
         outputs: list[Any] = [None] * len(items)
         encode, todo = [], []  # todo: (index, box or None for txt2img, output size)
+        controlled: dict[int, tuple[int, float]] = {}  # todo position -> (row of encode, scale)
         # 1. preprocess; the similarity filter answers unchanged frames with the last output
         for i, (state, frame) in enumerate(items):
-            if frame is None:
-                todo.append((i, None, (state.width, state.height)))
-                continue
             try:
+                control_scale = self.control_scale(state.params, txt2img=frame is None)
+                if frame is None:
+                    todo.append((i, None, (state.width, state.height)))
+                    continue
                 size = frame_size(frame)
                 batch, box = fit(frame_to_tensor(frame, self.device), state.width, state.height)
             except ValueError as exc:
@@ -212,22 +243,27 @@ class StreamPipeline:
                 if state.filter.should_skip(batch, key=size):
                     outputs[i] = state.last_output.copy()
                     continue
+            if control_scale > 0:
+                controlled[len(todo)] = (len(encode), control_scale)
             encode.append(batch)
             todo.append((i, box, size))
         if not todo:
             return outputs
-        # 2. encode all img2img frames in one VAE call
+        # 2. encode all img2img frames in one VAE call; canny maps of the ControlNet streams' frames
         latents = iter(self.codec.encode(torch.cat(encode)).split(1)) if encode else iter(())
+        controls = self._control_images(items, todo, encode, controlled)
         # 3. noise each frame to its first timestep (txt2img starts from pure noise)
         jobs = []
-        for i, box, _ in todo:
+        for k, (i, box, _) in enumerate(todo):
             state = items[i][0]
             plan = state.plan_for(txt2img=box is None)
             x_first = plan.noise[:1]  # (1, C, h, w)
             if box is not None:
                 x_first = plan.alpha[:1] * next(latents) + plan.beta[:1] * x_first
             jobs.append(Job.start(plan, state.guidance, x_first, state.params.use_denoising_batch))
-        # 4. denoise: one batched UNet call per round
+            if k in controls:
+                jobs[-1].control, jobs[-1].control_scale = controls[k], controlled[k][1]
+        # 4. denoise: one batched UNet call per round (and one ControlNet call over its rows)
         self.denoiser.run(jobs)
         # 5. temporal blend (opt-in): a stream's output latent is an EMA of its denoised latents
         finished = []
@@ -241,3 +277,13 @@ class StreamPipeline:
             outputs[i] = to_pil(image, box or (0, 0, state.width, state.height), size)
             state.last_output = outputs[i]
         return outputs
+
+    def _control_images(self, items, todo, encode, controlled) -> dict[int, torch.Tensor]:
+        """todo position -> (1, 3, H, W) canny map of its frame, all frames in one batched call."""
+        if not controlled:
+            return {}
+        params = [items[todo[k][0]][0].params for k in controlled]
+        low = torch.tensor([p.canny_low for p in params])
+        high = torch.tensor([p.canny_high for p in params])
+        frames = torch.cat([encode[row] for row, _ in controlled.values()])  # (N, 3, H, W) in [-1, 1]
+        return dict(zip(controlled, canny_control_image(frames, low, high).split(1)))

@@ -5,6 +5,9 @@
    KL VAE), same dtype and device, measured in alternating rounds so background load hits both.
 2. multi-stream throughput: StreamBatcher with 1, 2, 4, 8 streams, frames/s summed over streams.
 3. sd-turbo-shape (SD-Turbo's architecture, random weights): single-stream fps at 512x512.
+4. with `--controlnet SOURCE` (a diffusers ControlNet folder, or controlnet-shape): one pipeline
+   (`--controlnet-model`, the demo by default) with the ControlNet, one stream at scale 0 and one
+   at scale 1 (canny map + ControlNet + residuals) in alternating rounds: the cost as a ratio.
 """
 from __future__ import annotations
 
@@ -136,6 +139,41 @@ def turbo_shape(args, device: torch.device, dtype: torch.dtype) -> tuple[float, 
     return best_and_median(samples["turbo"]), size, args.turbo_frames
 
 
+def controlnet_cost(pipe, frames: list, rounds: int, device: torch.device) -> dict[str, tuple[float, float]]:
+    """Single-stream frames/s (best, median) of `pipe` with its ControlNet off (controlnet_scale 0)
+    and on (1), alternating round by round; frames[:2] warm both up."""
+    from livecast.streamdiff.config import StreamParams
+
+    settings = dict(prompt=PROMPT, num_inference_steps=2, strength=0.5, guidance_scale=0.0)
+    states = {name: pipe.new_state(StreamParams(controlnet_scale=scale, **settings))
+              for name, scale in (("off", 0.0), ("on", 1.0))}
+    contenders = {name: (lambda image, state=state: pipe.run([(state, image)]))
+                  for name, state in states.items()}
+    time_rounds(contenders, frames[:2], rounds=1, device=device)
+    fps = time_rounds(contenders, frames[2:], rounds=rounds, device=device)
+    return {name: best_and_median(samples) for name, samples in fps.items()}
+
+
+def controlnet_rows(args, device: torch.device, dtype: torch.dtype) -> tuple[list, dict[str, Any]]:
+    from livecast.streamdiff import StreamPipeline
+
+    options = {"resolution": args.controlnet_size} if args.controlnet_size else {}
+    pipe = StreamPipeline.from_pretrained(args.controlnet_model, device=device, dtype=dtype,
+                                          controlnet=args.controlnet, **options)
+    side = pipe.states.default_size[0]
+    fps = controlnet_cost(pipe, video_frames(args.frames + 2, side), args.rounds, device)
+    (off, off_median), (on, on_median) = fps["off"], fps["on"]
+    model = f"{args.controlnet_model} {side}x{side}"
+    rows = [["streamdiff StreamPipeline, ControlNet off (scale 0)", model, 1, off, off_median, "-"],
+            [f"streamdiff StreamPipeline, ControlNet on ({args.controlnet}): x{on / off:.2f} of off",
+             model, 1, on, on_median, "-"]]
+    result = {"controlnet": args.controlnet, "controlnet_model": args.controlnet_model,
+              "controlnet_resolution": side, "controlnet_off_fps": off, "controlnet_on_fps": on,
+              "controlnet_off_fps_median": off_median, "controlnet_on_fps_median": on_median,
+              "controlnet_ratio": on / off, "controlnet_ratio_median": on_median / off_median}
+    return rows, result
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="livecast bench diffusion", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +185,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--turbo-size", type=int, default=512, help="sd-turbo-shape resolution")
     parser.add_argument("--turbo-frames", type=int, default=None,
                         help="sd-turbo-shape frames (default 2 on CPU, 50 on CUDA); 0 skips it")
+    parser.add_argument("--controlnet", metavar="SOURCE", default=None,
+                        help="also time a ControlNet (a diffusers folder, or controlnet-shape): on vs off")
+    parser.add_argument("--controlnet-model", default="demo",
+                        help="the model the ControlNet is timed on (demo, sd-turbo-shape, a folder)")
+    parser.add_argument("--controlnet-size", type=int, default=None,
+                        help="resolution of the ControlNet timing (default: the model's)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default=None, help="default: bf16 on CPU, fp16 on CUDA")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -186,6 +230,10 @@ def main(argv: list[str]) -> int:
                      turbo_fps, turbo_median, "-"])
         result.update(sd_turbo_shape_fps=turbo_fps, sd_turbo_shape_fps_median=turbo_median,
                       sd_turbo_shape_resolution=size, sd_turbo_shape_frames=frames)
+    if args.controlnet:
+        more_rows, more = controlnet_rows(args, device, dtype)
+        rows += more_rows
+        result.update(more)
     report("diffusion", ["pipeline", "model", "streams", "frames/s (best)", "frames/s (median)",
                          "x diffusers"], rows, result, args.json)
     return 0

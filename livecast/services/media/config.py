@@ -23,6 +23,10 @@ class MediaConfig:
         "flag": "--diffusion-loras",
         "help": "style LoRAs streams may pick by name: name=PATH,... (a diffusers LoRA .safetensors "
                 "or its folder); each is validated at startup"})
+    controlnet: str | None = field(default=None, metadata={
+        "flag": "--diffusion-controlnet",
+        "help": "a diffusers ControlNet folder or hub id (canny: streams' controlnet_scale weighs it "
+                "on their input's edges), or controlnet-shape (random weights, for timing)"})
     max_diffusion_loras: int = field(default=4, metadata={
         "help": "LoRA adapters kept resident (LRU); the others are re-read from their file on use"})
     max_batch_size: int = 8
@@ -66,7 +70,9 @@ class MediaConfig:
     def load_pipeline(self) -> StreamPipeline:
         # on an idle 2-core CPU bf16 is as fast as fp32 at 128 px and 21% faster at 256 px
         dtype = None if self.dtype == "auto" else self.dtype
-        options = {"resolution": self.resolution} if self.resolution else {}
+        options: dict = {"resolution": self.resolution} if self.resolution else {}
+        if self.controlnet:
+            options["controlnet"] = self.controlnet
         pipe = StreamPipeline.from_pretrained(self.model, device=self.device, dtype=dtype,
                                               max_loras=self.max_diffusion_loras, **options)
         for name, path in self.lora_paths.items():  # LoraError names a malformed adapter

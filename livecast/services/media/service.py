@@ -68,7 +68,7 @@ class MediaService:
         info = self.model_info
         return {"model": info["name"], "demo": info["demo"], "weights": describe_weights(info["name"], info["demo"]),
                 "device": info["device"], "dtype": info["dtype"],
-                "resolution": info["resolution"], "streams": self.num_streams,
+                "resolution": info["resolution"], "controlnet": info["controlnet"], "streams": self.num_streams,
                 "video_sessions": len(self.video.snapshot()) if self.video is not None else 0,
                 "max_video_sessions": self.config.max_video_sessions, "latency_probe": self.config.latency_probe,
                 "whip_sources": len(self.broadcasts.sources) if self.broadcasts is not None else 0,

@@ -36,8 +36,10 @@ class StreamSettings(EdgeModel):
 
     `prompt` and `seed` may be weighted lists (blends, at most 8 entries); `temporal_blend` in
     [0, 0.9] smooths the output over time (0: off); `lora` picks a style LoRA the server was
-    started with (`--diffusion-loras`; null: none) at `lora_scale`. StreamParams checks the
-    ranges, the pipeline the adapter's name.
+    started with (`--diffusion-loras`; null: none) at `lora_scale`; `controlnet_scale` weighs the
+    ControlNet the server was started with (`--diffusion-controlnet`; null: 1 on frames with an
+    input, 0: off) on the input's canny edges (`canny_low`, `canny_high`). StreamParams checks the
+    ranges, the pipeline the adapter's name and that a ControlNet is loaded.
     """
 
     model_config = ConfigDict(extra="forbid", strict=False)
@@ -54,6 +56,9 @@ class StreamSettings(EdgeModel):
     temporal_blend: float | None = None
     lora: str | None = Field(None, max_length=64)  # a --diffusion-loras name; null: none
     lora_scale: float | None = None
+    controlnet_scale: float | None = None
+    canny_low: float | None = None
+    canny_high: float | None = None
 
     @classmethod
     def changes(cls, values: dict[str, Any]) -> dict[str, Any]:
