@@ -116,6 +116,7 @@ class LLMService:
                            type="permission_error", code="lora_path_not_allowed")
         return folder
 
+    # -- prompts -------------------------------------------------------------------------------
     async def encode_chat(self, messages: list[dict], tools: list[dict] | None = None,
                           add_generation_prompt: bool = True) -> list[int]:
         """`chat_prompt_ids` off the event loop (a long conversation takes a while to render and tokenize)."""
