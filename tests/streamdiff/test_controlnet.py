@@ -9,6 +9,8 @@ residuals visibly change the output (all-zero ones would make parity vacuous; as
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import math
 
 import numpy as np
@@ -286,3 +288,39 @@ def test_bench_times_the_controlnet_on_and_off():
     fps = controlnet_cost(pipe, video_frames(5, SIZE), rounds=1, device=pipe.device)
     assert set(fps) == {"off", "on"} and all(best >= median > 0 for best, median in fps.values())
     assert calls.take() == [1] * 5  # the "on" stream only: 2 warm-up frames, 3 timed
+
+
+def _png(side: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    square(side, side // 4, 3 * side // 4).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _edit(http, **data):
+    return http.post("/v1/images/edits", files={"image": ("in.png", _png(), "image/png")},
+                     data={"prompt": "a cat", "seed": "1", "num_inference_steps": "2", **data})
+
+
+def _pixels_of(response) -> np.ndarray:
+    item = response.json()["data"][0]
+    return np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).convert("RGB"), np.float32)
+
+
+def test_a_server_started_with_controlnet_shape():
+    """--diffusion-controlnet controlnet-shape on the demo (an 8x VAE, SD's 4-level UNet layout):
+    /health names it, edits use it by default and turn it off at 0, bad values are 400s."""
+    from tests.media.app import build_app
+    from tests.media.conftest import running
+
+    with running(build_app(diffusion=dict(resolution=64, controlnet="controlnet-shape"))) as server, \
+            server.http() as http:
+        assert http.get("/health").json()["diffusion"]["controlnet"] == "controlnet-shape"
+        on, off = _edit(http), _edit(http, controlnet_scale="0")
+        assert on.status_code == off.status_code == 200, (on.text, off.text)
+        assert np.abs(_pixels_of(on) - _pixels_of(off)).mean() > 1
+        for bad in ("-1", "nan", "3"):
+            error = _edit(http, controlnet_scale=bad)
+            assert error.status_code == 400 and error.json()["error"]["param"] == "controlnet_scale", error.text
+        txt2img = http.post("/v1/images/generations", json={"prompt": "a cat", "num_inference_steps": 1})
+        assert txt2img.status_code == 200, txt2img.text  # the default leaves txt2img alone
+        assert server.diffusion.num_streams == 0

@@ -5,7 +5,9 @@ Every image is a fresh batcher stream submitted at once, so the images of one re
 concurrent requests share the batcher's UNet calls. Responses are `{"created", "data":
 [{"b64_json", "revised_prompt"}]}`; `response_format` must be `b64_json` (nothing is hosted).
 `lora` / `lora_scale` (both endpoints) apply a style LoRA the server was started with
-(`--diffusion-loras`); an unknown name is a 400 with param `lora`.
+(`--diffusion-loras`); an unknown name is a 400 with param `lora`. Edits take `controlnet_scale`
+for the ControlNet the server was started with (`--diffusion-controlnet`; default 1 when there is
+one, on the input's canny edges); a positive value without one is a 400 with param `controlnet_scale`.
 """
 from __future__ import annotations
 
@@ -74,8 +76,8 @@ async def edit_image(image: UploadFile = File(...), prompt: str = Form(..., min_
                      negative_prompt: str = Form("", max_length=4000), guidance_scale: float | None = Form(None),
                      num_inference_steps: int = Form(DEFAULT_STEPS, ge=1, le=50), mask: UploadFile | None = File(None),
                      model: str | None = Form(None), lora: str | None = Form(None, max_length=64),
-                     lora_scale: float | None = Form(None), service: MediaService = Depends(get_media),
-                     shell: Shell = Depends(get_shell)):
+                     lora_scale: float | None = Form(None), controlnet_scale: float | None = Form(None),
+                     service: MediaService = Depends(get_media), shell: Shell = Depends(get_shell)):
     if mask is not None:
         raise APIError(400, "mask is not supported: the whole image is edited", param="mask")
     fmt = _check_formats(response_format, output_format)
@@ -90,6 +92,8 @@ async def edit_image(image: UploadFile = File(...), prompt: str = Form(..., min_
     settings = _settings(prompt, negative_prompt, guidance_scale, num_inference_steps, width, height,
                          lora, lora_scale)
     settings["strength"] = strength
+    if controlnet_scale is not None:  # the ControlNet (--diffusion-controlnet) on the image's edges
+        settings["controlnet_scale"] = controlnet_scale
     jobs = [({**settings, "seed": s}, picture) for s in _seeds(seed, n)]
     return await _respond(service, jobs, prompt, fmt, shell.retry_after_s)
 
