@@ -44,7 +44,7 @@ def run(engine, requests, stagger: int = 0):
     return outputs
 
 
-KERNELS = ["torch"]
+KERNELS = ["torch", "native"]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
