@@ -12,7 +12,7 @@ from . import components as comp
 from .canny import canny_control_image
 from .codec import LatentCodec
 from .config import CONTROLNET_AUTO_SCALE, StreamParams
-from .controlnet import ControlNet, load_controlnet
+from .controlnet import ControlNet, check_fits, load_controlnet
 from .denoise import Denoiser, Job
 from .image import Frame, fit, frame_size, frame_to_tensor, to_pil
 from .lora import DEFAULT_STRATEGY, LoraBank
@@ -44,6 +44,8 @@ class StreamPipeline:
         controlnet_name = controlnet if isinstance(controlnet, str) else "custom"
         if isinstance(controlnet, str):
             controlnet = load_controlnet(controlnet, unet, self.codec.downscale, self.dtype)
+        elif controlnet is not None:
+            check_fits(controlnet, unet, self.codec.downscale, controlnet_name)
         modules = [(unet, self.dtype), (vae, self.codec.dtype), (text_encoder, self.dtype)]
         modules += [(controlnet, self.dtype)] if controlnet is not None else []
         for module, module_dtype in modules:

@@ -324,3 +324,12 @@ def test_a_server_started_with_controlnet_shape():
         txt2img = http.post("/v1/images/generations", json={"prompt": "a cat", "num_inference_steps": 1})
         assert txt2img.status_code == 200, txt2img.text  # the default leaves txt2img alone
         assert server.diffusion.num_streams == 0
+
+
+def test_a_controlnet_module_of_another_unet_is_refused():
+    parts = tiny_components(0)
+    other = tiny_components(0)["unet"]
+    wider = type(other).from_config({**other.config, "cross_attention_dim": 16})
+    with pytest.raises(ControlNetError, match="its cross_attention_dim is 16, the UNet's 32"):
+        StreamPipeline(**parts, resolution=SIZE, dtype=torch.float32, device="cpu",
+                       controlnet=build_controlnet(wider, downscale=2))
