@@ -16,10 +16,9 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from livecast.services.bench.whip_client import WhepViewer, WhipPublisher
+from livecast.services.bench.whip_client import VideoReceiver, WhepViewer, WhipPublisher
 
 VIDEO_CLOCK = 90_000
 
@@ -55,32 +54,17 @@ class MovingPattern(MediaStreamTrack):
         return frame
 
 
-class RTCClient:
+class RTCClient(VideoReceiver):
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        super().__init__(self.pc)
         self.camera = MovingPattern()
-        self.frames: list[VideoFrame] = []
-        self.received_at: list[float] = []  # time.monotonic() of each frame in `frames`
         self.messages: list[dict] = []
         self.session_id: str | None = None
         self.channel = self.pc.createDataChannel("control")
         self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
         self.pc.addTrack(self.camera)
-        self._reader: asyncio.Task | None = None
-        self.pc.on("track", self._on_track)
-
-    def _on_track(self, track) -> None:
-        self._reader = asyncio.ensure_future(self._read(track))
-
-    async def _read(self, track) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                self.received_at.append(time.monotonic())
-                self.frames.append(frame)
-        except MediaStreamError:
-            pass
 
     async def connect(self, headers: dict | None = None, **settings) -> httpx.Response:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -92,12 +76,6 @@ class RTCClient:
             self.session_id = answer["session_id"]
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         return response
-
-    async def wait_frames(self, count: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.frames) < count:
-            assert time.monotonic() < deadline, f"got {len(self.frames)} of {count} frames in {timeout}s"
-            await asyncio.sleep(0.05)
 
     async def wait_message(self, predicate, timeout: float = 10.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -113,8 +91,7 @@ class RTCClient:
 
     async def close(self) -> None:
         await self.pc.close()
-        if self._reader is not None:
-            self._reader.cancel()
+        self.stop_reading()
 
 
 class Publisher(WhipPublisher):

@@ -15,6 +15,36 @@ def _auth(api_key: str | None) -> dict:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+class VideoReceiver:
+    """Collects the frames of a peer's incoming video track, with their arrival times."""
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
+        self.frames: list = []
+        self.received_at: list[float] = []  # time.monotonic() of each frame in `frames`
+        self.ended = asyncio.Event()
+        self._reader: asyncio.Task | None = None
+        pc.on("track", lambda track: setattr(self, "_reader", asyncio.ensure_future(self._read(track))))
+
+    async def _read(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                self.received_at.append(time.monotonic())
+                self.frames.append(frame)
+        except MediaStreamError:
+            self.ended.set()
+
+    async def wait_frames(self, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.frames) < count:
+            assert time.monotonic() < deadline, f"got {len(self.frames)} of {count} frames in {timeout}s"
+            await asyncio.sleep(0.05)
+
+    def stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+
+
 class WhipPublisher:
     def __init__(self, base_url: str, camera: MediaStreamTrack, audio: bool = True, api_key: str | None = None) -> None:
         self.base_url, self.api_key, self.camera = base_url, api_key, camera
@@ -43,26 +73,13 @@ class WhipPublisher:
         await self.pc.close()
 
 
-class WhepViewer:
+class WhepViewer(VideoReceiver):
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.base_url, self.api_key = base_url, api_key
         self.pc = RTCPeerConnection()
         self.pc.addTransceiver("video", direction="recvonly")
-        self.frames: list = []
-        self.received_at: list[float] = []
-        self.ended = asyncio.Event()
         self.location: str | None = None
-        self._reader: asyncio.Task | None = None
-        self.pc.on("track", lambda track: setattr(self, "_reader", asyncio.ensure_future(self._read(track))))
-
-    async def _read(self, track) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                self.received_at.append(time.monotonic())
-                self.frames.append(frame)
-        except MediaStreamError:
-            self.ended.set()
+        super().__init__(self.pc)
 
     async def watch(self, stream_id: str) -> httpx.Response:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -74,13 +91,6 @@ class WhepViewer:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
         return response
 
-    async def wait_frames(self, count: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.frames) < count:
-            assert time.monotonic() < deadline, f"got {len(self.frames)} of {count} frames in {timeout}s"
-            await asyncio.sleep(0.05)
-
     async def close(self) -> None:
         await self.pc.close()
-        if self._reader is not None:
-            self._reader.cancel()
+        self.stop_reading()
