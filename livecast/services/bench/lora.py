@@ -1,4 +1,6 @@
-"""`livecast bench lora --video`: what style LoRAs cost live video streams.
+"""`livecast bench lora`: what LoRA adapters cost, LLM (the default, or `--llm`) and video (`--video`).
+
+LLM section: see services.bench.lora_llm.
 
 Video section: the demo model (random weights) with N random LoRAs on its attention projections
 (rank `--rank`, written in diffusers' format and loaded like `--diffusion-loras`). N streams
@@ -120,33 +122,68 @@ def unet_calls(pipe, names: list[str], args, device: torch.device) -> dict[str, 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="livecast bench lora", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--video", action="store_true", help="the video section (the only one so far; default)")
+    parser.add_argument("--llm", action="store_true", help="the LLM section (the default without --video)")
+    parser.add_argument("--video", action="store_true", help="the video section")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--streams", type=int, default=4, help="streams (and distinct LoRAs)")
-    parser.add_argument("--rank", type=int, default=8, help="rank of the random LoRAs")
-    parser.add_argument("--frames", type=int, default=30, help="frames per stream per condition")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
-    parser.add_argument("--unet-calls", type=int, default=20, help="alternating UNet-only calls per condition")
-    parser.add_argument("--resolution", type=int, default=None, help="default: the demo's 256")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", default=None, help="default: bf16 on CPUs with bf16 arithmetic, fp16 on CUDA")
+    parser.add_argument("--rank", type=int, default=None, help="rank of the random LoRAs (default: 16 LLM, 8 video)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating timing rounds (default: 3 LLM, 5 video)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    llm_args = parser.add_argument_group("LLM")
+    llm_args.add_argument("--model", default=None, help="default: the shipped SmolLM2 GGUF (Q4_1)")
+    llm_args.add_argument("--batches", default="16,64", help="batch sizes (requests submitted at once)")
+    llm_args.add_argument("--adapters", type=int, default=8, help="distinct adapters mixed in a batch (max_loras)")
+    llm_args.add_argument("--max-tokens", type=int, default=64, help="greedy tokens per request (ignore_eos)")
+    llm_args.add_argument("--merged-engines", type=int, default=None,
+                          help="merged engines measured for the naive way (default: one per adapter; fewer are "
+                               "scaled to all; 0 skips)")
+    llm_args.add_argument("--kv-cache-gb", type=float, default=None, help="default: the engine's")
+    video_args = parser.add_argument_group("video")
+    video_args.add_argument("--streams", type=int, default=4, help="streams (and distinct LoRAs)")
+    video_args.add_argument("--frames", type=int, default=30, help="frames per stream per condition")
+    video_args.add_argument("--unet-calls", type=int, default=20, help="alternating UNet-only calls per condition")
+    video_args.add_argument("--resolution", type=int, default=None, help="default: the demo's 256")
+    video_args.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    video_args.add_argument("--dtype", default=None,
+                            help="default: bf16 on CPUs with bf16 arithmetic, fp16 on CUDA")
     args = parser.parse_args(argv)
-    if args.streams < 1 or args.rank < 1:
-        parser.error("--streams and --rank must be >= 1")
+    sections = [name for name, on in (("llm", args.llm or not args.video), ("video", args.video)) if on]
+    try:
+        args.batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches takes comma-separated integers, got {args.batches!r}")
+    if (args.streams < 1 or (args.rank is not None and args.rank < 1) or args.adapters < 1
+            or min(args.batches) < 1 or args.max_tokens < 1 or (args.rounds is not None and args.rounds < 1)):
+        parser.error("--streams, --rank, --adapters, --batches, --max-tokens and --rounds must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.merged_engines is None:
+        args.merged_engines = args.adapters
+    args.merged_engines = min(args.merged_engines, args.adapters)
 
-    from livecast.streamdiff.components import resolve_device, resolve_dtype
+    tables, infos, lines = [], {}, []
+    if "llm" in sections:
+        from livecast.services.bench import lora_llm
 
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    rows, info = video(args, device, dtype)
-    report("lora (video)", ["streams' LoRAs", "streams", "model", "fps/stream (best)", "fps/stream (median)",
-                            "fps total (best)", "vs no LoRA (best)", "vs no LoRA (median)",
-                            "UNet call ms (median)"],
-           rows, {"video": info}, args.json)
-    chosen = next(r for name, r in info["results"].items() if name.endswith(DEFAULT_STRATEGY))
-    print(f"a stream with a LoRA ({DEFAULT_STRATEGY}, the default) keeps {chosen['ratio_best']:.0%} of its fps "
-          f"without one (median {chosen['ratio_median']:.0%}; target {TARGET:.0%})")
+        llm_opts = argparse.Namespace(**{**vars(args), "rank": args.rank or 16, "rounds": args.rounds or 3})
+        rows, infos["llm"] = lora_llm.llm(llm_opts)
+        tables.append(("lora (llm)", ["condition", "batch", "tok/s (best)", "tok/s (median)", "vs base (best)",
+                                      "vs base (median)"], rows))
+        lines += lora_llm.summary(infos["llm"])
+    if "video" in sections:
+        from livecast.streamdiff.components import resolve_device, resolve_dtype
+
+        device = resolve_device(args.device)
+        video_opts = argparse.Namespace(**{**vars(args), "rank": args.rank or 8, "rounds": args.rounds or 5})
+        rows, infos["video"] = video(video_opts, device, resolve_dtype(args.dtype, device))
+        tables.append(("lora (video)", ["streams' LoRAs", "streams", "model", "fps/stream (best)",
+                                        "fps/stream (median)", "fps total (best)", "vs no LoRA (best)",
+                                        "vs no LoRA (median)", "UNet call ms (median)"], rows))
+        chosen = next(r for name, r in infos["video"]["results"].items() if name.endswith(DEFAULT_STRATEGY))
+        lines.append(f"a stream with a LoRA ({DEFAULT_STRATEGY}, the default) keeps {chosen['ratio_best']:.0%} of "
+                     f"its fps without one (median {chosen['ratio_median']:.0%}; target {TARGET:.0%})")
+    for i, (name, headers, rows) in enumerate(tables):
+        last = i == len(tables) - 1
+        report(name, headers, rows, infos if last else {}, args.json if last else None)
+    for line in lines:
+        print(line)
     return 0
