@@ -6,7 +6,8 @@ replica that refuses the connection, dies before answering, or answers 503 is sk
 next candidate, `max_tries` in all: nothing has reached the client yet, so the retry is
 invisible. The response head is held back until the first body byte for the same reason. Once
 bytes flowed, a cut SSE stream ends with one OpenAI-shaped `replica_lost` error event. `/health`
-and `/metrics` are the ingress's own, gathered from every replica.
+and `/metrics` are the ingress's own, gathered from every replica; the LoRA load/unload routes go to
+every LLM replica (services.scale.broadcast).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import httpx
 from livecast.services.errors import APIError, overloaded
 from livecast.services.scale.aggregate import OWN_ROUTES, send_error
 from livecast.services.scale.bridge import bridge_websocket
+from livecast.services.scale.broadcast import broadcast
 from livecast.services.scale.config import ScaleConfig
 from livecast.services.scale.pins import IdSniffer, location_id, wants_pins
 from livecast.services.scale.replica import HEADER
@@ -158,12 +160,14 @@ class Ingress:
             return
         method, path = scope["method"], scope["path"]
         key = route_key(method, path, body)
-        candidates = self.candidates(key)
-        if not candidates:
-            return await send_error(send, overloaded(f"no live {key.pool} replica; retry later", self.retry_after_s))
         query = scope.get("query_string", b"")
         target = scope.get("raw_path", path.encode()).decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
         headers = self.forward_headers(scope)
+        if key.broadcast:  # run to the end even if the client leaves: replicas must not diverge
+            return await broadcast(self, self.router.members(key.pool), method, path, target, headers, body, send)
+        candidates = self.candidates(key)
+        if not candidates:
+            return await send_error(send, overloaded(f"no live {key.pool} replica; retry later", self.retry_after_s))
         # a client that hangs up cancels the proxying, which closes the replica's connection: the
         # replica then aborts the generation instead of running it for nobody
         work = asyncio.create_task(self._attempts(candidates, method, path, target, headers, body, send))

@@ -10,6 +10,9 @@ walks the ring to the first replica whose load is within `load_slack` of the lea
 requests that share a long system prompt meet on the replica whose KV cache holds it, and a hot
 prefix spills to the next replica on the ring instead of queueing (consistent hashing with
 bounded loads, Mirrokni et al. 2018). Adding or removing one of N replicas moves ~1/N of keys.
+
+A few routes change state that every replica of the pool holds alike (LoRA adapters): their key
+says `broadcast`, and the ingress sends them to all of `Router.members` (services.scale.broadcast).
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 POLICIES = ("prefix", "round_robin")
+# POSTs that every LLM replica must receive: each holds the adapters in its own process
+BROADCAST_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 LLM_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/generate", "/generate_stream",
-                       "/tokenize", "/detokenize", "/v1/models", "/v1/ws/generate", "/v1/embeddings"})
+                       "/tokenize", "/detokenize", "/v1/models", "/v1/ws/generate", "/v1/embeddings"}) | BROADCAST_PATHS
 LLM_FAMILIES = ("/v1/models", "/v1/responses", "/v1/conversations", "/v1/assistants", "/v1/threads",
                 "/v1/files", "/v1/vector_stores", "/v1/containers", "/v1/cot")
 MEDIA_FAMILIES = ("/v1/webrtc", "/v1/ws/frames", "/v1/images", "/v1/whip", "/v1/whep", "/v1/streams")
@@ -47,6 +52,7 @@ class RouteKey:
     pool: str                  # "llm" | "media" | "any"
     prefix: str | None         # text whose hash places an LLM request on the ring
     sticky: tuple[str, ...]    # ids that pin a request to their owner, strongest first
+    broadcast: bool = False    # every live replica of the pool gets it (BROADCAST_PATHS)
 
 
 def _in_family(path: str, families: tuple[str, ...]) -> bool:
@@ -166,7 +172,8 @@ def route_key(method: str, path: str, body: bytes | None) -> RouteKey:
             except RecursionError:  # absurdly nested content parts
                 prefix = None
             sticky += [i for i in _body_ids(parsed) if i not in sticky]
-    return RouteKey(pool, prefix, tuple(sticky))
+    broadcast = path in BROADCAST_PATHS and method.upper() == "POST"
+    return RouteKey(pool, None if broadcast else prefix, tuple(sticky), broadcast)
 
 
 def _point(text: str) -> int:
@@ -214,6 +221,10 @@ class Router:
     def _ring(self, members: list[Replica]) -> tuple[list[int], list[str]]:
         points = sorted((_point(f"{r.id}#{v}"), r.id) for r in members for v in range(self.vnodes))
         return [p for p, _ in points], [rid for _, rid in points]
+
+    def members(self, pool: str) -> list[Replica]:
+        """Every live replica of `pool`, by id (a broadcast's recipients)."""
+        return sorted((r for r in self._live.values() if pool == "any" or r.kind == pool), key=lambda r: r.id)
 
     def pin(self, sticky_id: str, replica_id: str) -> None:
         self._pins[sticky_id] = replica_id
