@@ -39,7 +39,10 @@ SIGNATURES = {
     "lc_dense_gemm": [_P, _L, _I, _I, _P, _I, _I, _P, _L, _I],
     "lc_add_lora": [_P, _L, _P, _L, _I, _I, _I, _I, _P, _P, _I, _I, _P, _P, _I],
     "lc_decode_layers": [_P, _P, _I, _P, _P, _P, _I, _I],  # model, layers, count, step: ctypes structs by address
+    "lc_gemm_variant_runs": [ctypes.c_char_p],
+    "lc_gemm_set_variant": [ctypes.c_char_p],
 }
+RESTYPES = {"lc_kv_write": None, "lc_gemm_variant": ctypes.c_char_p}
 
 _reason: str | None = None
 
@@ -116,10 +119,27 @@ def library() -> ctypes.CDLL | None:
         _reason = f"the native CPU kernels did not build: {'; '.join(errors)}"
         logger.warning("kernels: %s; using the plain-torch paths", _reason)
         return None
-    for name, argtypes in SIGNATURES.items():
+    for name, argtypes in {**SIGNATURES, "lc_gemm_variant": []}.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, ctypes.c_int if name != "lc_kv_write" else None
+        fn.argtypes, fn.restype = argtypes, RESTYPES.get(name, ctypes.c_int)
+    _pick_gemm_variant(lib)
     return lib
+
+
+def _pick_gemm_variant(lib: ctypes.CDLL) -> None:
+    """$LIVECAST_GEMM_VARIANT over the library's own pick (the widest this CPU runs); a variant
+    the CPU cannot run is refused, not silently replaced."""
+    from livecast.kernels.native import quant_gemm  # its launchers import this module
+
+    name = os.environ.get("LIVECAST_GEMM_VARIANT")
+    if name:
+        try:
+            quant_gemm.set_gemm_variant(name, lib)
+        except (ValueError, RuntimeError) as exc:
+            raise type(exc)(f"LIVECAST_GEMM_VARIANT={name}: {exc}") from None
+    elif lib.lc_gemm_variant().decode() != quant_gemm.expected_gemm_variant():
+        logger.warning("kernels: the library picked the %s GEMMs where /proc/cpuinfo implies %s",
+                       lib.lc_gemm_variant().decode(), quant_gemm.expected_gemm_variant())
 
 
 def unavailable() -> str | None:

@@ -1,5 +1,6 @@
 /* Activations quantized to int8 in blocks of 32 (ggml's Q8 scheme): x[j] ~= d * q[j], with the
- * block's d and s = d * sum(q) kept as float. The weight kernels dot int8 codes against these. */
+ * block's d and s = d * sum(q) kept as float, and sum(q) as an integer (the VNNI kernels' offset
+ * correction). The weight kernels dot int8 codes against these. */
 #pragma once
 #include <immintrin.h>
 #include <stdint.h>
@@ -20,8 +21,9 @@ static inline float hmax_ps(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-/* One row of k floats (k % 32 == 0) -> k int8 codes, k/32 scales d and sums s. */
-static inline void quantize_row_q8(const float *x, int k, int8_t *q, float *d, float *s) {
+/* One row of k floats (k % 32 == 0) -> k int8 codes in [-127, 127], k/32 scales d, sums s and
+ * integer code sums qs. */
+static inline void quantize_row_q8(const float *x, int k, int8_t *q, float *d, float *s, int32_t *qs) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int b = 0; b < k / QK; b++) {
         const float *xb = x + b * QK;
@@ -45,12 +47,16 @@ static inline void quantize_row_q8(const float *x, int k, int8_t *q, float *d, f
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)(q + b * QK), p);
         d[b] = db;
-        s[b] = db * (float)_mm_cvtsi128_si32(t);
+        qs[b] = _mm_cvtsi128_si32(t);
+        s[b] = db * (float)qs[b];
     }
 }
 
 /* Rows of x (row stride `ldx` floats) quantized into caller-provided buffers. */
-static inline void quantize_rows_q8(const float *x, long ldx, int m, int k, int8_t *q, float *d, float *s) {
-    for (int i = 0; i < m; i++)
-        quantize_row_q8(x + i * ldx, k, q + (long)i * k, d + (long)i * (k / QK), s + (long)i * (k / QK));
+static inline void quantize_rows_q8(const float *x, long ldx, int m, int k, int8_t *q, float *d, float *s,
+                                    int32_t *qs) {
+    for (int i = 0; i < m; i++) {
+        const long o = (long)i * (k / QK);
+        quantize_row_q8(x + i * ldx, k, q + (long)i * k, d + o, s + o, qs + o);
+    }
 }

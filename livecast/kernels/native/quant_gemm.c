@@ -12,18 +12,22 @@
  *       c (0..7) byte 4 i + e holds row i's input 4 c + e. scales: (N/8, K/32, 8) fp16.
  * Weights are read once per call for all activation rows (tiles of 4). Row-octets are split
  * over OpenMP threads (the libgomp PyTorch loads, so both share one pool).
+ *
+ * The inner int8 dots come in variants (quant_gemm.h): AVX2 here, the baseline every machine
+ * that loads the library runs; AVX-VNNI and AVX-512 VNNI (vpdpbusd) in quant_vnni.c, compiled
+ * with function-level target attributes. One is picked when the library loads, from what the CPU
+ * runs (the widest), and `lc_gemm_set_variant` switches (LIVECAST_GEMM_VARIANT, the tests).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "native.h"
-#include "q8_act.h"
-
-#define TILE_M 4
+#include "quant_gemm.h"
 
 typedef struct {
     int8_t *q;
     float *d, *s, *gs;  /* block scales, block sums, per-weight-group sums */
+    int32_t *qs;  /* integer block sums */
 } act_q8;
 
 static int act_quantize(const float *x, long ldx, int m, int k, int g, act_q8 *a) {
@@ -32,8 +36,9 @@ static int act_quantize(const float *x, long ldx, int m, int k, int g, act_q8 *a
     a->d = malloc(sizeof(float) * (size_t)m * nb);
     a->s = malloc(sizeof(float) * (size_t)m * nb);
     a->gs = malloc(sizeof(float) * (size_t)m * ng);
-    if (!a->q || !a->d || !a->s || !a->gs) return -2;
-    quantize_rows_q8(x, ldx, m, k, a->q, a->d, a->s);
+    a->qs = malloc(sizeof(int32_t) * (size_t)m * nb);
+    if (!a->q || !a->d || !a->s || !a->gs || !a->qs) return -2;
+    quantize_rows_q8(x, ldx, m, k, a->q, a->d, a->s, a->qs);
     for (long i = 0; i < (long)m * ng; i++) {
         float sum = 0.0f;
         for (int b = 0; b < bpg; b++) sum += a->s[i * bpg + b];
@@ -43,76 +48,109 @@ static int act_quantize(const float *x, long ldx, int m, int k, int g, act_q8 *a
 }
 
 static void act_free(act_q8 *a) {
-    free(a->q); free(a->d); free(a->s); free(a->gs);
+    free(a->q); free(a->d); free(a->s); free(a->gs); free(a->qs);
 }
 
-static inline __m256i bcast4(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
-}
-
-/* 8 output rows (one octet) x mt activation rows. */
-static inline __attribute__((always_inline)) void q4_octet(
-        const uint8_t *w, const uint16_t *sc, const uint16_t *mn, int k, int g,
-        const int8_t *q, const float *d, const float *gs, const int mt, float *out, long ldo) {
-    const int nb = k / QK, bpg = g / QK, ng = k / g;
+/* AVX2: vpmaddubsw (u8 x s8 -> int16 pairs) + vpmaddwd against ones (-> int32). */
+static inline __attribute__((always_inline)) void q4_dots_avx2(const uint8_t *wb, const int8_t *x, int k,
+                                                                const int mt, __m256i *dot) {
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-    __m256 acc[TILE_M];
-    for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
-    for (int gi = 0; gi < ng; gi++) {
-        const __m256 sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + gi * 8)));
-        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mn + gi * 8)));
-        for (int bi = 0; bi < bpg; bi++) {
-            const int b = gi * bpg + bi;
-            const uint8_t *wb = w + (long)b * 128;
-            __m256i sum[TILE_M];
-            for (int t = 0; t < mt; t++) sum[t] = _mm256_setzero_si256();
-            for (int c = 0; c < 4; c++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(wb + c * 32));
-                const __m256i lo = _mm256_and_si256(v, low);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                for (int t = 0; t < mt; t++) {  /* |sum| <= 8 * 2 * 15 * 127 < 2^15: no int16 overflow */
-                    const int8_t *xb = q + (long)t * k + b * QK;
-                    sum[t] = _mm256_add_epi16(sum[t], _mm256_maddubs_epi16(lo, bcast4(xb + 4 * c)));
-                    sum[t] = _mm256_add_epi16(sum[t], _mm256_maddubs_epi16(hi, bcast4(xb + 16 + 4 * c)));
-                }
-            }
-            for (int t = 0; t < mt; t++) {
-                const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[t], ones));
-                acc[t] = _mm256_fmadd_ps(dot, _mm256_mul_ps(sw, _mm256_set1_ps(d[t * nb + b])), acc[t]);
-            }
+    __m256i sum[TILE_M];
+    for (int t = 0; t < mt; t++) sum[t] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(wb + c * 32));
+        const __m256i lo = _mm256_and_si256(v, low);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        for (int t = 0; t < mt; t++) {  /* |sum| <= 8 * 2 * 15 * 127 < 2^15: no int16 overflow */
+            const int8_t *xb = x + (long)t * k;
+            sum[t] = _mm256_add_epi16(sum[t], _mm256_maddubs_epi16(lo, bcast4(xb + 4 * c)));
+            sum[t] = _mm256_add_epi16(sum[t], _mm256_maddubs_epi16(hi, bcast4(xb + 16 + 4 * c)));
         }
-        for (int t = 0; t < mt; t++) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(gs[t * ng + gi]), acc[t]);
     }
-    for (int t = 0; t < mt; t++) _mm256_storeu_ps(out + t * ldo, acc[t]);
+    for (int t = 0; t < mt; t++) dot[t] = _mm256_madd_epi16(sum[t], ones);
 }
 
-static inline __attribute__((always_inline)) void q8_octet(
-        const int8_t *w, const uint16_t *sc, int k, const int8_t *q, const float *d,
-        const int mt, float *out, long ldo) {
-    const int nb = k / QK;
+/* s8 x s8 as |w| x sign(x, w); a pair's |sum| <= 2 * 128 * 127 < 2^15, so maddubs never saturates */
+static inline __attribute__((always_inline)) void q8_dots_avx2(const int8_t *wb, const int8_t *x, int k,
+                                                                const int mt, __m256i *dot) {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[TILE_M];
-    for (int t = 0; t < mt; t++) acc[t] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m256 sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + b * 8)));
-        const int8_t *wb = w + (long)b * 256;
-        __m256i sum[TILE_M];
-        for (int t = 0; t < mt; t++) sum[t] = _mm256_setzero_si256();
-        for (int c = 0; c < 8; c++) {
-            const __m256i v = _mm256_loadu_si256((const __m256i *)(wb + c * 32));
-            const __m256i vabs = _mm256_sign_epi8(v, v);
-            for (int t = 0; t < mt; t++) {
-                const __m256i x = bcast4(q + (long)t * k + b * QK + 4 * c);
-                const __m256i p = _mm256_maddubs_epi16(vabs, _mm256_sign_epi8(x, v));
-                sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(p, ones));
-            }
+    for (int t = 0; t < mt; t++) dot[t] = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(wb + c * 32));
+        const __m256i vabs = _mm256_sign_epi8(v, v);
+        for (int t = 0; t < mt; t++) {
+            const __m256i p = _mm256_maddubs_epi16(vabs, _mm256_sign_epi8(bcast4(x + (long)t * k + 4 * c), v));
+            dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, ones));
         }
-        for (int t = 0; t < mt; t++)
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[t]), _mm256_mul_ps(sw, _mm256_set1_ps(d[t * nb + b])), acc[t]);
     }
-    for (int t = 0; t < mt; t++) _mm256_storeu_ps(out + t * ldo, acc[t]);
+}
+
+#define OCTETS_TARGET "avx2,fma,f16c"
+#define OCTETS_SUFFIX avx2
+#define Q4_DOTS(wb, x, k, mt, dot) q4_dots_avx2(wb, x, k, mt, dot)
+#define Q8_DOTS(wb, x, k, qs, nb, mt, dot) q8_dots_avx2(wb, x, k, mt, dot)
+#include "quant_octets.h"
+
+/* The variants, widest first: the first this CPU runs is picked at load. __builtin_cpu_supports
+ * also checks that the OS saves the registers. */
+enum { ISA_AVX2, ISA_AVXVNNI, ISA_AVX512VNNI };
+
+typedef struct {
+    const char *name;
+    int isa, by_name_only;
+    q4_octets_fn *q4;
+    q8_octets_fn *q8;
+} gemm_variant;
+
+static const gemm_variant VARIANTS[] = {
+    {"avx512vnni", ISA_AVX512VNNI, 0, q4_octets_avx512vnni, q8_octets_avx512vnni},
+    {"avxvnni", ISA_AVXVNNI, 0, q4_octets_avxvnni, q8_octets_avxvnni},
+    /* the AVX-VNNI loops in EVEX form, so a machine with AVX-512 VNNI alone tests that code */
+    {"avx512vnni_ymm", ISA_AVX512VNNI, 1, q4_octets_avx512vnni_ymm, q8_octets_avx512vnni_ymm},
+    {"avx2", ISA_AVX2, 0, q4_octets_avx2, q8_octets_avx2},
+};
+#define NUM_VARIANTS (int)(sizeof(VARIANTS) / sizeof(VARIANTS[0]))
+
+static int cpu_runs(int isa) {
+    __builtin_cpu_init();
+    switch (isa) {
+    case ISA_AVX512VNNI:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    case ISA_AVXVNNI: return __builtin_cpu_supports("avxvnni");
+    default: return 1;  /* AVX2: the library's own floor (build.py checks it before loading) */
+    }
+}
+
+static const gemm_variant *active = &VARIANTS[NUM_VARIANTS - 1];
+
+__attribute__((constructor)) static void pick_variant(void) {
+    for (int v = 0; v < NUM_VARIANTS; v++)
+        if (!VARIANTS[v].by_name_only && cpu_runs(VARIANTS[v].isa)) { active = &VARIANTS[v]; return; }
+}
+
+static int variant_index(const char *name) {
+    for (int v = 0; v < NUM_VARIANTS; v++)
+        if (name && !strcmp(name, VARIANTS[v].name)) return v;
+    return -1;
+}
+
+const char *lc_gemm_variant(void) { return active->name; }
+
+/* 1 when this CPU runs the named variant, 0 when it does not, -1 for an unknown name. */
+int lc_gemm_variant_runs(const char *name) {
+    const int v = variant_index(name);
+    return v < 0 ? -1 : cpu_runs(VARIANTS[v].isa);
+}
+
+/* Returns 0, -1 for an unknown name, -2 when this CPU cannot run it (nothing changed then).
+ * Not for use while a GEMM runs on another thread. */
+int lc_gemm_set_variant(const char *name) {
+    const int v = variant_index(name);
+    if (v < 0) return -1;
+    if (!cpu_runs(VARIANTS[v].isa)) return -2;
+    active = &VARIANTS[v];
+    return 0;
 }
 
 /* Returns 0, or -1 on a shape the layout cannot hold, -2 when out of memory. */
@@ -123,6 +161,7 @@ int lc_q4_gemm(const float *x, long ldx, int m, int k, const uint8_t *w, const u
     act_q8 a = {0};
     if (act_quantize(x, ldx, m, k, g, &a)) { act_free(&a); return -2; }
     const int nb = k / QK, ng = k / g;
+    q4_octets_fn *const q4 = active->q4;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int j = 0; j < n / 8; j++) {
         const uint8_t *w8 = w + (long)j * nb * 128;
@@ -131,12 +170,7 @@ int lc_q4_gemm(const float *x, long ldx, int m, int k, const uint8_t *w, const u
             const int8_t *q = a.q + (long)m0 * k;
             const float *d = a.d + (long)m0 * nb, *gs = a.gs + (long)m0 * ng;
             float *o = out + m0 * ldo + j * 8;
-            switch (m - m0 < TILE_M ? m - m0 : TILE_M) {  /* constant tile heights: accumulators stay in registers */
-            case 4: q4_octet(w8, s8, m8, k, g, q, d, gs, 4, o, ldo); break;
-            case 3: q4_octet(w8, s8, m8, k, g, q, d, gs, 3, o, ldo); break;
-            case 2: q4_octet(w8, s8, m8, k, g, q, d, gs, 2, o, ldo); break;
-            default: q4_octet(w8, s8, m8, k, g, q, d, gs, 1, o, ldo); break;
-            }
+            q4(w8, s8, m8, k, g, q, d, gs, m - m0 < TILE_M ? m - m0 : TILE_M, o, ldo);
         }
     }
     act_free(&a);
@@ -150,6 +184,7 @@ int lc_q8_gemm(const float *x, long ldx, int m, int k, const int8_t *w, const ui
     act_q8 a = {0};
     if (act_quantize(x, ldx, m, k, QK, &a)) { act_free(&a); return -2; }
     const int nb = k / QK;
+    q8_octets_fn *const q8 = active->q8;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int j = 0; j < n / 8; j++) {
         const int8_t *w8 = w + (long)j * nb * 256;
@@ -158,12 +193,7 @@ int lc_q8_gemm(const float *x, long ldx, int m, int k, const int8_t *w, const ui
             const int8_t *q = a.q + (long)m0 * k;
             const float *d = a.d + (long)m0 * nb;
             float *o = out + m0 * ldo + j * 8;
-            switch (m - m0 < TILE_M ? m - m0 : TILE_M) {
-            case 4: q8_octet(w8, s8, k, q, d, 4, o, ldo); break;
-            case 3: q8_octet(w8, s8, k, q, d, 3, o, ldo); break;
-            case 2: q8_octet(w8, s8, k, q, d, 2, o, ldo); break;
-            default: q8_octet(w8, s8, k, q, d, 1, o, ldo); break;
-            }
+            q8(w8, s8, k, q, a.qs + (long)m0 * nb, d, m - m0 < TILE_M ? m - m0 : TILE_M, o, ldo);
         }
     }
     act_free(&a);

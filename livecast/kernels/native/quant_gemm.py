@@ -8,12 +8,28 @@ rows interleaved 8 at a time (an "octet"; see quant_gemm.c for the byte order):
   per block of 32 inputs.
 Activations are rounded to int8 per block of 32 inside the kernel (as llama.cpp does), so a
 result differs from the reference by that rounding: ~0.5% of the output's scale.
+
+The int8 dots run in one of `GEMM_VARIANTS`, picked when the library loads (the first this CPU
+runs, `expected_gemm_variant()`), or named by $LIVECAST_GEMM_VARIANT; all give bit-identical
+results, so the choice is speed only.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+from typing import Iterator
+
 import torch
 
+from livecast.kernels.cpu import cpu_flags
 from livecast.kernels.native.build import library
+
+_AVX512_VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+# name -> the /proc/cpuinfo flags it needs, in the library's order of preference; avx512vnni_ymm
+# (the avxvnni loops, EVEX-encoded) is never picked, only named, so AVX-512 machines test them.
+GEMM_VARIANTS = {"avx512vnni": _AVX512_VNNI, "avxvnni": ("avx_vnni",), "avx512vnni_ymm": _AVX512_VNNI,
+                 "avx2": ()}
+_NAMED_ONLY = ("avx512vnni_ymm",)
 
 BLOCK = 32
 OCTET = 8
@@ -131,3 +147,42 @@ def q8_gemm(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch
     _run(library().lc_q8_gemm, x.data_ptr(), x.stride(0), x.shape[0], k, codes.data_ptr(), scales.data_ptr(),
          n, out.data_ptr(), n, torch.get_num_threads())
     return out
+
+
+def runnable_gemm_variants(flags: frozenset[str] | None = None) -> list[str]:
+    """The variants a CPU with these flags (default: this one's) runs."""
+    flags = cpu_flags() if flags is None else flags
+    return [name for name, needs in GEMM_VARIANTS.items() if all(f in flags for f in needs)]
+
+
+def expected_gemm_variant(flags: frozenset[str] | None = None) -> str:
+    """The variant the library picks on a CPU with these flags."""
+    return next(name for name in runnable_gemm_variants(flags) if name not in _NAMED_ONLY)
+
+
+def gemm_variant() -> str:
+    """The variant the loaded library's int4/int8 GEMMs (and the fused decode stack) run."""
+    return library().lc_gemm_variant().decode()
+
+
+def set_gemm_variant(name: str, lib: ctypes.CDLL | None = None) -> None:
+    """Switch every later GEMM to `name`; a variant this CPU cannot run is refused. Not while a
+    GEMM runs on another thread."""
+    status = (lib or library()).lc_gemm_set_variant(name.encode())
+    if status == -1:
+        raise ValueError(f"unknown GEMM variant {name!r}; one of {', '.join(GEMM_VARIANTS)}")
+    if status:
+        missing = [f for f in GEMM_VARIANTS[name] if f not in cpu_flags()]
+        raise RuntimeError(f"GEMM variant {name!r} needs the CPU flags {', '.join(GEMM_VARIANTS[name])}; "
+                           f"this CPU lacks {', '.join(missing) or 'them (the OS does not enable them)'}")
+
+
+@contextlib.contextmanager
+def gemm_variant_override(name: str) -> Iterator[None]:
+    """Run the block with the `name` variant, then restore the one before."""
+    before = gemm_variant()
+    set_gemm_variant(name)
+    try:
+        yield
+    finally:
+        set_gemm_variant(before)
