@@ -100,7 +100,11 @@ def build_model_input(scheduled: list[ScheduledChunk], block_size: int, device: 
         prefill_chunks=[(starts[i], q_lens[i], seq_lens[i]) for i in range(num_decodes, len(ordered))],
         backend=backend or default_backend(),
     )
-    if attn.backend.deterministic:  # every token a single query over its own sequence, up to itself
+    # every token a single query over its own sequence, up to itself: the deterministic mode's
+    # layout for every step, and the native fused stack's for a step of decodes and speculative
+    # verifications (a few rows per sequence past its prompt), so verifying runs like decoding
+    verify = attn.backend.native and prefills and not any(s.prefill for s in prefills)
+    if attn.backend.deterministic or verify:
         attn.token_block_tables = all_tables[token_seq].to(device, torch.int32)
         attn.token_context_lens = (positions + 1).to(device, torch.int32)
     return ModelInput(

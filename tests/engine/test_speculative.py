@@ -331,3 +331,22 @@ def test_stats_and_metrics_report_speculation():
     assert values["livecast_spec_draft_tokens"] == 40 and values["livecast_spec_accepted_tokens"] == 30
     off = EngineStats(0, 0, 0, 0.0, 0.0, 0.0, 10, 20, 0, 1, 0.0, 0.0)
     assert off.spec_acceptance_rate == 0.0 and "Spec" not in off.log_line()
+
+
+@pytest.mark.skipif(not native.available(), reason="the fused stack is the native kernels'")
+def test_verification_runs_on_the_fused_native_stack_like_decoding():
+    """On the default Q4_1 model the verify rows (k+1 per sequence, past the prompt) take the
+    fused native decode stack with per-token tables, as decodes do, not the torch prefill path."""
+    from livecast.services.bench.speculative import PROMPT
+
+    engine = LLMEngine(EngineConfig(quantization="gguf", weight_kernel="int4", kv_cache_memory=32 << 20,
+                                    speculative="ngram", num_speculative_tokens=4))
+    stack = engine.model.native_decode.stack
+    rows_per_call, run = [], stack.run
+    stack.run = lambda hidden, *args: rows_per_call.append(hidden.shape[0]) or run(hidden, *args)
+    ids = engine.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    _run(engine, [(ids, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))])
+    assert engine.speculator.num_accepted_tokens > 0
+    assert max(rows_per_call) > 1  # a verification: one sequence, several rows, one stack call
+    assert sum(r > 1 for r in rows_per_call) == engine.speculator.num_verify_steps  # each one on the stack
