@@ -136,6 +136,8 @@ def main(argv: list[str]) -> int:
     llm_args.add_argument("--merged-engines", type=int, default=None,
                           help="merged engines measured for the naive way (default: one per adapter; fewer are "
                                "scaled to all; 0 skips)")
+    llm_args.add_argument("--merged-dtype", default=None,
+                          help="dtype of the merged dense engines (default: the engine's auto for dense weights)")
     llm_args.add_argument("--kv-cache-gb", type=float, default=None, help="default: the engine's")
     video_args = parser.add_argument_group("video")
     video_args.add_argument("--streams", type=int, default=4, help="streams (and distinct LoRAs)")

@@ -137,7 +137,8 @@ def merged_engines(engine, base_path: Path, adapter_paths: list[Path], args, fol
             if extra.is_file() and not (out / extra.name).exists():
                 shutil.copy(extra, out / extra.name)
         dense = LLMEngine(EngineConfig(model=str(out), max_num_seqs=max(args.batches), num_threads=args.threads,
-                                       kv_cache_memory=engine.config.kv_cache_memory))
+                                       kv_cache_memory=engine.config.kv_cache_memory,
+                                       **({"dtype": args.merged_dtype} if args.merged_dtype else {})))
         dense_bytes, dtype = model_bytes(dense.model), str(dense.dtype).removeprefix("torch.")
         run_batch(dense, [None] * 2, 4)  # warm-up
         for batch in args.batches:
