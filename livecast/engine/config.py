@@ -45,8 +45,14 @@ class EngineConfig:
                 "prefill chunking or prefix-cache hits (every row through the same native kernels)"})
     speculative: str | None = field(default=None, metadata={
         "help": "speculative decoding: ngram (prompt lookup: drafts copied from the request's own "
-                "earlier tokens) or suffix (SuffixDecoding: suffix trees over the request and over recent "
-                "requests' outputs); verified in one step, exact: the output distribution is unchanged"})
+                "earlier tokens), suffix (SuffixDecoding: suffix trees over the request and over recent "
+                "requests' outputs) or draft (a small model, --draft-model); verified in one step, exact: "
+                "the output distribution is unchanged"})
+    draft_model: str | None = field(default=None, metadata={
+        "help": "--speculative draft: a Llama-family HF folder or .gguf with the target's tokenizer"})
+    draft_kv_cache_memory: int | None = field(default=None, metadata={  # bytes
+        "flag": "--draft-kv-cache-gb", "unit": "GiB",
+        "help": "the draft model's own paged KV cache (default: a quarter of the target's)"})
     num_speculative_tokens: int = field(default=4, metadata={
         "help": "drafts per step at most (each request adapts its own to its acceptance)"})
     spec_max_batch: int = field(default=8, metadata={
@@ -82,8 +88,13 @@ class EngineConfig:
             raise ValueError(f"max_waiting must be >= 1, got {self.max_waiting}")
         if self.swap_space < 0:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
-        if self.speculative not in (None, "ngram", "suffix"):
-            raise ValueError(f"speculative must be ngram, suffix or unset, got {self.speculative!r}")
+        if self.speculative not in (None, "ngram", "suffix", "draft"):
+            raise ValueError(f"speculative must be ngram, suffix, draft or unset, got {self.speculative!r}")
+        if (self.speculative == "draft") != (self.draft_model is not None):
+            raise ValueError("--speculative draft needs --draft-model PATH" if self.draft_model is None else
+                             f"draft_model {self.draft_model!r} is only used with --speculative draft")
+        if self.draft_kv_cache_memory is not None and self.draft_kv_cache_memory <= 0:
+            raise ValueError(f"draft_kv_cache_memory must be positive, got {self.draft_kv_cache_memory}")
         if self.num_speculative_tokens < 1:
             raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
         if self.spec_max_batch < 1:

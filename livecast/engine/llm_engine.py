@@ -69,7 +69,7 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size, num_cpu_blocks,
                                           config.enable_prefix_caching)
         self.speculator = None if config.speculative is None else Speculator(
-            make_proposer(config.speculative), config.num_speculative_tokens, config.spec_max_batch)
+            make_proposer(config.speculative, self), config.num_speculative_tokens, config.spec_max_batch)
         self.lora = LoraRegistry(config.enable_lora, ModuleShapes.of(hf), config.max_loras, config.max_lora_rank,
                                  self.device, self.model_name,
                                  choose_kernel(self.backend) if config.enable_lora else "torch")

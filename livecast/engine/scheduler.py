@@ -104,11 +104,18 @@ class Scheduler:
                 queue.remove(group)
         for seq in group.seqs:
             self.block_manager.free(seq)
+        self._release_spec(group)
 
     def drop_finished(self) -> list[SequenceGroup]:
         done = [g for g in self.running if g.finished]
         self.running = [g for g in self.running if not g.finished]
+        for group in done:
+            self._release_spec(group)
         return done
+
+    def _release_spec(self, group: SequenceGroup) -> None:
+        if self.speculator is not None:
+            self.speculator.release(group.spec)  # a draft model's KV blocks for the request
 
     def _lora_fits(self, group: SequenceGroup) -> bool:
         """A group may join the running ones if its adapter is among theirs or a slot is left."""
@@ -133,6 +140,7 @@ class Scheduler:
         queue = list(self.running)
         kept: list[SequenceGroup] = []
         speculate = self.speculator is not None and self.num_running_seqs() <= self.speculator.max_batch
+        drafts_of = self._propose_all() if speculate else {}
         while queue:
             group = queue.pop(0)
             plan: list[tuple[Sequence, int, list[int]]] = []
@@ -141,7 +149,7 @@ class Scheduler:
                 if num_new <= 0:
                     break
                 # every group still queued keeps at least one token of the budget
-                drafts = self._drafts(group, seq, budget - num_new - len(queue)) if speculate else []
+                drafts = drafts_of.get(seq.seq_id, [])[:max(0, budget - num_new - len(queue))]
                 plan.append((seq, num_new, drafts))
             if group.is_beam and len(plan) < len(group.unfinished_seqs()):
                 plan = []  # beams advance together or not at all
@@ -161,18 +169,21 @@ class Scheduler:
         self.running = kept
         return budget
 
-    def _drafts(self, group: SequenceGroup, seq: Sequence, max_k: int) -> list[int]:
-        """The proposer's guesses for a decoding single-sequence request that allows them, at most
-        `max_k` and never past its max_tokens (the last accepted draft still yields a token)."""
-        params = group.params
-        if group.is_beam or params.best_of > 1 or not params.speculative or seq.num_uncomputed_tokens != 1:
-            return []
-        max_k = min(max_k, params.max_tokens - seq.num_output_tokens - 1)
-        if max_k <= 0:
-            return []
-        if group.spec is None:
-            group.spec = SpecState()
-        return self.speculator.propose(group.spec, seq.token_ids, max_k)
+    def _propose_all(self) -> dict[int, list[int]]:
+        """The proposer's guesses for each decoding single-sequence request that allows them, by
+        seq_id, asked all at once (a draft model runs them as one batch): never past a request's
+        max_tokens (the last accepted draft still yields a token), and cut to the budget left
+        when the step reaches it."""
+        asks = []
+        for group in self.running:
+            params, seq = group.params, group.seqs[0]
+            if group.is_beam or params.best_of > 1 or not params.speculative or seq.num_uncomputed_tokens != 1:
+                continue
+            max_k = min(self.max_num_batched_tokens - 1, params.max_tokens - seq.num_output_tokens - 1)
+            if max_k > 0:
+                group.spec = group.spec or SpecState()
+                asks.append((seq.seq_id, (group.spec, seq.token_ids, max_k)))
+        return dict(zip((seq_id for seq_id, _ in asks), self.speculator.propose_many([a for _, a in asks])))
 
     def _schedule_swapped(self, out: SchedulerOutput, budget: int) -> int:
         bm = self.block_manager
@@ -249,6 +260,7 @@ class Scheduler:
         out.num_preempted += 1
         self.num_preemptions += 1
         group.num_preemptions += 1
+        self._release_spec(group)
         if self.preemption_mode == "swap" and bm.can_swap_out(seqs):
             out.blocks_to_swap_out += bm.swap_out(seqs)
             for seq in seqs:

@@ -17,12 +17,24 @@ class Proposer(Protocol):
         (every finished sampling request, speculating or not)."""
         ...
 
+    # Optional as well: `propose_many(requests: list[(state, token_ids, k)]) -> list[list[int]]`
+    # drafts for every speculating sequence of a step at once (a draft model batches its forward),
+    # and `release(state)` drops what the proposer keeps for a request that finished, was aborted
+    # or preempted (a draft model's KV blocks).
 
-def make_proposer(name: str) -> Proposer:
+
+def make_proposer(name: str, engine: Any = None) -> Proposer:
+    """`engine`: the LLMEngine being built (its config, device, backend, tokenizer, KV cache), which
+    the draft proposer loads its model beside."""
     if name == "ngram":
         from livecast.engine.spec.ngram import NgramProposer
         return NgramProposer()
     if name == "suffix":
         from livecast.engine.spec.suffix import SuffixProposer
         return SuffixProposer()
-    raise ValueError(f"speculative must be 'ngram' or 'suffix', got {name!r}")
+    if name == "draft":
+        if engine is None:
+            raise ValueError("the draft proposer loads a model beside the engine: make_proposer('draft', engine)")
+        from livecast.engine.spec.draft import DraftProposer
+        return DraftProposer.from_engine(engine)
+    raise ValueError(f"speculative must be 'ngram', 'suffix' or 'draft', got {name!r}")

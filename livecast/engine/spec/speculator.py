@@ -43,6 +43,23 @@ class Speculator:
         k = min(self.num_drafts(state), max_k)
         return self.proposer.propose(token_ids, k, state) if k > 0 else []
 
+    def propose_many(self, requests: list[tuple[SpecState, list[int], int]]) -> list[list[int]]:
+        """`propose` for each (state, token_ids, max_k) of a step, in one call where the proposer
+        batches them (`propose_many`: a draft model's forward serves every sequence)."""
+        ks = [min(self.num_drafts(state), max_k) for state, _, max_k in requests]
+        asks = [(state, token_ids, k) for (state, token_ids, _), k in zip(requests, ks) if k > 0]
+        batched = getattr(self.proposer, "propose_many", None)
+        drafts = iter(batched(asks) if batched is not None and asks else
+                      [self.proposer.propose(token_ids, k, state) for state, token_ids, k in asks])
+        return [next(drafts) if k > 0 else [] for k in ks]
+
+    def release(self, state: SpecState | None) -> None:
+        """The request finished, was aborted or preempted: the proposer drops what it kept for it
+        (a draft model: its KV blocks). Optional for a proposer, as `request_finished` is."""
+        hook = getattr(self.proposer, "release", None)
+        if state is not None and hook is not None:
+            hook(state)
+
     def request_finished(self, prompt_token_ids: list[int], output_token_ids: list[int]) -> None:
         hook = getattr(self.proposer, "request_finished", None)  # optional: a proposer may learn nothing
         if hook is not None:

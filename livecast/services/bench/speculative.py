@@ -1,5 +1,5 @@
 """`python -m livecast.services.bench.speculative`: speculation off and with each proposer (ngram,
-suffix), one engine each, on two single-stream workloads:
+suffix, and draft when `--draft-model PATH` is given), one engine each, on two single-stream workloads:
 
 - quote: a reply that copies text from its prompt, where prompt lookup drafts well;
 - json: requests one after another that answer in the same JSON shape (agents, tool calls), where
@@ -68,15 +68,16 @@ def _row(workload: str, speculative: str | None, deterministic: bool, runs: list
 
 
 def run(model: str | None, speculative: str | None, deterministic: bool, max_tokens: int, k: int,
-        num_json: int) -> list[dict]:
+        num_json: int, draft_model: str | None = None) -> list[dict]:
     """A fresh engine per workload (no tree carried over): the quote, then `num_json` JSON answers
-    in a row (the first one reported apart)."""
+    in a row (the first one reported apart). `draft_model`: the draft proposer's model."""
     from livecast.engine import EngineConfig, LLMEngine, SamplingParams
 
     rows = []
     for workload in ("quote", "json") if num_json else ("quote",):
         engine = LLMEngine(EngineConfig(model=model, speculative=speculative, num_speculative_tokens=k,
-                                        deterministic=deterministic))
+                                        deterministic=deterministic,
+                                        draft_model=draft_model if speculative == "draft" else None))
         warmup = _chat_ids(engine, PROMPT)[:16]
         engine.add_request("warmup", warmup, SamplingParams(temperature=0, max_tokens=4))
         while engine.has_unfinished_requests():
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench speculative", description=__doc__)
     parser.add_argument("--model", default=None)
     parser.add_argument("--speculative", default="ngram,suffix", help="proposers to compare with off, comma-separated")
+    parser.add_argument("--draft-model", default=None,
+                        help="a draft model (HF folder or .gguf with the target's tokenizer): adds the draft proposer")
     parser.add_argument("--num-speculative-tokens", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--num-json", type=int, default=4, help="JSON answers in a row (0: the quote only)")
@@ -107,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     methods = [None] + [m for m in args.speculative.split(",") if m]
+    if args.draft_model and "draft" not in methods:
+        methods.append("draft")
     rows = []
     for deterministic in {"off": (False,), "on": (True,), "both": (False, True)}[args.deterministic]:
-        by_method = [run(args.model, m, deterministic, args.max_tokens, args.num_speculative_tokens, args.num_json)
-                     for m in methods]
+        by_method = [run(args.model, m, deterministic, args.max_tokens, args.num_speculative_tokens, args.num_json,
+                         args.draft_model) for m in methods]
         for off, *ons in zip(*by_method):
             for on in ons:
                 on["same_tokens"] = on["token_ids"] == off["token_ids"]

@@ -192,7 +192,9 @@ class LLMService:
                 "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
                 "quantization": engine.quantization, "quantization_detail": engine.quantization_detail,
                 "max_model_len": self.max_model_len, "running": stats.num_running,
-                "waiting": stats.num_waiting, "kv_cache_usage": stats.kv_cache_usage}
+                "waiting": stats.num_waiting, "kv_cache_usage": stats.kv_cache_usage,
+                "speculative": None if engine.speculator is None else getattr(  # the draft proposer names its model
+                    engine.speculator.proposer, "name", engine.config.speculative)}
 
 
 def model_not_found(model: str | None, param: str = "model") -> APIError:
