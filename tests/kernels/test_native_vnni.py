@@ -164,3 +164,20 @@ def test_the_fused_decode_stack_runs_the_picked_variant():
     assert torch.isfinite(outs["avx2"]).all() and outs["avx2"].abs().max() > 0
     for name, out in outs.items():
         assert torch.equal(out, outs["avx2"]), name
+
+
+def test_the_bench_rows_time_every_runnable_variant_against_avx2():
+    from livecast.services.bench import kernels as bench
+
+    calls = []
+
+    def counting_ms(fn):  # a fixed "time" per variant: the rows' arithmetic, not this machine's speed
+        fn()
+        calls.append(qg.gemm_variant())
+        return {"avx2": 2.0}.get(calls[-1], 1.0)
+
+    rows = bench.measure_gemm_variants(bits=8, num_rows=3, rounds=2, time_ms=counting_ms)
+    assert [row["variant"] for row in rows] == RUNNABLE and calls == RUNNABLE * 2  # alternating rounds
+    for row in rows:
+        assert set(bench.GEMM_HEADERS) <= set(row) and row["rows"] == 3
+        assert row["vs_avx2"] == (1.0 if row["variant"] == "avx2" else 2.0)

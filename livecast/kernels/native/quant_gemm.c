@@ -98,16 +98,17 @@ enum { ISA_AVX2, ISA_AVXVNNI, ISA_AVX512VNNI };
 typedef struct {
     const char *name;
     int isa, by_name_only;
-    q4_octets_fn *q4;
-    q8_octets_fn *q8;
+    q4_octets_fn *q4, *q4_pair;  /* one octet; two at once where the variant has it (else NULL) */
+    q8_octets_fn *q8, *q8_pair;
 } gemm_variant;
 
 static const gemm_variant VARIANTS[] = {
-    {"avx512vnni", ISA_AVX512VNNI, 0, q4_octets_avx512vnni, q8_octets_avx512vnni},
-    {"avxvnni", ISA_AVXVNNI, 0, q4_octets_avxvnni, q8_octets_avxvnni},
+    {"avx512vnni", ISA_AVX512VNNI, 0, q4_octets_avx512vnni_ymm, q4_pairs_avx512vnni,
+     q8_octets_avx512vnni_ymm, q8_pairs_avx512vnni},
+    {"avxvnni", ISA_AVXVNNI, 0, q4_octets_avxvnni, NULL, q8_octets_avxvnni, NULL},
     /* the AVX-VNNI loops in EVEX form, so a machine with AVX-512 VNNI alone tests that code */
-    {"avx512vnni_ymm", ISA_AVX512VNNI, 1, q4_octets_avx512vnni_ymm, q8_octets_avx512vnni_ymm},
-    {"avx2", ISA_AVX2, 0, q4_octets_avx2, q8_octets_avx2},
+    {"avx512vnni_ymm", ISA_AVX512VNNI, 1, q4_octets_avx512vnni_ymm, NULL, q8_octets_avx512vnni_ymm, NULL},
+    {"avx2", ISA_AVX2, 0, q4_octets_avx2, NULL, q8_octets_avx2, NULL},
 };
 #define NUM_VARIANTS (int)(sizeof(VARIANTS) / sizeof(VARIANTS[0]))
 
@@ -161,9 +162,12 @@ int lc_q4_gemm(const float *x, long ldx, int m, int k, const uint8_t *w, const u
     act_q8 a = {0};
     if (act_quantize(x, ldx, m, k, g, &a)) { act_free(&a); return -2; }
     const int nb = k / QK, ng = k / g;
-    q4_octets_fn *const q4 = active->q4;
+    const gemm_variant *v = active;
+    const int step = v->q4_pair ? 2 : 1, octets = n / 8;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int j = 0; j < n / 8; j++) {
+    for (int jj = 0; jj < (octets + step - 1) / step; jj++) {
+        const int j = jj * step;
+        q4_octets_fn *const q4 = step == 2 && j + 1 < octets ? v->q4_pair : v->q4;
         const uint8_t *w8 = w + (long)j * nb * 128;
         const uint16_t *s8 = scales + (long)j * ng * 8, *m8 = mins + (long)j * ng * 8;
         for (int m0 = 0; m0 < m; m0 += TILE_M) {
@@ -184,9 +188,12 @@ int lc_q8_gemm(const float *x, long ldx, int m, int k, const int8_t *w, const ui
     act_q8 a = {0};
     if (act_quantize(x, ldx, m, k, QK, &a)) { act_free(&a); return -2; }
     const int nb = k / QK;
-    q8_octets_fn *const q8 = active->q8;
+    const gemm_variant *v = active;
+    const int step = v->q8_pair ? 2 : 1, octets = n / 8;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int j = 0; j < n / 8; j++) {
+    for (int jj = 0; jj < (octets + step - 1) / step; jj++) {
+        const int j = jj * step;
+        q8_octets_fn *const q8 = step == 2 && j + 1 < octets ? v->q8_pair : v->q8;
         const int8_t *w8 = w + (long)j * nb * 256;
         const uint16_t *s8 = scales + (long)j * nb * 8;
         for (int m0 = 0; m0 < m; m0 += TILE_M) {

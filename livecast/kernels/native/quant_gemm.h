@@ -15,8 +15,11 @@ typedef void q8_octets_fn(const int8_t *w, const uint16_t *sc, int k, const int8
                           const float *d, int mt, float *out, long ldo);
 
 #define HIDDEN __attribute__((visibility("hidden")))
-HIDDEN q4_octets_fn q4_octets_avx2, q4_octets_avxvnni, q4_octets_avx512vnni, q4_octets_avx512vnni_ymm;
-HIDDEN q8_octets_fn q8_octets_avx2, q8_octets_avxvnni, q8_octets_avx512vnni, q8_octets_avx512vnni_ymm;
+HIDDEN q4_octets_fn q4_octets_avx2, q4_octets_avxvnni, q4_octets_avx512vnni_ymm;
+HIDDEN q8_octets_fn q8_octets_avx2, q8_octets_avxvnni, q8_octets_avx512vnni_ymm;
+/* The same for two consecutive octets (16 rows: w, sc, mn, out continue into the next octet). */
+HIDDEN q4_octets_fn q4_pairs_avx512vnni;
+HIDDEN q8_octets_fn q8_pairs_avx512vnni;
 
 static inline __m256i bcast4(const int8_t *p) {
     int32_t v;

@@ -5,13 +5,18 @@ the bytes the kernel must move over its time, as GB/s and as a share of a large 
 copy measured in the same run. Peers on the same inputs: the per-sequence torch reference
 (`paged_attention_decode_ref`, gather + fp32 softmax) and `scaled_dot_product_attention` on K/V
 already gathered into dense `(batch, kv_heads, context, head_dim)` tensors, which leaves the
-paging cost out of SDPA's time. GPU only: on a CPU it says so and measures only the LoRA rows.
+paging cost out of SDPA's time. GPU only: on a CPU it says so and measures only the LoRA and GEMM rows.
 LoRA rows: the batched per-row-adapter update (Triton BGMV on CUDA, the native kernel on a CPU)
 against its torch reference.
+GEMM rows (any x86 machine the native kernels load on): one SmolLM2-135M layer's int4 and int8
+GEMMs at decode sizes in every instruction-set variant the CPU runs (AVX2, AVX-VNNI, AVX-512
+VNNI), on one thread's CPU clock in alternating rounds, so that load from other work slows each
+alike: read the ratio to AVX2, not the microseconds.
 """
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Callable
 
 import torch
@@ -25,6 +30,9 @@ NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, DTYPE = 32, 8, 128, 16, torch.bfl
 # LoRA rows: 8 adapters of rank 16 on SmolLM2-135M's fused qkv (576 -> 960), slots mixed with -1.
 LORA_HEADERS = ["rows", "path", "kernel_us", "ref_us", "vs_ref", "max_err"]
 LORA_SLOTS, LORA_RANK, LORA_K, LORA_N = 8, 16, 576, 960
+# GEMM rows: SmolLM2-135M's linears as (out, in): q|k|v, o, gate|up, down; q4 in groups of 32.
+GEMM_HEADERS = ["bits", "rows", "variant", "layer_us", "vs_avx2"]
+GEMM_SHAPES = ((960, 576), (576, 576), (3072, 576), (576, 1536))
 
 
 def copy_bandwidth_gbps(num_bytes: int = 2 * 2**30) -> float:
@@ -122,26 +130,90 @@ def report_lora(num_rows: list[int], device: str, time_ms: Callable[[Callable], 
     return rows
 
 
+def round_ms(fn: Callable, min_time_s: float = 0.05) -> float:
+    """One round's time of fn on this thread's CPU clock, so that time the scheduler gives other
+    work is not counted (the GEMM rows run on one thread)."""
+    start = time.thread_time()
+    fn()
+    reps = max(1, int(min_time_s / max(time.thread_time() - start, 1e-6)))
+    start = time.thread_time()
+    for _ in range(reps):
+        fn()
+    return 1e3 * (time.thread_time() - start) / reps
+
+
+def measure_gemm_variants(bits: int, num_rows: int, rounds: int, time_ms: Callable[[Callable], float] = round_ms
+                          ) -> list[dict]:
+    """One layer's four GEMMs per variant over `rounds` rounds, each timing every variant once in
+    turn: the median time, and the median of the rounds' ratios to AVX2."""
+    from livecast.kernels.native import quant_gemm as qg
+
+    g = torch.Generator().manual_seed(bits * 100 + num_rows)
+    calls = []
+    for n, k in GEMM_SHAPES:
+        x = torch.randn(num_rows, k, generator=g)
+        if bits == 4:
+            codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
+            scales = torch.rand(n, k // 32, generator=g) * 0.01
+            packed, s8, m8 = qg.pack_q4(codes, scales, -8 * scales)
+            calls.append(lambda x=x, w=(packed, s8, m8): qg.q4_gemm(x, *w, 32))
+        else:
+            codes, s8 = qg.quantize_q8(torch.randn(n, k, generator=g))
+            calls.append(lambda x=x, w=(codes, s8): qg.q8_gemm(x, *w))
+
+    def layer():
+        for call in calls:
+            call()
+
+    variants = qg.runnable_gemm_variants()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the variants differ per thread; one thread keeps the scheduler out of it
+    try:
+        for _ in range(rounds):
+            for name in variants:
+                with qg.gemm_variant_override(name):
+                    times[name].append(time_ms(layer))
+    finally:
+        torch.set_num_threads(threads)
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    # each round's own ratio: a burst of load that hits one round leaves the others' ratios alone
+    return [dict(bits=bits, rows=num_rows, variant=name, layer_us=1e3 * median(t),
+                 vs_avx2=median([a / b for a, b in zip(times["avx2"], t)])) for name, t in times.items()]
+
+
+def report_gemm(num_rows: list[int], rounds: int) -> list[dict]:
+    rows = [row for bits in (4, 8) for n in num_rows for row in measure_gemm_variants(bits, n, rounds)]
+    report("kernels gemm variants", GEMM_HEADERS, [[row[h] for h in GEMM_HEADERS] for row in rows], {}, None)
+    return rows
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="livecast bench kernels", description=__doc__)
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     parser.add_argument("--context-lens", type=int, nargs="+", default=[128, 512, 2048, 8192])
     parser.add_argument("--lora-rows", type=int, nargs="*", default=[1, 16, 256], help="rows per LoRA call")
+    parser.add_argument("--gemm-rows", type=int, nargs="*", default=[1, 4, 16],
+                        help="activation rows per native int4/int8 GEMM call (decode sizes)")
+    parser.add_argument("--gemm-rounds", type=int, default=5, help="alternating rounds per GEMM row")
     args = parser.parse_args(argv)
+    from livecast.kernels import native
+
+    gemm = report_gemm(args.gemm_rows, args.gemm_rounds) if native.available() else []
 
     if not torch.cuda.is_available():
         from torch.utils.benchmark import Timer
-
-        from livecast.kernels import native
 
         def cpu_ms(fn: Callable) -> float:
             return 1e3 * Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) \
                 .blocked_autorange(min_run_time=0.2).median
 
         lora = report_lora(args.lora_rows, "cpu", cpu_ms) if native.available() else []
-        print("no GPU present: the attention benchmark needs CUDA; only the LoRA rows were measured")
-        report("kernels", HEADERS, [], {"gpu": False, "lora": lora}, args.json_path)
+        print("no GPU present: the attention benchmark needs CUDA; only the GEMM and LoRA rows were measured")
+        report("kernels", HEADERS, [], {"gpu": False, "lora": lora, "gemm": gemm}, args.json_path)
         return 0
 
     import triton.testing
@@ -161,6 +233,6 @@ def main(argv: list[str]) -> int:
     result = {"gpu": True, "copy_bandwidth_gbps": copy_gbps,
               "shape": dict(num_heads=NUM_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
                             block_size=BLOCK_SIZE, dtype=str(DTYPE)),
-              "rows": rows, "lora": report_lora(args.lora_rows, "cuda", time_ms)}
+              "rows": rows, "lora": report_lora(args.lora_rows, "cuda", time_ms), "gemm": gemm}
     report("kernels", HEADERS, [[row[h] for h in HEADERS] for row in rows], result, args.json_path)
     return 0
