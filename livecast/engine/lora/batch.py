@@ -40,9 +40,9 @@ class LoraBatch:
 
     def add(self, layer: int, group: str, y: torch.Tensor, x: torch.Tensor) -> None:
         """y (num_tokens, out) += each row's adapter update of x (num_tokens, in), in place."""
-        if group not in self.groups:
+        stack = self.slots.stacks[layer].get(group) if group in self.groups else None
+        if stack is None:  # no resident adapter touches this projection (of this layer)
             return
-        stack = self.slots.stacks[layer][group]
         if self.kernel == "native":
             from livecast.kernels.native.lora_gemm import add_lora_native
 

@@ -34,21 +34,26 @@ class LoraSlots:
                  kernel: str = "torch") -> None:
         self.num_slots, self.max_rank, self.device = num_slots, max_rank, device
         self.kernel = kernel  # engine.lora.batch's kernel for the steps
-        self.stacks: list[dict[str, Stack]] = []
-        for _ in range(shapes.num_layers):
-            layer = {}
-            for group, parts in GROUPS.items():
-                outs = [shapes.shapes[p][0] for p in parts]
-                in_f = shapes.shapes[parts[0]][1]
-                rank = len(parts) * max_rank
-                offsets = tuple(sum(outs[:i]) for i in range(len(parts)))
-                layer[group] = Stack(torch.zeros(num_slots, rank, in_f, device=device),
-                                     torch.zeros(num_slots, sum(outs), rank, device=device), offsets)
-            self.stacks.append(layer)
+        self.shapes = shapes
+        # allocated the first time an adapter touches the fused projection: q|v adapters never
+        # pay for MLP stacks
+        self.stacks: list[dict[str, Stack]] = [{} for _ in range(shapes.num_layers)]
         self.scales = torch.ones(num_slots, device=device)  # the adapters' scales live in their B
         self.resident: OrderedDict[int, int] = OrderedDict()  # adapter uid -> slot, least recent first
         self.groups: dict[int, frozenset[str]] = {}  # slot -> the fused projections its adapter touches
         self.num_loads = 0
+
+    def _stack(self, layer: int, group: str) -> Stack:
+        stack = self.stacks[layer].get(group)
+        if stack is None:
+            parts = GROUPS[group]
+            outs = [self.shapes.shapes[p][0] for p in parts]
+            rank, in_f = len(parts) * self.max_rank, self.shapes.shapes[parts[0]][1]
+            stack = Stack(torch.zeros(self.num_slots, rank, in_f, device=self.device),
+                          torch.zeros(self.num_slots, sum(outs), rank, device=self.device),
+                          tuple(sum(outs[:i]) for i in range(len(parts))))
+            self.stacks[layer][group] = stack
+        return stack
 
     @property
     def nbytes(self) -> int:
@@ -85,7 +90,7 @@ class LoraSlots:
                 stack.b[slot].zero_()
         for (layer, part), (a, b) in adapter.modules.items():
             group = GROUP_OF[part]
-            stack = self.stacks[layer][group]
+            stack = self._stack(layer, group)
             i = GROUPS[group].index(part)
             rank, out0 = a.shape[0], stack.out_offsets[i]
             stack.a[slot, i * r:i * r + rank].copy_(a)

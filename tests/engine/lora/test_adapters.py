@@ -190,3 +190,22 @@ def _merged_folder(base, adapter):
             if f.name.startswith(("tokenizer", "special_tokens")):
                 (out / f.name).write_bytes(f.read_bytes())
     return out
+
+
+def test_slots_hold_only_the_projections_adapters_touch(tiny_llama_path, tiny_adapters, tmp_path):
+    """Stacks are allocated on first use: q|v adapters never pay for MLP stacks; an adapter on
+    some layers only (PEFT's layers_to_transform) leaves the others without any and still matches."""
+    one_layer = save_adapter(tiny_llama_path, tmp_path / "o1", seed=9, r=4, lora_alpha=8, target_modules=["o_proj"],
+                             layers_to_transform=[1])
+    engine = make_engine(tiny_llama_path, {"qv": tiny_adapters["qv"], "o1": one_layer}, "native")
+    slots = engine.lora.slots
+    assert slots.nbytes == 0
+    run(engine, [("a", PROMPTS[0], SamplingParams(**GREEDY, lora="qv"))])
+    assert [sorted(layer) for layer in slots.stacks] == [["qkv"], ["qkv"]]
+    per_slot_qkv = sum(s.a[0].nbytes + s.b[0].nbytes for layer in slots.stacks for s in layer.values())
+    assert slots.nbytes == per_slot_qkv * slots.num_slots
+    out = run(engine, [("b", PROMPTS[2], SamplingParams(**GREEDY, lora="o1"))])["b"].outputs[0].token_ids
+    assert [sorted(layer) for layer in slots.stacks] == [["qkv"], ["o", "qkv"]]
+    expected = greedy_with_logprobs(merged_model(tiny_llama_path, one_layer), PROMPTS[2], 8)[0]
+    assert out == expected
+    assert expected != greedy_with_logprobs(merged_model(tiny_llama_path), PROMPTS[2], 8)[0]
