@@ -41,7 +41,8 @@ REQUESTS = [(REPETITIVE, _greedy(20)), ([300, 301, 302, 303, 304, 305, 306, 307,
 
 
 def _engine(target, draft=None, **overrides) -> LLMEngine:
-    config = dict(model=str(target), dtype="float32", kv_cache_memory=8 << 20, block_size=8, deterministic=True,
+    config = dict(model=str(target), device="cpu", dtype="float32", kv_cache_memory=8 << 20, block_size=8,
+                  deterministic=True,  # identical logits spec on and off: the CPU's batch-invariant numerics
                   speculative="draft" if draft else None, draft_model=draft and str(draft), num_speculative_tokens=4)
     config.update(overrides)
     return LLMEngine(EngineConfig(**config))

@@ -128,7 +128,9 @@ class DraftProposer:
 
     def _forward(self, pieces: list[tuple[Sequence, list[int], bool]]) -> dict[int, int]:
         """Feed each sequence its piece (as the engine runs the target: chunks → ModelInput →
-        runner); by seq_id, the argmax after the piece of each one that samples."""
+        runner); by seq_id, the argmax after the piece of each one that samples. No chunk is marked
+        prefill: a step of a few rows per sequence then runs as decodes and verifications do (the
+        native fused stack where the backend has one; a long catch-up still takes the prefill path)."""
         chunks = [ScheduledChunk("draft", seq.seq_id, piece, seq.num_computed_tokens,
                                  list(self.block_manager.block_tables[seq.seq_id]), samples, False)
                   for seq, piece, samples in pieces]
