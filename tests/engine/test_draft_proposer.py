@@ -240,3 +240,26 @@ def test_config_and_vocabulary_checks(tmp_path, target, smollm2_path):
                                       num_hidden_layers=1)
     with pytest.raises(ValueError, match=f"draft model '{other_tokenizer}' and target model '{target}' tokenize"):
         _engine(target, other_tokenizer)
+
+
+def test_speculator_asks_each_request_for_its_own_k_at_once():
+    from livecast.engine.spec import SpecState, Speculator
+
+    class OneByOne:  # no propose_many: asked once per request
+        asked: list = []
+
+        def propose(self, token_ids, k, state=None):
+            self.asked.append((token_ids[0], k))
+            return list(range(k))
+
+    class Batched(OneByOne):
+        def propose_many(self, requests):
+            self.asked.append([(ids[0], k) for _, ids, k in requests])
+            return [list(range(k)) for _, _, k in requests]
+
+    fresh, shrunk, paused = SpecState(), SpecState(acceptance=0.4), SpecState(paused_steps=2)
+    for proposer, asked in ((OneByOne(), [(1, 4), (2, 2)]), (Batched(), [[(1, 4), (2, 2)]])):
+        proposer.asked = []
+        spec = Speculator(proposer, num_speculative_tokens=4)
+        drafts = spec.propose_many([(fresh, [1], 9), (shrunk, [2], 9), (paused, [3], 9), (SpecState(), [4], 0)])
+        assert drafts == [[0, 1, 2, 3], [0, 1], [], []] and proposer.asked == asked

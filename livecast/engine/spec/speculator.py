@@ -39,13 +39,10 @@ class Speculator:
             return 0
         return max(1, min(self.num_speculative_tokens, round(self.num_speculative_tokens * state.acceptance / 0.8)))
 
-    def propose(self, state: SpecState, token_ids: list[int], max_k: int) -> list[int]:
-        k = min(self.num_drafts(state), max_k)
-        return self.proposer.propose(token_ids, k, state) if k > 0 else []
-
     def propose_many(self, requests: list[tuple[SpecState, list[int], int]]) -> list[list[int]]:
-        """`propose` for each (state, token_ids, max_k) of a step, in one call where the proposer
-        batches them (`propose_many`: a draft model's forward serves every sequence)."""
+        """Drafts for each (state, token_ids, max_k) of a step, at most the request's own k (and
+        none while it is paused), in one call where the proposer batches them (`propose_many`: a
+        draft model's forward serves every sequence)."""
         ks = [min(self.num_drafts(state), max_k) for state, _, max_k in requests]
         asks = [(state, token_ids, k) for (state, token_ids, _), k in zip(requests, ks) if k > 0]
         batched = getattr(self.proposer, "propose_many", None)
