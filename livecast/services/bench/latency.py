@@ -1,4 +1,4 @@
-"""One streamed /v1/completions request, timed (TTFT, inter-token gaps, end to end), and the
+"""One streamed /v1/completions (or chat) request, timed (TTFT, inter-token gaps, end to end), and the
 latency summary of many; the words synthetic prompts are drawn from. Shared by the serving, streams
 and scale benches."""
 from __future__ import annotations
@@ -28,15 +28,35 @@ class Result:
     e2e_s: float = 0.0
     itl_s: list[float] = field(default_factory=list)
     error: str = ""
+    text: str = ""
+    timings: dict = field(default_factory=dict)  # llama-server's last `timings` (draft_n, draft_n_accepted)
 
 
 async def one_request(client: httpx.AsyncClient, model: str, prompt: list[int], max_tokens: int) -> Result:
-    result = Result()
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
+    return await stream_timed(client, "/v1/completions", body)
+
+
+async def one_chat_request(client: httpx.AsyncClient, model: str, messages: list[dict], max_tokens: int,
+                           **extra) -> Result:
+    """A greedy streamed chat completion that ends at EOS or `max_tokens` (`extra`: more body fields)."""
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0,
+            "stream": True, "stream_options": {"include_usage": True}, **extra}
+    return await stream_timed(client, "/v1/chat/completions", body)
+
+
+def _delta_text(choice: dict) -> str:
+    return choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+
+
+async def stream_timed(client: httpx.AsyncClient, path: str, body: dict) -> Result:
+    """POST a streaming completion (text or chat) and time its chunks; llama-server's `timings`
+    object (its draft counts) is kept when the server sends one."""
+    result = Result()
     start = last = time.perf_counter()
     try:
-        async with client.stream("POST", "/v1/completions", json=body) as r:
+        async with client.stream("POST", path, json=body) as r:
             if r.status_code != 200:
                 result.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
                 return result
@@ -48,7 +68,11 @@ async def one_request(client: httpx.AsyncClient, model: str, prompt: list[int], 
                 if chunk.get("usage"):
                     result.prompt_tokens = chunk["usage"]["prompt_tokens"]
                     result.output_tokens = chunk["usage"]["completion_tokens"]
-                if chunk.get("choices") and chunk["choices"][0]["text"]:
+                if chunk.get("timings"):
+                    result.timings = chunk["timings"]
+                text = _delta_text(chunk["choices"][0]) if chunk.get("choices") else ""
+                if text:
+                    result.text += text
                     if result.ttft_s == 0.0:
                         result.ttft_s = now - start
                     else:

@@ -1,6 +1,8 @@
 """`livecast bench serving`: online serving latency under Poisson load (after vLLM's benchmark_serving).
 
-With `--streams` / `--peer-llama-server` it runs closed-loop workloads instead (services.bench.streams).
+With `--streams` / `--peer-llama-server` it runs closed-loop workloads instead (services.bench.streams);
+with `--workloads quote,edit,chat` the chat workloads where speculation matters, once per
+`--speculative` setting, and TTFT at long prompts (services.bench.spec_serving).
 
 Starts `livecast serve` in its own process (or targets `--url`), then for each request rate
 sends the same seeded synthetic workload (prompt and output lengths drawn around --input-len /
@@ -53,13 +55,20 @@ async def run_rate(url: str, model: str, work: list[tuple], rate: float, seed: i
     return summarize(rate, results, duration)
 
 
-def start_bench_server(args):
+def bench_serve_args(args, speculative: str = "off") -> list[str]:
+    """The `livecast serve` flags of a bench server (`speculative`: off, or a --speculative value)."""
     serve = ["--dtype", args.dtype, "--log-level", "warning", "--no-diffusion"]
+    if speculative != "off":
+        serve += ["--speculative", speculative, "--num-speculative-tokens", str(args.num_speculative_tokens)]
     if args.model:
         serve += ["--model", args.model]
     if args.api_key:
         serve += ["--api-key", args.api_key]
-    return start_server(serve)
+    return serve
+
+
+def start_bench_server(args, speculative: str = "off"):
+    return start_server(bench_serve_args(args, speculative))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +92,35 @@ def main(argv: list[str] | None = None) -> int:
                              "print the ratios (implies --streams 1,4,16 --batch 128)")
     parser.add_argument("--peer-threads", type=int, default=2, help="llama-server -t")
     parser.add_argument("--peer-parallel", type=int, default=32, help="llama-server --parallel (slots)")
+    spec = parser.add_argument_group("speculation workloads (--workloads)")
+    spec.add_argument("--workloads", default=None, metavar="quote,edit,chat",
+                      help="chat workloads where speculation matters, once per --speculative setting")
+    spec.add_argument("--speculative", default="off,ngram,suffix",
+                      help="livecast settings, one server each (off: none)")
+    spec.add_argument("--num-speculative-tokens", type=int, default=4)
+    spec.add_argument("--spec-streams", default="1", help="concurrent streams per workload, e.g. 1,16")
+    spec.add_argument("--items", type=int, default=None, help="items per workload (default: all 8)")
+    spec.add_argument("--max-tokens", type=int, default=None, help="override each workload's max_tokens")
+    spec.add_argument("--ttft-sizes", default="512,2048", help="prompt tokens for the TTFT runs ('' for none)")
+    spec.add_argument("--ttft-runs", type=int, default=5, help="TTFT runs per size (median; after one warm-up)")
+    spec.add_argument("--peer-spec", default="none,ngram-mod",
+                      help="llama-server --spec-type values, one server each (none: plain); types the build "
+                           "lacks are skipped")
     args = parser.parse_args(argv)
+    if args.workloads:
+        from livecast.engine.model_loader import default_gguf_path
+        from livecast.services.bench.spec_serving import compare_speculation
+
+        if args.url:
+            parser.error("--workloads starts one server per --speculative setting; it takes no --url")
+        if args.peer_llama_server and args.model and not args.model.endswith(".gguf"):
+            parser.error("--peer-llama-server needs a .gguf --model (or the default SmolLM2 GGUF)")
+        if args.peer_llama_server and not os.access(args.peer_llama_server, os.X_OK):
+            parser.error(f"--peer-llama-server: {args.peer_llama_server} is not an executable file "
+                         "(docs/BENCHMARKS.md says how to build llama-server)")
+        return compare_speculation(args, lambda a, spec: start_bench_server(a, spec),
+                                   lambda proc: stop_server(proc),
+                                   args.model or str(default_gguf_path()))
     if args.peer_llama_server or args.streams:
         from livecast.engine.model_loader import default_gguf_path
 
