@@ -12,7 +12,7 @@ from livecast.engine.config import EngineConfig
 from livecast.engine.lora import LoraAdapter, LoraRegistry, ModuleShapes, parse_modules
 from livecast.engine.lora.batch import choose_kernel
 from livecast.engine.model_input import build_model_input
-from livecast.engine.model_loader import eos_token_ids, iter_weights, load_config, load_tokenizer, resolve_model
+from livecast.engine.model_loader import build_model, eos_token_ids, load_config, load_tokenizer, resolve_model
 from livecast.engine.model_runner import ModelRunner
 from livecast.engine.models.llama import LlamaForCausalLM
 from livecast.engine.request_output import CompletionOutput, RequestOutput
@@ -93,27 +93,10 @@ class LLMEngine:
                     self.backend.reason)
 
     def _load_model(self, max_positions: int) -> LlamaForCausalLM:
-        from livecast.engine.quant.loading import QuantizedCheckpoint
-        from livecast.kernels import native
-
-        with torch.device("meta"):
-            model = LlamaForCausalLM(self.hf_config, max_positions, self.backend)
-        model = model.to_empty(device="cpu")
-        quant = QuantizedCheckpoint.resolve(self.config.quantization, self.config.model, self.model_path,
-                                            self.device.type)
-        model.load_weights(quant.weights(self.config.model, self.model_path, self.hf_config,
-                                         iter_weights(self.model_path)))
-        if self.config.dtype == "auto" and self.device.type == "cpu" and quant.mode != "none" and native.available():
-            # quantized weights on the native CPU kernels: float32 activations cost nothing in weight
-            # reads and keep the whole decode step native (its stack takes float32), bf16 CPU or not
-            self.dtype = torch.float32
-        model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.quantization = quant.mode  # none | awq | gguf, for /health
-        self.quantization_detail = quant.apply(model, self.device, self.config.weight_kernel,
-                                               dense_copy=not self.backend.deterministic)
-        step = model.prepare()
-        if quant.mode != "none":
-            self.quantization_detail += f"; {step}"
+        config = self.config
+        model, self.dtype, self.quantization, self.quantization_detail = build_model(
+            config.model, self.model_path, self.hf_config, self.device, self.dtype, config.dtype, self.backend,
+            max_positions, config.quantization, config.weight_kernel)  # quantization: none | awq | gguf, for /health
         logger.info("weights: %s", self.quantization_detail)
         return model
 

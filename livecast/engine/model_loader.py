@@ -145,3 +145,30 @@ def eos_token_ids(path: Path, config, tokenizer) -> set[int]:
         value = json.loads(gen.read_text()).get("eos_token_id")
         ids.update([value] if isinstance(value, int) else (value or []))
     return ids
+
+
+def build_model(model: str | None, path: Path, hf, device: torch.device, dtype: torch.dtype, dtype_setting: str,
+                backend, max_positions: int, quantization: str, weight_kernel: str):
+    """(model, dtype, quantization mode, weights description): a Llama-family model with its
+    checkpoint loaded, quantized as the checkpoint says (a .gguf keeps its quantized blocks), on
+    its device and dtype, its native decode step prepared. The engine's target and the draft
+    model both load through here."""
+    from livecast.engine.models.llama import LlamaForCausalLM
+    from livecast.engine.quant.loading import QuantizedCheckpoint
+    from livecast.kernels import native
+
+    with torch.device("meta"):
+        llama = LlamaForCausalLM(hf, max_positions, backend)
+    llama = llama.to_empty(device="cpu")
+    quant = QuantizedCheckpoint.resolve(quantization, model, path, device.type)
+    llama.load_weights(quant.weights(model, path, hf, iter_weights(path)))
+    if dtype_setting == "auto" and device.type == "cpu" and quant.mode != "none" and native.available():
+        # quantized weights on the native CPU kernels: float32 activations cost nothing in weight
+        # reads and keep the whole decode step native (its stack takes float32), bf16 CPU or not
+        dtype = torch.float32
+    llama = llama.to(device=device, dtype=dtype).eval()
+    detail = quant.apply(llama, device, weight_kernel, dense_copy=not backend.deterministic)
+    step = llama.prepare()
+    if quant.mode != "none":
+        detail += f"; {step}"
+    return llama, dtype, quant.mode, detail

@@ -263,3 +263,22 @@ def test_speculator_asks_each_request_for_its_own_k_at_once():
         spec = Speculator(proposer, num_speculative_tokens=4)
         drafts = spec.propose_many([(fresh, [1], 9), (shrunk, [2], 9), (paused, [3], 9), (SpecState(), [4], 0)])
         assert drafts == [[0, 1, 2, 3], [0, 1], [], []] and proposer.asked == asked
+
+
+def test_a_failing_draft_forward_costs_drafts_not_the_step(plain, target, small_draft):
+    """The draft's forward raising mid-proposal: the step drafts nothing, the draft's blocks are
+    released, every request finishes with the tokens it has without speculation."""
+    engine = _engine(target, small_draft)
+    proposer = _proposer(engine)
+    forward, calls = proposer.runner.forward, []
+
+    def flaky(batch):
+        calls.append(1)
+        if len(calls) % 3 == 0:
+            raise RuntimeError("draft forward failed")
+        return forward(batch)
+
+    proposer.runner.forward = flaky
+    assert _run(engine, GREEDY, _check_draft_tables) == _greedy_outputs(plain)
+    assert engine.speculator.num_proposer_errors > 0
+    _assert_draft_cache_empty(engine)

@@ -63,15 +63,15 @@ class DraftProposer:
         """Load `engine.config.draft_model` on the engine's device and backend, check its tokenizer
         against the engine's, and give it a KV cache of `draft_kv_cache_memory` bytes (default: a
         quarter of the target's)."""
-        from livecast.engine.model_loader import load_config, resolve_model
+        from livecast.engine.model_loader import build_model, load_config, resolve_model
 
         config = engine.config
         path = resolve_model(config.draft_model)
         hf = load_config(path)
         check_vocab(engine.model_name, engine.hf_config, engine.tokenizer, config.draft_model, path, hf)
-        model, dtype, detail = load_draft_model(config.draft_model, path, hf, engine.device, config.torch_dtype(),
-                                                config.dtype, engine.backend, engine.max_model_len,
-                                                config.weight_kernel)
+        model, dtype, _, detail = build_model(config.draft_model, path, hf, engine.device, config.torch_dtype(),
+                                              config.dtype, engine.backend, engine.max_model_len, "auto",
+                                              config.weight_kernel)
         head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         kv_dtype = torch.float32 if engine.backend.deterministic else dtype  # as the target's cache
         block_bytes = ModelRunner.bytes_per_block(hf.num_hidden_layers, hf.num_key_value_heads, head_dim,
@@ -195,28 +195,6 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
 
 
 # -- loading -------------------------------------------------------------------------------------
-def load_draft_model(model: str, path, hf, device: torch.device, dtype: torch.dtype, dtype_setting: str,
-                     backend, max_positions: int, weight_kernel: str):
-    """(model, dtype, weights description): the draft loaded as LLMEngine._load_model loads the
-    target (a .gguf keeps its quantized blocks on the native CPU kernels)."""
-    from livecast.engine.model_loader import iter_weights
-    from livecast.engine.models.llama import LlamaForCausalLM
-    from livecast.engine.quant.loading import QuantizedCheckpoint
-    from livecast.kernels import native
-
-    with torch.device("meta"):
-        llama = LlamaForCausalLM(hf, max_positions, backend)
-    llama = llama.to_empty(device="cpu")
-    quant = QuantizedCheckpoint.resolve("auto", model, path, device.type)
-    llama.load_weights(quant.weights(model, path, hf, iter_weights(path)))
-    if dtype_setting == "auto" and device.type == "cpu" and quant.mode != "none" and native.available():
-        dtype = torch.float32  # the native quantized decode step takes float32 activations
-    llama = llama.to(device=device, dtype=dtype).eval()
-    detail = quant.apply(llama, device, weight_kernel, dense_copy=not backend.deterministic)
-    step = llama.prepare()
-    return llama, dtype, f"{detail}; {step}"
-
-
 def check_vocab(target: str, target_hf, target_tokenizer, draft: str, draft_path, draft_hf) -> None:
     """The draft must speak the target's token ids: the same vocab_size and the same ids for a
     few probe texts. Raises ValueError naming both models."""

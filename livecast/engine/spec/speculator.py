@@ -3,10 +3,13 @@ acceptance, and a large batch (compute-bound: a verified draft costs as much as 
 not speculate at all."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from livecast.engine.spec.proposer import Proposer
+
+logger = logging.getLogger("livecast.engine")
 
 
 @dataclass(slots=True)
@@ -30,6 +33,7 @@ class Speculator:
     num_verify_steps: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
+    num_proposer_errors: int = 0
 
     def num_drafts(self, state: SpecState) -> int:
         """This request's k: the full k at acceptance >= 0.8, shrinking with it, at least 1
@@ -46,8 +50,15 @@ class Speculator:
         ks = [min(self.num_drafts(state), max_k) for state, _, max_k in requests]
         asks = [(state, token_ids, k) for (state, token_ids, _), k in zip(requests, ks) if k > 0]
         batched = getattr(self.proposer, "propose_many", None)
-        drafts = iter(batched(asks) if batched is not None and asks else
-                      [self.proposer.propose(token_ids, k, state) for state, token_ids, k in asks])
+        try:
+            drafts = iter(batched(asks) if batched is not None and asks else
+                          [self.proposer.propose(token_ids, k, state) for state, token_ids, k in asks])
+        except Exception:  # a proposer's failure (a draft model's forward) costs drafts, never the step
+            logger.exception("the speculative proposer failed; this step drafts nothing")
+            self.num_proposer_errors += 1
+            for state, _, _ in asks:
+                self.release(state)  # a draft model rebuilds what it kept from the target's tokens
+            return [[] for _ in ks]
         return [next(drafts) if k > 0 else [] for k in ks]
 
     def release(self, state: SpecState | None) -> None:
