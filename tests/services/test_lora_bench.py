@@ -27,7 +27,8 @@ def test_lora_bench_llm_section_writes_every_figure(tiny_llama_path, tmp_path, c
     # q,v only holds fewer tensors than all seven targets, and 2 resident slots of rank 4 hold more
     assert 0 < memory["adapter_bytes_qv"] < memory["adapter_bytes_all_targets"] < memory["base_weights_bytes"]
     assert memory["adapter_vs_base_all_targets"] == memory["adapter_bytes_all_targets"] / memory["base_weights_bytes"]
-    assert memory["slots_bytes"] > 0
+    assert memory["slots_bytes"] > 0 and memory["slots_vs_base"] == memory["slots_bytes"] / memory["base_weights_bytes"]
+    assert memory["adapter_dtype"] in ("float32", "bfloat16", "float16")
     stall = llm["load_stall"]
     assert stall["load_seconds"] > 0 and stall["first_step_on_new_adapter_ms"] > 0 and stall["step_ms_before_max"] > 0
     out = capsys.readouterr().out

@@ -232,7 +232,9 @@ def llm(args) -> tuple[list[list[Any]], dict[str, Any]]:
               f"({engine.quantization_detail})",
               "adapter_bytes_all_targets": adapters[0].nbytes, "adapter_bytes_qv": qv.nbytes,
               "adapter_vs_base_all_targets": adapters[0].nbytes / base_bytes, "adapter_vs_base_qv": qv.nbytes / base_bytes,
-              "slots_bytes": engine.lora.slots.nbytes, "max_loras": args.adapters, "target_per_adapter": TARGET_MEMORY}
+              "adapter_dtype": str(next(iter(adapters[0].modules.values()))[0].dtype).removeprefix("torch."),
+              "slots_bytes": engine.lora.slots.nbytes, "slots_vs_base": engine.lora.slots.nbytes / base_bytes,
+              "max_loras": args.adapters, "target_per_adapter": TARGET_MEMORY}
     rows, results = [], {}
     for batch, by_label in samples.items():
         base_best, base_median = max(by_label["base"]), statistics.median(by_label["base"])
@@ -244,7 +246,9 @@ def llm(args) -> tuple[list[list[Any]], dict[str, Any]]:
             rows.append([label, batch, best, median, best / base_best, median / base_median])
         if naive is not None:
             tok_s = naive["per_batch"][batch]["tok_s"]
-            label = f"naive: {naive['engines']} merged engines ({naive['dtype']})"
+            scaled = "" if naive["engines_measured"] == naive["engines"] else (
+                f"; {naive['engines_measured']} measured, time scaled")
+            label = f"naive: {naive['engines']} merged engines ({naive['dtype']}{scaled})"
             results[batch][label] = {"tok_s_best": tok_s, "ratio_best": tok_s / base_best}
             rows.append([label, batch, tok_s, "", tok_s / base_best, ""])
     info = {"model": engine.model_name, "quantization": engine.quantization_detail, "dtype": str(engine.dtype),
@@ -263,7 +267,8 @@ def summary(info: dict[str, Any]) -> list[str]:
     lines = [f"memory: one rank-{info['rank']} adapter, all 7 targets: {mem['adapter_bytes_all_targets'] / 2**20:.2f} MiB = "
              f"{mem['adapter_vs_base_all_targets']:.1%} of the base weights ({mem['base_weights_bytes'] / 2**20:.1f} MiB); "
              f"q,v only: {mem['adapter_bytes_qv'] / 2**20:.2f} MiB = {mem['adapter_vs_base_qv']:.1%} "
-             f"(target < {TARGET_MEMORY:.0%}); {mem['max_loras']} resident slots: {mem['slots_bytes'] / 2**20:.1f} MiB",
+             f"(target < {TARGET_MEMORY:.0%}; host copies in {mem['adapter_dtype']}); {mem['max_loras']} resident slots: "
+             f"{mem['slots_bytes'] / 2**20:.1f} MiB = {mem['slots_vs_base']:.0%} of the base weights",
              f"load while {stall['batch']} rows decode: {stall['load_seconds'] * 1000:.0f} ms on another thread, "
              f"{stall['steps_during_load']} steps meanwhile, max step {stall['step_ms_during_max']:.1f} ms "
              f"(before: max {stall['step_ms_before_max']:.1f}, median {stall['step_ms_before_median']:.1f}); "
