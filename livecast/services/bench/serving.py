@@ -60,6 +60,8 @@ def bench_serve_args(args, speculative: str = "off") -> list[str]:
     serve = ["--dtype", args.dtype, "--log-level", "warning", "--no-diffusion"]
     if speculative != "off":
         serve += ["--speculative", speculative, "--num-speculative-tokens", str(args.num_speculative_tokens)]
+    if args.deterministic:
+        serve += ["--deterministic"]
     if args.model:
         serve += ["--model", args.model]
     if args.api_key:
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model for the started server (default: SmolLM2-135M)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--deterministic", action="store_true", help="serve with --deterministic (batch-invariant)")
     parser.add_argument("--rates", default="1,2,4", help="requests/s, comma separated ('inf': all at once)")
     parser.add_argument("--num-prompts", type=int, default=40, help="requests per rate")
     parser.add_argument("--input-len", type=int, default=96)

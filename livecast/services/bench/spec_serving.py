@@ -171,7 +171,8 @@ def compare_speculation(args, start_livecast, stop, gguf: str) -> int:
                  for s in settings for t in s["ttft"]]
     config = {"gguf": gguf, "workloads": [w.name for w in workloads], "items": [len(w.items) for w in workloads],
               "max_tokens": [w.max_tokens for w in workloads], "streams": streams, "speculative": args.speculative,
-              "num_speculative_tokens": args.num_speculative_tokens, "ttft_sizes": sizes, "ttft_runs": args.ttft_runs,
+              "num_speculative_tokens": args.num_speculative_tokens, "deterministic": args.deterministic,
+              "ttft_sizes": sizes, "ttft_runs": args.ttft_runs,
               "seed": args.seed, "peer": args.peer_llama_server, "peer_version": version,
               "peer_spec_types_offered": offered, "peer_threads": args.peer_threads}
     if sizes:
