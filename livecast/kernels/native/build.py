@@ -36,6 +36,8 @@ SIGNATURES = {
     "lc_q8_gemm": [_P, _L, _I, _I, _P, _P, _I, _P, _L, _I],
     "lc_kv_write": [_P, _L, _P, _L, _I, _I, _I, _P, _P, _L, _P],
     "lc_paged_decode": [_P, _L, _I, _I, _I, _I, _P, _P, _I, _I, _P, _I, _P, _F, _P, _I],
+    "lc_paged_prefill": [_P, _L, _I, _I, _I, _I, _I, _P, _P, _I, _I, _P, _F, _P, _I, _I],
+    "lc_prefill_wide": [_I],
     "lc_dense_gemm": [_P, _L, _I, _I, _P, _I, _I, _P, _L, _I],
     "lc_add_lora": [_P, _L, _P, _L, _I, _I, _I, _I, _P, _P, _I, _I, _P, _P, _I],
     "lc_decode_layers": [_P, _P, _I, _P, _P, _P, _I, _I],  # model, layers, count, step: ctypes structs by address
