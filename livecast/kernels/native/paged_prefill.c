@@ -129,35 +129,41 @@ static inline float softmax_step(int valid, float *m, float *l, float *p) {
     return alpha;
 }
 
+/* Two rows' accumulators over w (constant after inlining) 8-lane columns, kept in registers. */
+static inline __attribute__((always_inline)) void accumulate_cols(
+        float *aa, float *ab, const float *pa, const float *pb, __m256 xa, __m256 xb, int two, int e, const int w,
+        const float *const *vrows, int n) {
+    __m256 a[4], b[4];
+    for (int u = 0; u < w; u++) {
+        a[u] = _mm256_mul_ps(_mm256_load_ps(aa + e + 8 * u), xa);
+        b[u] = _mm256_mul_ps(_mm256_load_ps(ab + e + 8 * u), xb);
+    }
+    for (int t = 0; t < n; t++) {
+        const __m256 ca = _mm256_broadcast_ss(pa + t), cb = _mm256_broadcast_ss(pb + t);
+        const float *v = vrows[t] + e;
+        for (int u = 0; u < w; u++) {
+            const __m256 vv = _mm256_loadu_ps(v + 8 * u);
+            a[u] = _mm256_fmadd_ps(ca, vv, a[u]);
+            b[u] = _mm256_fmadd_ps(cb, vv, b[u]);
+        }
+    }
+    for (int u = 0; u < w; u++) {
+        _mm256_store_ps(aa + e + 8 * u, a[u]);
+        if (two) _mm256_store_ps(ab + e + 8 * u, b[u]);
+    }
+}
+
 /* acc[r] = acc[r] * alpha[r] + sum_t p[r][t] v[t], two rows per pass over 32 columns. */
-static inline void accumulate(float *acc, const float *probs, const float *alpha, int r0, int r1, int dh,
+static inline void accumulate(float *acc, const float *probs, const float *alpha, int rows, int dh,
                               const float *const *vrows, int n) {
-    for (int r = r0; r < r1; r += 2) {
-        const int two = r + 1 < r1;
+    for (int r = 0; r < rows; r += 2) {
+        const int two = r + 1 < rows;
         const float *pa = probs + (long)r * KEYS, *pb = probs + (long)(r + two) * KEYS;
         float *aa = acc + (long)r * dh, *ab = acc + (long)(r + two) * dh;
         const __m256 xa = _mm256_set1_ps(alpha[r]), xb = _mm256_set1_ps(alpha[r + two]);
-        for (int e = 0; e < dh; e += 32) {
-            const int w = dh - e >= 32 ? 4 : (dh - e) / 8;
-            __m256 a[4], b[4];
-            for (int u = 0; u < w; u++) {
-                a[u] = _mm256_mul_ps(_mm256_load_ps(aa + e + 8 * u), xa);
-                b[u] = _mm256_mul_ps(_mm256_load_ps(ab + e + 8 * u), xb);
-            }
-            for (int t = 0; t < n; t++) {
-                const __m256 ca = _mm256_broadcast_ss(pa + t), cb = _mm256_broadcast_ss(pb + t);
-                const float *v = vrows[t] + e;
-                for (int u = 0; u < w; u++) {
-                    const __m256 vv = _mm256_loadu_ps(v + 8 * u);
-                    a[u] = _mm256_fmadd_ps(ca, vv, a[u]);
-                    b[u] = _mm256_fmadd_ps(cb, vv, b[u]);
-                }
-            }
-            for (int u = 0; u < w; u++) {
-                _mm256_store_ps(aa + e + 8 * u, a[u]);
-                if (two) _mm256_store_ps(ab + e + 8 * u, b[u]);
-            }
-        }
+        int e = 0;
+        for (; e + 32 <= dh; e += 32) accumulate_cols(aa, ab, pa, pb, xa, xb, two, e, 4, vrows, n);
+        for (; e < dh; e += 8) accumulate_cols(aa, ab, pa, pb, xa, xb, two, e, 1, vrows, n);
     }
 }
 
@@ -171,7 +177,7 @@ static void step_avx2(const float *qs, const float *panel, float *probs, float *
         const int valid = first_valid + r / group;
         alpha[r] = softmax_step(valid < n ? valid : n, &m[r], &l[r], probs + (long)r * KEYS);
     }
-    accumulate(acc, probs, alpha, 0, rows, dh, vrows, n);
+    accumulate(acc, probs, alpha, rows, dh, vrows, n);
 }
 
 /* Whether the AVX-512 steps run here for this head_dim. */
@@ -226,10 +232,11 @@ int lc_paged_prefill(const float *q, long q_stride, int q_len, int seq_len, int 
             for (int t0 = 0; t0 < kend; t0 += KEYS) {
                 const int n = kend - t0 < KEYS ? kend - t0 : KEYS;
                 const float *krows[KEYS], *vrows[KEYS];
-                for (int t = 0; t < KEYS; t++) {
-                    const long row = t < n ? (long)table[(t0 + t) / bs] * bs + (t0 + t) % bs : -1;
+                for (int t = 0, block = t0 / bs, at = t0 % bs; t < KEYS; t++) {  /* no division per key */
+                    const long row = t < n ? (long)table[block] * bs + at : -1;
                     krows[t] = row < 0 ? zero_row : kh + row * dh;
                     vrows[t] = row < 0 ? zero_row : vh + row * dh;
+                    if (++at == bs) at = 0, block++;
                 }
                 for (int t = 0; t < n; t += 8)
                     for (int d = 0; d < dh; d += 8) transpose8(krows + t, d, panel, t);

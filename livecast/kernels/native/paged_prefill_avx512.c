@@ -74,6 +74,30 @@ static inline AI __attribute__((target(T512))) float softmax_step(int valid, flo
     return alpha;
 }
 
+/* Two rows' accumulators over w (constant after inlining) 16-lane columns, kept in registers. */
+static inline AI __attribute__((target(T512))) void accumulate_cols(
+        float *aa, float *ab, const float *pa, const float *pb, __m512 xa, __m512 xb, int two, int e, const int w,
+        const float *const *vrows, int n) {
+    __m512 a[4], b[4];
+    for (int u = 0; u < w; u++) {
+        a[u] = _mm512_mul_ps(_mm512_load_ps(aa + e + 16 * u), xa);
+        b[u] = _mm512_mul_ps(_mm512_load_ps(ab + e + 16 * u), xb);
+    }
+    for (int t = 0; t < n; t++) {
+        const __m512 ca = _mm512_set1_ps(pa[t]), cb = _mm512_set1_ps(pb[t]);
+        const float *v = vrows[t] + e;
+        for (int u = 0; u < w; u++) {
+            const __m512 vv = _mm512_loadu_ps(v + 16 * u);
+            a[u] = _mm512_fmadd_ps(ca, vv, a[u]);
+            b[u] = _mm512_fmadd_ps(cb, vv, b[u]);
+        }
+    }
+    for (int u = 0; u < w; u++) {
+        _mm512_store_ps(aa + e + 16 * u, a[u]);
+        if (two) _mm512_store_ps(ab + e + 16 * u, b[u]);
+    }
+}
+
 static inline AI __attribute__((target(T512))) void accumulate(float *acc, const float *probs, const float *alpha,
                                                                int rows, int dh, const float *const *vrows, int n) {
     for (int r = 0; r < rows; r += 2) {
@@ -81,27 +105,9 @@ static inline AI __attribute__((target(T512))) void accumulate(float *acc, const
         const float *pa = probs + (long)r * KEYS, *pb = probs + (long)(r + two) * KEYS;
         float *aa = acc + (long)r * dh, *ab = acc + (long)(r + two) * dh;
         const __m512 xa = _mm512_set1_ps(alpha[r]), xb = _mm512_set1_ps(alpha[r + two]);
-        for (int e = 0; e < dh; e += 64) {
-            const int w = dh - e >= 64 ? 4 : (dh - e) / 16;
-            __m512 a[4], b[4];
-            for (int u = 0; u < w; u++) {
-                a[u] = _mm512_mul_ps(_mm512_load_ps(aa + e + 16 * u), xa);
-                b[u] = _mm512_mul_ps(_mm512_load_ps(ab + e + 16 * u), xb);
-            }
-            for (int t = 0; t < n; t++) {
-                const __m512 ca = _mm512_set1_ps(pa[t]), cb = _mm512_set1_ps(pb[t]);
-                const float *v = vrows[t] + e;
-                for (int u = 0; u < w; u++) {
-                    const __m512 vv = _mm512_loadu_ps(v + 16 * u);
-                    a[u] = _mm512_fmadd_ps(ca, vv, a[u]);
-                    b[u] = _mm512_fmadd_ps(cb, vv, b[u]);
-                }
-            }
-            for (int u = 0; u < w; u++) {
-                _mm512_store_ps(aa + e + 16 * u, a[u]);
-                if (two) _mm512_store_ps(ab + e + 16 * u, b[u]);
-            }
-        }
+        int e = 0;
+        for (; e + 64 <= dh; e += 64) accumulate_cols(aa, ab, pa, pb, xa, xb, two, e, 4, vrows, n);
+        for (; e < dh; e += 16) accumulate_cols(aa, ab, pa, pb, xa, xb, two, e, 1, vrows, n);
     }
 }
 
