@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from livecast.engine.backend import Backend
-from livecast.engine.lora.slots import LoraSlots
+from livecast.engine.lora.slots import GROUPS, LoraSlots, Stack
 
 
 def choose_kernel(backend: Backend) -> str:
@@ -32,17 +32,22 @@ class LoraBatch:
     slots: LoraSlots
     kernel: str
     token_slots: torch.Tensor  # (num_tokens,) int64 on the device
-    groups: frozenset[str]  # the fused projections some row's adapter touches
+    parts: frozenset[str]  # the projections (q_proj, ...) some row's adapter touches
     slot_rows: list[tuple[int, slice | torch.Tensor]]  # the torch kernel: each slot's rows
     num_decodes: int  # the first rows are decodes (one token each), then prefill segments
     seg_starts: torch.Tensor  # (segments + 1,) the prefill rows' runs of one slot (SGMV)
     seg_slots: torch.Tensor  # (segments,)
 
     def add(self, layer: int, group: str, y: torch.Tensor, x: torch.Tensor) -> None:
-        """y (num_tokens, out) += each row's adapter update of x (num_tokens, in), in place."""
-        stack = self.slots.stacks[layer].get(group) if group in self.groups else None
-        if stack is None:  # no resident adapter touches this projection (of this layer)
-            return
+        """y (num_tokens, out) += each row's adapter update of x (num_tokens, in), in place: each
+        part of the fused projection (q, k, v; gate, up) into its own columns of y."""
+        stacks = self.slots.stacks[layer]
+        for part in GROUPS[group]:
+            stack = stacks.get(part) if part in self.parts else None
+            if stack is not None:  # else no adapter of the step touches this part of this layer
+                self._add(stack, y[:, stack.columns], x)
+
+    def _add(self, stack: Stack, y: torch.Tensor, x: torch.Tensor) -> None:
         if self.kernel == "native":
             from livecast.kernels.native.lora_gemm import add_lora_native
 
@@ -82,7 +87,7 @@ def build_lora_batch(row_slots: list[tuple[int, int]], num_decodes: int, slots: 
         else:
             seg_slots.append(slot)
             starts.append(starts[-1] + n)
-    groups = frozenset().union(*(slots.groups[s] for s, _ in slot_rows))
-    return LoraBatch(slots, kernel, per_token.to(device), groups, slot_rows, num_decodes,
+    parts = frozenset().union(*(slots.parts[s] for s, _ in slot_rows))
+    return LoraBatch(slots, kernel, per_token.to(device), parts, slot_rows, num_decodes,
                      torch.tensor(starts, dtype=torch.int64, device=device),
                      torch.tensor(seg_slots, dtype=torch.int64, device=device))

@@ -1,11 +1,11 @@
-"""The resident adapters: `max_loras` slots of stacked A/B weights per layer and fused projection,
-filled from host memory (LoraAdapter) least recently used first. A step's batched LoRA op
-gathers each row's slot from these stacks.
+"""The resident adapters: `max_loras` slots of stacked A/B weights per layer and target
+projection, filled from host memory (LoraAdapter) least recently used first. A step's batched
+LoRA op gathers each row's slot from these stacks.
 
-The engine fuses projections (q|k|v, gate|up), so a slot's stack for a fused projection holds one
-rank block per part: A (n * max_rank, in) stacks the parts' A rows, B (out, n * max_rank) is block
-diagonal (each part's B in its own output rows and rank columns). A part an adapter does not
-target, or a rank below max_rank, stays zero.
+The engine fuses projections (q|k|v, gate|up); each part keeps its own stack, A (S, max_rank, in)
+and B (S, out_part, max_rank), and its update lands in its columns of the fused output, so no
+zero blocks are stored or multiplied. Stacks are allocated the first time an adapter touches
+that part of that layer: q|v adapters never pay for MLP stacks.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ GROUP_OF = {part: group for group, parts in GROUPS.items() for part in parts}
 
 @dataclass(slots=True)
 class Stack:
-    a: torch.Tensor  # (num_slots, n * max_rank, in)
-    b: torch.Tensor  # (num_slots, out, n * max_rank)
-    out_offsets: tuple[int, ...]  # each part's first output row
+    a: torch.Tensor  # (num_slots, max_rank, in)
+    b: torch.Tensor  # (num_slots, out_part, max_rank)
+    columns: slice  # the part's output columns in its fused projection's output
 
 
 class LoraSlots:
@@ -35,24 +35,27 @@ class LoraSlots:
         self.num_slots, self.max_rank, self.device = num_slots, max_rank, device
         self.kernel = kernel  # engine.lora.batch's kernel for the steps
         self.shapes = shapes
-        # allocated the first time an adapter touches the fused projection: q|v adapters never
-        # pay for MLP stacks
-        self.stacks: list[dict[str, Stack]] = [{} for _ in range(shapes.num_layers)]
+        self.stacks: list[dict[str, Stack]] = [{} for _ in range(shapes.num_layers)]  # part -> stack
+        offsets = {}
+        for parts in GROUPS.values():
+            start = 0
+            for part in parts:
+                out = shapes.shapes[part][0]
+                offsets[part] = slice(start, start + out)
+                start += out
+        self.columns = offsets
         self.scales = torch.ones(num_slots, device=device)  # the adapters' scales live in their B
         self.resident: OrderedDict[int, int] = OrderedDict()  # adapter uid -> slot, least recent first
-        self.groups: dict[int, frozenset[str]] = {}  # slot -> the fused projections its adapter touches
+        self.parts: dict[int, frozenset[str]] = {}  # slot -> the parts its adapter touches
         self.num_loads = 0
 
-    def _stack(self, layer: int, group: str) -> Stack:
-        stack = self.stacks[layer].get(group)
+    def _stack(self, layer: int, part: str) -> Stack:
+        stack = self.stacks[layer].get(part)
         if stack is None:
-            parts = GROUPS[group]
-            outs = [self.shapes.shapes[p][0] for p in parts]
-            rank, in_f = len(parts) * self.max_rank, self.shapes.shapes[parts[0]][1]
-            stack = Stack(torch.zeros(self.num_slots, rank, in_f, device=self.device),
-                          torch.zeros(self.num_slots, sum(outs), rank, device=self.device),
-                          tuple(sum(outs[:i]) for i in range(len(parts))))
-            self.stacks[layer][group] = stack
+            out, in_f = self.shapes.shapes[part]
+            stack = Stack(torch.zeros(self.num_slots, self.max_rank, in_f, device=self.device),
+                          torch.zeros(self.num_slots, out, self.max_rank, device=self.device), self.columns[part])
+            self.stacks[layer][part] = stack
         return stack
 
     @property
@@ -83,17 +86,14 @@ class LoraSlots:
         return {uid: self.resident[uid] for uid in wanted}
 
     def _write(self, slot: int, adapter: LoraAdapter) -> None:
-        r = self.max_rank
         for layer in self.stacks:
             for stack in layer.values():
                 stack.a[slot].zero_()
                 stack.b[slot].zero_()
         for (layer, part), (a, b) in adapter.modules.items():
-            group = GROUP_OF[part]
-            stack = self._stack(layer, group)
-            i = GROUPS[group].index(part)
-            rank, out0 = a.shape[0], stack.out_offsets[i]
-            stack.a[slot, i * r:i * r + rank].copy_(a)
-            stack.b[slot, out0:out0 + b.shape[0], i * r:i * r + rank].copy_(b)
-        self.groups[slot] = frozenset(GROUP_OF[p] for p in adapter.targets)
+            stack = self._stack(layer, part)
+            rank = a.shape[0]
+            stack.a[slot, :rank].copy_(a)
+            stack.b[slot, :, :rank].copy_(b)
+        self.parts[slot] = frozenset(adapter.targets)
         self.num_loads += 1

@@ -201,11 +201,12 @@ def test_slots_hold_only_the_projections_adapters_touch(tiny_llama_path, tiny_ad
     slots = engine.lora.slots
     assert slots.nbytes == 0
     run(engine, [("a", PROMPTS[0], SamplingParams(**GREEDY, lora="qv"))])
-    assert [sorted(layer) for layer in slots.stacks] == [["qkv"], ["qkv"]]
-    per_slot_qkv = sum(s.a[0].nbytes + s.b[0].nbytes for layer in slots.stacks for s in layer.values())
-    assert slots.nbytes == per_slot_qkv * slots.num_slots
+    assert [sorted(layer) for layer in slots.stacks] == [["q_proj", "v_proj"]] * 2
+    per_slot = sum(s.a[0].nbytes + s.b[0].nbytes for layer in slots.stacks for s in layer.values())
+    assert slots.nbytes == per_slot * slots.num_slots
+    assert per_slot == 2 * 4 * 8 * (2 * 64 + 64 + 32)  # layers x float32 x max_rank x (q: 64+64, v: 64+32)
     out = run(engine, [("b", PROMPTS[2], SamplingParams(**GREEDY, lora="o1"))])["b"].outputs[0].token_ids
-    assert [sorted(layer) for layer in slots.stacks] == [["qkv"], ["o", "qkv"]]
+    assert [sorted(layer) for layer in slots.stacks] == [["q_proj", "v_proj"], ["o_proj", "q_proj", "v_proj"]]
     expected = greedy_with_logprobs(merged_model(tiny_llama_path, one_layer), PROMPTS[2], 8)[0]
     assert out == expected
     assert expected != greedy_with_logprobs(merged_model(tiny_llama_path), PROMPTS[2], 8)[0]
