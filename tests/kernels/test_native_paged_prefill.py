@@ -84,3 +84,12 @@ def test_bad_inputs_are_refused():
     q8, k8, v8, t8 = _case(8, 8, 2, 4, 8, 4, 20)
     with pytest.raises(ValueError, match="variant"):
         paged_prefill.prefill_attention(q8, k8, v8, t8, 20, 0.1, "avx512")
+
+
+def test_bench_rows_time_both_paths_on_the_same_inputs():
+    from livecast.services.bench import kernels as bench
+
+    row = bench.measure_prefill(24, 80, rounds=1)
+    assert set(bench.PREFILL_HEADERS) <= set(row)
+    assert row["native_cpu_us"] > 0 and row["sdpa_cpu_us"] > 0 and row["cpu_vs_sdpa"] > 0 and row["wall_vs_sdpa"] > 0
+    assert row["max_err"] < 1e-5  # the two paths read the same cache and chunk

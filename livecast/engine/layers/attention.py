@@ -4,7 +4,8 @@ The batch is packed as [decode tokens (one query each) | prefill chunks]. New K/
 written into their cache slots; every query then reads K/V through its block table, so the
 same code serves fresh prompts, cached prefixes and chunked prefill. The Triton kernels in
 `kernels/` slot in behind `paged_attention` on CUDA; on a CPU with the native kernels
-(`kernels.native.paged_decode`), a float32 cache is written and decoded in place by C loops.
+(`kernels.native.paged_decode`), a float32 cache is written and decoded in place by C loops, and
+prefill chunks attend over it in place too (`kernels.native.paged_prefill`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from livecast.engine.backend import Backend, default_backend
-from livecast.kernels.native import paged_decode
+from livecast.kernels.native import paged_decode, paged_prefill
+
+# prefill chunks on the native backend: the C causal attention over the paged cache
+# (kernels.native.paged_prefill); False keeps them on the gather + SDPA path, the reference
+NATIVE_PREFILL = True
 
 
 @dataclass(slots=True)
@@ -149,7 +154,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     if meta.backend.deterministic:
         return _per_token_attention(q, k, v, k_cache, v_cache, meta, scale)
     outs = []
-    if _derive(meta.derived, "native", lambda: meta.backend.native and paged_decode.supports(q, k_cache)):
+    native = _derive(meta.derived, "native", lambda: meta.backend.native and paged_decode.supports(q, k_cache))
+    if native:
         paged_decode.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         n = meta.num_decodes
         if n:  # every decode in one call, each at its own length: no buckets, no gathers
@@ -165,6 +171,10 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
                                      meta.derived, ("decode", start)))
     for i, (start, q_len, seq_len) in enumerate(meta.prefill_chunks):
         sl = slice(start, start + q_len)
+        if native and NATIVE_PREFILL:  # the chunk's K/V are in the cache already
+            outs.append(paged_prefill.prefill_attention(q[sl], k_cache, v_cache, meta.prefill_block_tables[i],
+                                                        seq_len, scale))
+            continue
         outs.append(prefill_attention(q[sl], k_cache, v_cache, meta.prefill_block_tables[i], seq_len,
                                       scale, k[sl], v[sl], meta.derived, ("prefill", i)))
     return outs[0] if len(outs) == 1 else torch.cat(outs)

@@ -12,6 +12,10 @@ GEMM rows (any x86 machine the native kernels load on): one SmolLM2-135M layer's
 GEMMs at decode sizes in every instruction-set variant the CPU runs (AVX2, AVX-VNNI, AVX-512
 VNNI), on one thread's CPU clock in alternating rounds, so that load from other work slows each
 alike: read the ratio to AVX2, not the microseconds.
+Prefill attention rows (same machines): the native causal attention over the paged cache
+(`kernels.native.paged_prefill`) against the engine's gather + SDPA path on SmolLM2's shape, a
+fresh prompt and a chunk after a cached prefix, in alternating rounds: one thread's CPU clock
+and wall time on two threads; read the ratios.
 """
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ LORA_SLOTS, LORA_RANK, LORA_K, LORA_N = 8, 16, 576, 960
 # GEMM rows: SmolLM2-135M's linears as (out, in): q|k|v, o, gate|up, down; q4 in groups of 32.
 GEMM_HEADERS = ["bits", "rows", "variant", "layer_us", "vs_avx2"]
 GEMM_SHAPES = ((960, 576), (576, 576), (3072, 576), (576, 1536))
+# prefill attention rows: SmolLM2-135M's 9 heads over 3 kv heads of 64, float32, 16-token blocks
+PREFILL_HEADERS = ["queries", "context", "native_cpu_us", "sdpa_cpu_us", "cpu_vs_sdpa", "native_wall_us",
+                   "sdpa_wall_us", "wall_vs_sdpa", "max_err"]
+PREFILL_SHAPE = (9, 3, 64, 16)
 
 
 def copy_bandwidth_gbps(num_bytes: int = 2 * 2**30) -> float:
@@ -190,6 +198,58 @@ def report_gemm(num_rows: list[int], rounds: int) -> list[dict]:
     return rows
 
 
+def measure_prefill(q_len: int, seq_len: int, rounds: int) -> dict:
+    """Native prefill attention vs gather + SDPA (SDPA on the chunk's own K/V when nothing is
+    cached, as the engine runs it): medians of per-round times and of per-round ratios to SDPA."""
+    from livecast.engine.layers.attention import allocate_kv_cache, prefill_attention
+    from livecast.kernels.native import paged_prefill
+
+    heads, kv_heads, head_dim, block_size = PREFILL_SHAPE
+    g = torch.Generator().manual_seed(seq_len + q_len)
+    num_blocks = -(-seq_len // block_size)
+    k_cache, v_cache = (allocate_kv_cache(num_blocks, block_size, kv_heads, head_dim, torch.float32, "cpu", True)
+                        for _ in range(2))
+    k_cache.copy_(torch.randn(k_cache.shape, generator=g)), v_cache.copy_(torch.randn(v_cache.shape, generator=g))
+    table = torch.randperm(num_blocks, generator=g).int()
+    q = torch.randn(q_len, heads, head_dim, generator=g)
+    tail = torch.arange(seq_len - q_len, seq_len)
+    k_new, v_new = (c[table.long()[tail // block_size], tail % block_size] for c in (k_cache, v_cache))
+    paths = {"native": lambda: paged_prefill.prefill_attention(q, k_cache, v_cache, table, seq_len, head_dim ** -0.5),
+             "sdpa": lambda: prefill_attention(q, k_cache, v_cache, table, seq_len, head_dim ** -0.5, k_new, v_new)}
+    times = {(name, clock): [] for name in paths for clock in ("cpu", "wall")}
+    threads = torch.get_num_threads()
+    try:
+        for _ in range(rounds):
+            for clock, num_threads in (("cpu", 1), ("wall", 2)):
+                torch.set_num_threads(num_threads)
+                for name, fn in paths.items():
+                    if clock == "cpu":
+                        times[name, clock].append(round_ms(fn))
+                    else:
+                        start = time.perf_counter()
+                        fn()
+                        times[name, clock].append(1e3 * (time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(threads)
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    row = dict(queries=q_len, context=seq_len, max_err=(paths["native"]() - paths["sdpa"]()).abs().max().item())
+    for clock in ("cpu", "wall"):
+        native_ms, sdpa_ms = times["native", clock], times["sdpa", clock]
+        row[f"native_{clock}_us"], row[f"sdpa_{clock}_us"] = 1e3 * median(native_ms), 1e3 * median(sdpa_ms)
+        row[f"{clock}_vs_sdpa"] = median([b / a for a, b in zip(native_ms, sdpa_ms)])  # > 1: native faster
+    return row
+
+
+def report_prefill(sizes: list[int], rounds: int) -> list[dict]:
+    shapes = [shape for n in sizes for shape in ((n, n), (n // 4, n))]  # a fresh prompt, a chunk after a prefix
+    rows = [measure_prefill(q_len, seq_len, rounds) for q_len, seq_len in shapes]
+    report("kernels prefill attention", PREFILL_HEADERS, [[row[h] for h in PREFILL_HEADERS] for row in rows], {}, None)
+    return rows
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="livecast bench kernels", description=__doc__)
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results here")
@@ -199,10 +259,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gemm-rows", type=int, nargs="*", default=[1, 4, 16],
                         help="activation rows per native int4/int8 GEMM call (decode sizes)")
     parser.add_argument("--gemm-rounds", type=int, default=5, help="alternating rounds per GEMM row")
+    parser.add_argument("--prefill-tokens", type=int, nargs="*", default=[512, 2048],
+                        help="prompt lengths for the native prefill attention rows")
+    parser.add_argument("--prefill-rounds", type=int, default=5, help="alternating rounds per prefill row")
     args = parser.parse_args(argv)
     from livecast.kernels import native
 
     gemm = report_gemm(args.gemm_rows, args.gemm_rounds) if native.available() else []
+    prefill = report_prefill(args.prefill_tokens, args.prefill_rounds) if native.available() else []
 
     if not torch.cuda.is_available():
         from torch.utils.benchmark import Timer
@@ -213,7 +277,8 @@ def main(argv: list[str]) -> int:
 
         lora = report_lora(args.lora_rows, "cpu", cpu_ms) if native.available() else []
         print("no GPU present: the attention benchmark needs CUDA; only the GEMM and LoRA rows were measured")
-        report("kernels", HEADERS, [], {"gpu": False, "lora": lora, "gemm": gemm}, args.json_path)
+        report("kernels", HEADERS, [], {"gpu": False, "lora": lora, "gemm": gemm, "prefill": prefill},
+               args.json_path)
         return 0
 
     import triton.testing
@@ -233,6 +298,7 @@ def main(argv: list[str]) -> int:
     result = {"gpu": True, "copy_bandwidth_gbps": copy_gbps,
               "shape": dict(num_heads=NUM_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
                             block_size=BLOCK_SIZE, dtype=str(DTYPE)),
-              "rows": rows, "lora": report_lora(args.lora_rows, "cuda", time_ms), "gemm": gemm}
+              "rows": rows, "lora": report_lora(args.lora_rows, "cuda", time_ms), "gemm": gemm,
+              "prefill": prefill}
     report("kernels", HEADERS, [[row[h] for h in HEADERS] for row in rows], result, args.json_path)
     return 0
