@@ -27,6 +27,9 @@ from livecast.services.bench.llama_server import llama_server_spec_types, llama_
 from livecast.services.bench.report import format_table, report
 from livecast.services.bench.spec_workloads import ChatWorkload, chat_workloads
 
+# One connection per request: llama-server drops a kept-alive connection 5 s after its last reply,
+# and on a busy machine a request sent on it just then fails ("Server disconnected").
+FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)
 SPEC_COUNTERS = ("livecast_spec_draft_tokens_total", "livecast_spec_accepted_tokens_total",
                  "livecast_spec_verify_steps_total")
 
@@ -61,7 +64,7 @@ async def _closed_loop(url: str, model: str, work: ChatWorkload, streams: int, h
     requests = [work.items[i % len(work.items)] for i in range(count)]
     results: list[Result | None] = [None] * count
     next_index = iter(range(count))
-    limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=streams + 4)
+    limits = httpx.Limits(max_connections=streams + 4, max_keepalive_connections=0)  # as FRESH_CONNECTIONS
 
     async def stream(client) -> None:
         for i in next_index:
@@ -98,7 +101,7 @@ def run_workload(url: str, model: str, work: ChatWorkload, streams: int, headers
 
 def run_ttft(url: str, model: str, prompts: dict[int, list[list[int]]], headers: dict) -> list[dict]:
     async def one_size(ids_list):
-        async with httpx.AsyncClient(base_url=url, timeout=600, headers=headers) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=600, headers=headers, limits=FRESH_CONNECTIONS) as client:
             return [await one_request(client, model, ids, 2) for ids in ids_list]
 
     out = []
@@ -116,7 +119,8 @@ def run_setting(url: str, label: str, workloads: list[ChatWorkload], streams: li
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
         model = http.get("/v1/models").raise_for_status().json()["data"][0]["id"]
-    warm = ChatWorkload("warm-up", 8, [workloads[0].items[0]])
+    # a text of no workload: llama.cpp's ngram-mod pool and livecast's suffix trees outlive a request
+    warm = ChatWorkload("warm-up", 8, [[{"role": "user", "content": "Say hello."}]])
     asyncio.run(_closed_loop(url, model, warm, 1, headers, {}))
     runs = []
     for n in streams:
@@ -186,6 +190,12 @@ def compare_speculation(args, start_livecast, stop, gguf: str) -> int:
     return 0 if all(r["completed"] == r["num_requests"] for r in every) else 1
 
 
+def _acceptance(server: str, run: dict) -> str:
+    if run["acceptance"] is not None:
+        return f"{run['acceptance']:.2f}"
+    return "" if server.endswith((" off", " none")) else "no drafts"
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else ""
 
@@ -205,7 +215,7 @@ def _rows(settings: list[dict]) -> list[list]:
         for name, r in runs:
             rows.append([first["workload"], first["streams"], name, f"{r['completed']}/{r['num_requests']}",
                          r["decode_tok_s"], r["output_throughput"], r["ttft"]["p50_ms"], r["itl"]["p50_ms"],
-                         "" if r["acceptance"] is None else f"{r['acceptance']:.2f}",
+                         _acceptance(name, r),
                          "" if r["mean_accepted_length"] is None else f"{r['mean_accepted_length']:.2f}",
                          _same_texts(r, base) if name != "livecast off" else "",
                          _ratio(r["decode_tok_s"], base and base["decode_tok_s"]) if name != "livecast off" else "",
