@@ -9,6 +9,8 @@
  * online softmax (running max and sum per row) rescales the float32 accumulators before P.V.
  * OpenMP over (KV head, query tile) tasks, so even one sequence spreads over the threads.
  * Cache layout as paged_decode.c: (num_kv_heads, num_blocks, block_size, head_dim) contiguous.
+ * The steps run in AVX2 here, or in AVX-512 (paged_prefill_avx512.c) where the CPU has it and
+ * head_dim % 16 == 0; both keep one reduction order per row, whatever the thread count.
  */
 #include <math.h>
 #include <stdlib.h>
