@@ -155,12 +155,13 @@ class LlamaForCausalLM(nn.Module):
         path then adds each row's low-rank update after every adapted projection)."""
         hidden = self.embed_tokens(input_ids)  # (num_tokens, hidden_size)
         fused = None if lora is not None else self.native_decode
-        # deterministic: every token, prefill or decode, a decode row of the stack; otherwise steps
-        # of decodes, and of decodes and verifications (token tables built), below the crossover
+        # deterministic: every token, prefill or decode, a decode row of the stack. Otherwise decode
+        # steps below the dense crossover, and every step of decodes and verifications (token
+        # tables built; a few rows per sequence, spec_max_batch sequences at most): a verified
+        # token is computed as its decode would have been, whatever the crossover measured
         deterministic = self.backend.deterministic
-        small = fused is not None and input_ids.shape[0] < fused.max_tokens
-        if fused is not None and (deterministic or (small and (meta.token_block_tables is not None
-                                                               or not meta.prefill_chunks))):
+        decodes = not meta.prefill_chunks and fused is not None and input_ids.shape[0] < fused.max_tokens
+        if fused is not None and (deterministic or decodes or meta.token_block_tables is not None):
             tables, lens = ((meta.token_block_tables, meta.token_context_lens) if meta.token_block_tables is not None
                             else (meta.decode_block_tables, meta.decode_context_lens))
             hidden, residual = fused.stack.run(hidden, kv_caches, positions, meta.slot_mapping, tables, lens)
