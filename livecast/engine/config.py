@@ -65,6 +65,9 @@ class EngineConfig:
         "help": "adapters resident at once (one step mixes at most this many; least recently used swap out)"})
     max_lora_rank: int = field(default=16, metadata={
         "help": "largest adapter rank accepted (1-64); resident slots are sized for it"})
+    lora_dtype: str = field(default="auto", metadata={
+        "help": "adapters' weights in memory: auto (bfloat16; float32 for the Triton kernels), bfloat16, "
+                "float32 (the update is computed in float32 either way)"})
     seed: int = 0
     num_threads: int | None = None
     stats_interval_s: float = 5.0
@@ -101,6 +104,8 @@ class EngineConfig:
             raise ValueError(f"spec_max_batch must be >= 1, got {self.spec_max_batch}")
         if not 1 <= self.max_loras <= 64:
             raise ValueError(f"max_loras must be in [1, 64], got {self.max_loras}")
+        if self.lora_dtype not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"lora_dtype must be auto, bfloat16 or float32, got {self.lora_dtype!r}")
         if not 1 <= self.max_lora_rank <= 64:
             raise ValueError(f"max_lora_rank must be in [1, 64], got {self.max_lora_rank}")
         if self.lora_modules:

@@ -70,9 +70,13 @@ class LLMEngine:
                                           config.enable_prefix_caching)
         self.speculator = None if config.speculative is None else Speculator(
             make_proposer(config.speculative, self), config.num_speculative_tokens, config.spec_max_batch)
+        lora_kernel = choose_kernel(self.backend) if config.enable_lora else "torch"
+        if lora_kernel == "triton" and config.lora_dtype == "bfloat16":
+            raise ValueError("lora_dtype bfloat16 needs the native or torch LoRA kernels; the Triton ones take float32")
+        lora_dtype = torch.float32 if config.lora_dtype == "float32" or (
+            config.lora_dtype == "auto" and lora_kernel == "triton") else torch.bfloat16
         self.lora = LoraRegistry(config.enable_lora, ModuleShapes.of(hf), config.max_loras, config.max_lora_rank,
-                                 self.device, self.model_name,
-                                 choose_kernel(self.backend) if config.enable_lora else "torch")
+                                 self.device, self.model_name, lora_kernel, lora_dtype)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    config.preemption_mode, config.max_loras),
                                    self.block_manager, self.speculator)

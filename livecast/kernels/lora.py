@@ -18,13 +18,14 @@ import triton
 import triton.language as tl
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+REFERENCE_WEIGHT_DTYPES = (torch.float32, torch.bfloat16)  # adapters' A/B (the Triton kernels: float32)
 
 
 # ---- plain-torch references ---------------------------------------------------------------
 
 def _add_rows(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, rows, slot: int,
               scales: torch.Tensor) -> None:
-    delta = (x[rows].float() @ a[slot].T) @ b[slot].T  # (rows, R) -> (rows, N), fp32
+    delta = (x[rows].float() @ a[slot].float().T) @ b[slot].float().T  # (rows, R) -> (rows, N), fp32
     y[rows] = (y[rows].float() + scales[slot] * delta).to(y.dtype)
 
 
@@ -33,11 +34,11 @@ def add_lora_reference(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: tor
     """In place: y[t] += scales[s] * (b[s] @ (a[s] @ x[t])) for every row t with s = slots[t] >= 0;
     rows with slot -1 untouched.
 
-    y: (T, N) float32/bfloat16/float16; x: (T, K) same dtype as y; a: (S, R, K) float32 contiguous;
-    b: (S, N, R) float32 contiguous; slots: (T,) int64 (or int32), values in [-1, S); scales: (S,)
+    y: (T, N) float32/bfloat16/float16; x: (T, K) same dtype as y; a: (S, R, K) float32 or bfloat16 contiguous;
+    b: (S, N, R) of a's dtype; slots: (T,) int64 (or int32), values in [-1, S); scales: (S,)
     float32. Accumulates in float32, rounds once into y's dtype.
     """
-    check_lora_inputs(y, x, a, b, scales)
+    check_lora_inputs(y, x, a, b, scales, weight_dtypes=REFERENCE_WEIGHT_DTYPES)
     if slots.shape != (y.shape[0],):
         raise ValueError(f"slots must be ({y.shape[0]},), got {tuple(slots.shape)}")
     for slot in torch.unique(slots).tolist():
@@ -49,7 +50,7 @@ def add_lora_segments_reference(y: torch.Tensor, x: torch.Tensor, a: torch.Tenso
                                 seg_starts: torch.Tensor, seg_slots: torch.Tensor, scales: torch.Tensor) -> None:
     """Same, for contiguous runs of rows: rows seg_starts[g]:seg_starts[g+1] use slot seg_slots[g]
     (-1 = none). seg_starts (G+1,) int64 ascending from 0 to T."""
-    check_lora_inputs(y, x, a, b, scales)
+    check_lora_inputs(y, x, a, b, scales, weight_dtypes=REFERENCE_WEIGHT_DTYPES)
     check_segments(seg_starts, seg_slots)
     bounds = seg_starts.tolist()
     if bounds[0] != 0 or bounds[-1] != y.shape[0] or any(lo > hi for lo, hi in zip(bounds, bounds[1:])):
@@ -60,8 +61,9 @@ def add_lora_segments_reference(y: torch.Tensor, x: torch.Tensor, a: torch.Tenso
 
 
 def check_lora_inputs(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                      scales: torch.Tensor) -> None:
-    """The checks every path shares; raises ValueError naming the offending argument."""
+                      scales: torch.Tensor, weight_dtypes: tuple = (torch.float32,)) -> None:
+    """The checks every path shares; raises ValueError naming the offending argument. `a` and `b`
+    share one of `weight_dtypes` (the native kernel and the references also take bfloat16)."""
     if y.dim() != 2 or x.dim() != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"y must be (T, N) and x (T, K), got y {tuple(y.shape)}, x {tuple(x.shape)}")
     if y.dtype not in FLOAT_DTYPES or x.dtype != y.dtype:
@@ -72,8 +74,9 @@ def check_lora_inputs(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torc
     if a.shape[2] != x.shape[1] or b.shape != (num_slots, n, rank):
         raise ValueError(f"a {tuple(a.shape)} / b {tuple(b.shape)} do not fit x {tuple(x.shape)}, y {tuple(y.shape)}: "
                          f"want a (S, R, {x.shape[1]}) and b (S, {n}, R)")
-    if a.dtype != torch.float32 or b.dtype != torch.float32 or not a.is_contiguous() or not b.is_contiguous():
-        raise ValueError(f"a and b must be contiguous float32, got {a.dtype}, {b.dtype}")
+    if a.dtype not in weight_dtypes or b.dtype != a.dtype or not a.is_contiguous() or not b.is_contiguous():
+        names = "/".join(str(d).removeprefix("torch.") for d in weight_dtypes)
+        raise ValueError(f"a and b must be contiguous {names} of one dtype, got {a.dtype}, {b.dtype}")
     if scales.shape != (num_slots,) or scales.dtype != torch.float32 or not scales.is_contiguous():
         raise ValueError(f"scales must be contiguous float32 ({num_slots},), got {scales.dtype} {tuple(scales.shape)} "
                          f"strides {scales.stride()}")

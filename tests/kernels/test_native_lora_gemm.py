@@ -73,6 +73,24 @@ def test_strided_rows_leave_the_other_columns_alone():
     assert torch.equal(torch.cat([wide[:, :8], wide[:, 32:]], 1), outside)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bfloat16_adapter_weights_widen_exactly(dtype):
+    """A and B stored in bfloat16 (the engine's slots) give the bits of the same weights in float32:
+    they widen exactly and every sum keeps its order; the reference takes them too."""
+    case = make_lora(21, 96, 130, 16, 4, dtype, seed=5)
+    a16, b16 = case["a"].bfloat16(), case["b"].bfloat16()
+    wide = case["y"].clone()
+    add_lora_native(wide, case["x"], a16.float(), b16.float(), case["slots"], case["scales"])
+    narrow = case["y"].clone()
+    add_lora_native(narrow, case["x"], a16, b16, case["slots"], case["scales"])
+    assert torch.equal(narrow, wide)
+    expected = case["y"].clone()
+    add_lora_reference(expected, case["x"], a16, b16, case["slots"], case["scales"])
+    torch.testing.assert_close(narrow, expected, **TOLERANCES[dtype])
+    with pytest.raises(ValueError, match="of one dtype"):
+        add_lora_native(case["y"], case["x"], a16, case["b"], case["slots"], case["scales"])
+
+
 def test_refuses_bad_shapes_slots_and_dtypes():
     case = make_lora(4, 16, 12, 8, 2, torch.float32, seed=1)
     y, x, a, b, slots, scales = (case[key] for key in ("y", "x", "a", "b", "slots", "scales"))

@@ -40,6 +40,7 @@ def make_adapter(base_path, out, *, r=4, targets=ALL_TARGETS, seed=1):
         for name, p in peft_model.named_parameters():
             if "lora_" in name:
                 p.normal_(0, 0.4)
+                p.copy_(p.bfloat16().float())  # bfloat16 values: the engine keeps adapters in bfloat16
     peft_model.save_pretrained(out)
     return out
 

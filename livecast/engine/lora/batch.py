@@ -62,8 +62,8 @@ class LoraBatch:
                 add_lora_sgmv(y[d:], x[d:], stack.a, stack.b, self.seg_starts, self.seg_slots, self.slots.scales)
         else:
             for slot, rows in self.slot_rows:
-                delta = (x[rows].float() @ stack.a[slot].T) @ stack.b[slot].T
-                y[rows] = (y[rows].float() + delta).to(y.dtype)
+                delta = (x[rows].float() @ stack.a[slot].float().T) @ stack.b[slot].float().T
+                y[rows] = (y[rows].float() + self.slots.scales[slot] * delta).to(y.dtype)
 
 
 def build_lora_batch(row_slots: list[tuple[int, int]], num_decodes: int, slots: LoraSlots, kernel: str,

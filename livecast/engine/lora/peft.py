@@ -54,14 +54,18 @@ class ModuleShapes:
 
 @dataclass(eq=False, slots=True)
 class LoraAdapter:
-    """One loaded adapter, held in host memory: per (layer, target) the pair (A, scale * B) in float32.
-    `uid` is unique per load (a reload is a new adapter to the prefix cache)."""
+    """One loaded adapter, held in host memory in `dtype` (bfloat16 by default, as vLLM keeps
+    adapters in the model's dtype): per (layer, target) the pair (A, B). `scale` is alpha / r
+    when every module shares it (the slot applies it in float32); with per-module alphas or ranks
+    each B carries its own scale and `scale` is 1. `uid` is unique per load (a reload is a new
+    adapter to the prefix cache)."""
 
     name: str
     path: str
     rank: int  # the largest rank of its modules
     targets: tuple[str, ...]
     modules: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
+    scale: float = 1.0
     uid: int = field(default_factory=lambda: next(_uids))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -104,7 +108,8 @@ def read_config(name: str, folder: str) -> dict:
     return config
 
 
-def load_adapter(name: str, folder: str, shapes: ModuleShapes, max_rank: int) -> LoraAdapter:
+def load_adapter(name: str, folder: str, shapes: ModuleShapes, max_rank: int,
+                 dtype: torch.dtype = torch.bfloat16) -> LoraAdapter:
     """Read and check a PEFT folder; nothing outside it changes (callers register the result)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -135,7 +140,7 @@ def load_adapter(name: str, folder: str, shapes: ModuleShapes, max_rank: int) ->
         pairs.setdefault((layer, target), {})[which] = tensor
     if not pairs:
         raise LoraError(f"adapter {name!r}: {file} holds no LoRA weights")
-    modules, rank = {}, 0
+    modules, scales, rank = {}, {}, 0
     for (layer, target), ab in sorted(pairs.items()):
         module = f"model.layers.{layer}.{'self_attn' if target[0] in 'qkvo' else 'mlp'}.{target}"
         for which in "AB":
@@ -156,8 +161,12 @@ def load_adapter(name: str, folder: str, shapes: ModuleShapes, max_rank: int) ->
         a, b = a.float().contiguous(), b.float()
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise LoraError(f"adapter {name!r}: {file}: {module} has NaN or infinite weights")
-        scale = alpha / (math.sqrt(r) if config.get("use_rslora") else r)
-        modules[(layer, target)] = (a, (b * scale).contiguous())
+        scales[(layer, target)] = alpha / (math.sqrt(r) if config.get("use_rslora") else r)
+        modules[(layer, target)] = (a, b)
         rank = max(rank, r)
+    uniform = len(set(scales.values())) == 1  # the usual case: one alpha / r for every module
+    scale = next(iter(scales.values())) if uniform else 1.0
+    modules = {key: (a.to(dtype).contiguous(), (b if uniform else b * scales[key]).to(dtype).contiguous())
+               for key, (a, b) in modules.items()}
     targets = tuple(t for t in TARGETS if any(key[1] == t for key in modules))
-    return LoraAdapter(name, os.path.abspath(folder), rank, targets, modules)
+    return LoraAdapter(name, os.path.abspath(folder), rank, targets, modules, scale)

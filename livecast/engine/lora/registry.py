@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import threading
 
+import torch
+
 from livecast.engine.lora.peft import LoraAdapter, LoraError, LoraNotFound, ModuleShapes, load_adapter
 from livecast.engine.lora.slots import LoraSlots
 
@@ -26,10 +28,11 @@ def parse_modules(spec: str | None) -> list[tuple[str, str]]:
 
 class LoraRegistry:
     def __init__(self, enabled: bool, shapes: ModuleShapes, max_loras: int, max_rank: int, device,
-                 base_name: str, kernel: str = "torch") -> None:
+                 base_name: str, kernel: str = "torch", dtype: torch.dtype = torch.float32) -> None:
         self.enabled, self.shapes, self.max_rank, self.base_name = enabled, shapes, max_rank, base_name
+        self.dtype = dtype  # adapters' A and B, in host memory and in the slots
         self.adapters: dict[str, LoraAdapter] = {}
-        self.slots = LoraSlots(shapes, max_loras, max_rank, device, kernel) if enabled else None
+        self.slots = LoraSlots(shapes, max_loras, max_rank, device, kernel, dtype) if enabled else None
         self._lock = threading.Lock()  # loads from several threads; the step only reads the dict
 
     def add(self, name: str, path: str) -> LoraAdapter:
@@ -43,7 +46,7 @@ class LoraRegistry:
             raise LoraError(f"adapter name {name!r} is the base model's")
         if name in self.adapters:
             raise LoraError(f"an adapter named {name!r} is already loaded (unload it first)")
-        adapter = load_adapter(name, path, self.shapes, self.max_rank)  # the disk read, outside the lock
+        adapter = load_adapter(name, path, self.shapes, self.max_rank, self.dtype)  # the disk read, outside the lock
         with self._lock:
             if name in self.adapters:
                 raise LoraError(f"an adapter named {name!r} is already loaded (unload it first)")

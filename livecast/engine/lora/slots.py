@@ -31,8 +31,8 @@ class Stack:
 
 class LoraSlots:
     def __init__(self, shapes: ModuleShapes, num_slots: int, max_rank: int, device: torch.device,
-                 kernel: str = "torch") -> None:
-        self.num_slots, self.max_rank, self.device = num_slots, max_rank, device
+                 kernel: str = "torch", dtype: torch.dtype = torch.float32) -> None:
+        self.num_slots, self.max_rank, self.device, self.dtype = num_slots, max_rank, device, dtype
         self.kernel = kernel  # engine.lora.batch's kernel for the steps
         self.shapes = shapes
         self.stacks: list[dict[str, Stack]] = [{} for _ in range(shapes.num_layers)]  # part -> stack
@@ -44,7 +44,7 @@ class LoraSlots:
                 offsets[part] = slice(start, start + out)
                 start += out
         self.columns = offsets
-        self.scales = torch.ones(num_slots, device=device)  # the adapters' scales live in their B
+        self.scales = torch.ones(num_slots, device=device)  # each slot's adapter's alpha / r, float32
         self.resident: OrderedDict[int, int] = OrderedDict()  # adapter uid -> slot, least recent first
         self.parts: dict[int, frozenset[str]] = {}  # slot -> the parts its adapter touches
         self.num_loads = 0
@@ -53,8 +53,9 @@ class LoraSlots:
         stack = self.stacks[layer].get(part)
         if stack is None:
             out, in_f = self.shapes.shapes[part]
-            stack = Stack(torch.zeros(self.num_slots, self.max_rank, in_f, device=self.device),
-                          torch.zeros(self.num_slots, out, self.max_rank, device=self.device), self.columns[part])
+            stack = Stack(torch.zeros(self.num_slots, self.max_rank, in_f, device=self.device, dtype=self.dtype),
+                          torch.zeros(self.num_slots, out, self.max_rank, device=self.device, dtype=self.dtype),
+                          self.columns[part])
             self.stacks[layer][part] = stack
         return stack
 
@@ -95,5 +96,6 @@ class LoraSlots:
             rank = a.shape[0]
             stack.a[slot, :rank].copy_(a)
             stack.b[slot, :, :rank].copy_(b)
+        self.scales[slot] = adapter.scale
         self.parts[slot] = frozenset(adapter.targets)
         self.num_loads += 1

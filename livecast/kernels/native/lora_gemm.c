@@ -1,6 +1,7 @@
 /* Batched LoRA update for x86 CPUs (AVX2/FMA): for every row t whose slot s = slots[t] is >= 0,
  *   y[t, n] += scale[s] * sum_j b[s, n, j] * v[t, j],   v[t, j] = sum_k a[s, j, k] * x[t, k],
- * with x and y float32 or bfloat16 (one flag for both), a (S, R, K) and b (S, N, R) float32.
+ * with x and y float32 or bfloat16 (bit 0 of one flag), a (S, R, K) and b (S, N, R) float32 or
+ * bfloat16 (bit 1: the adapters' weights, widened exactly to float32 as they are read).
  *
  * Rows are grouped by slot (a stable counting sort) into tiles of up to TILE_M rows, so each
  * gathered a[s] and b[s] panel is read once per tile. Two phases, as Punica's shrink and expand:
@@ -34,6 +35,21 @@ static inline __m256 load8(const float *w, long i, int len, __m256 mask) {
     return len == 8 ? _mm256_loadu_ps(w + i) : _mm256_maskload_ps(w + i, _mm256_castps_si256(mask));
 }
 
+/* 8 weights from w + i (float32, or bfloat16 widened exactly), len (<= 8) read, the rest zero */
+static inline __m256 loadw8(const void *w, const int wbf16, long i, int len, __m256 mask) {
+    if (!wbf16) return load8((const float *)w, i, len, mask);
+    const uint16_t *p = (const uint16_t *)w + i;
+    __m128i h;
+    if (len == 8) {
+        h = _mm_loadu_si128((const __m128i *)p);
+    } else {
+        uint16_t tmp[8] = {0};
+        memcpy(tmp, p, sizeof(uint16_t) * (size_t)len);
+        h = _mm_loadu_si128((const __m128i *)tmp);
+    }
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 /* The 8 sums of s[0..7], as 8 lanes; per output the same tree as every other. */
 static inline __m256 hsum8x8(const __m256 s[8]) {
     const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
@@ -59,7 +75,8 @@ static inline __m128i to_bf16x8(__m256 f) {  /* to_bf16 on 8 lanes */
 
 /* v[row_t, c] = a_c . x_t for mt rows and nt rank rows of a (both constants at every call). */
 static inline __attribute__((always_inline)) void shrink_tile(
-        const float *const *xr, const float *a, int k, const int mt, const int nt, float *const *out) {
+        const float *const *xr, const void *a, const int wbf16, int k, const int mt, const int nt,
+        float *const *out) {
     __m256 acc[TILE_M][TILE_R];
     for (int t = 0; t < mt; t++)
         for (int c = 0; c < nt; c++) acc[t][c] = _mm256_setzero_ps();
@@ -67,7 +84,7 @@ static inline __attribute__((always_inline)) void shrink_tile(
         const int len = k - i < 8 ? k - i : 8;
         const __m256 mask = tail_mask(len);
         __m256 av[TILE_R];
-        for (int c = 0; c < nt; c++) av[c] = load8(a + (long)c * k, i, len, mask);
+        for (int c = 0; c < nt; c++) av[c] = loadw8(a, wbf16, (long)c * k + i, len, mask);
         for (int t = 0; t < mt; t++) {
             const __m256 xv = load8(xr[t], i, len, mask);
             for (int c = 0; c < nt; c++) acc[t][c] = _mm256_fmadd_ps(xv, av[c], acc[t][c]);
@@ -79,14 +96,14 @@ static inline __attribute__((always_inline)) void shrink_tile(
 
 #define SHRINK_COLS(MT)                                                              \
     switch (j1 - j < TILE_R ? j1 - j : TILE_R) {                                     \
-    case 3: shrink_tile(xr, aj, k, MT, 3, vr); break;                                \
-    case 2: shrink_tile(xr, aj, k, MT, 2, vr); break;                                \
-    default: shrink_tile(xr, aj, k, MT, 1, vr); break;                               \
+    case 3: shrink_tile(xr, aj, wbf16, k, MT, 3, vr); break;                         \
+    case 2: shrink_tile(xr, aj, wbf16, k, MT, 2, vr); break;                         \
+    default: shrink_tile(xr, aj, wbf16, k, MT, 1, vr); break;                        \
     }
 
 /* v[row, j0 .. j1) for the tile's rows; bf16 rows are widened into xbuf (TILE_M x k) first. */
 static void shrink(const tile_t *tl, const int *order, const void *x, long ldx, const int bf16, int k,
-                   const float *a, int r, float *v, int ldv, int j0, int j1, float *xbuf) {
+                   const void *a, const int wbf16, int r, float *v, int ldv, int j0, int j1, float *xbuf) {
     const float *xr[TILE_M];
     for (int t = 0; t < tl->count; t++) {
         const long row = order[tl->first + t];
@@ -100,7 +117,7 @@ static void shrink(const tile_t *tl, const int *order, const void *x, long ldx, 
         xr[t] = xbuf + (long)t * k;
     }
     for (int j = j0; j < j1; j += TILE_R) {
-        const float *aj = a + (tl->slot * r + j) * (long)k;
+        const void *aj = (const char *)a + (tl->slot * r + j) * (long)k * (wbf16 ? 2 : 4);
         float *vr[TILE_M];
         for (int t = 0; t < tl->count; t++) vr[t] = v + (long)order[tl->first + t] * ldv + j;
         switch (tl->count) {
@@ -115,13 +132,15 @@ static void shrink(const tile_t *tl, const int *order, const void *x, long ldx, 
 /* y[row, c .. c + nc) += scale * b_c . v[row] for one row, b_c the rows of b[slot] (nc a constant
  * at the full-group call, so the 8 accumulators stay in registers). */
 static inline __attribute__((always_inline)) void expand_group(
-        const float *bs, int r, const float *vr, const int nc, float scale, const int bf16, void *yr, int c) {
+        const void *bs, const int wbf16, int r, const float *vr, const int nc, float scale, const int bf16,
+        void *yr, int c) {
     __m256 acc[8];
     for (int e = 0; e < 8; e++) acc[e] = _mm256_setzero_ps();
     for (int j = 0; j < r; j += 8) {
         const int len = r - j < 8 ? r - j : 8;
         const __m256 mask = tail_mask(len), vv = _mm256_loadu_ps(vr + j);  /* v rows are zero-padded to 8 */
-        for (int e = 0; e < nc; e++) acc[e] = _mm256_fmadd_ps(load8(bs + (long)(c + e) * r, j, len, mask), vv, acc[e]);
+        for (int e = 0; e < nc; e++)
+            acc[e] = _mm256_fmadd_ps(loadw8(bs, wbf16, (long)(c + e) * r + j, len, mask), vv, acc[e]);
     }
     const __m256 delta = _mm256_mul_ps(_mm256_set1_ps(scale), hsum8x8(acc));
     if (nc == 8 && bf16) {
@@ -149,24 +168,26 @@ static inline __attribute__((always_inline)) void expand_group(
     }
 }
 
-static void expand(const tile_t *tl, const int *order, void *y, long ldy, const int bf16, const float *b, int n,
-                   int r, const float *v, int ldv, float scale, int c0, int c1) {
-    const float *bs = b + tl->slot * (long)n * r;
+static void expand(const tile_t *tl, const int *order, void *y, long ldy, const int bf16, const void *b,
+                   const int wbf16, int n, int r, const float *v, int ldv, float scale, int c0, int c1) {
+    const void *bs = (const char *)b + tl->slot * (long)n * r * (wbf16 ? 2 : 4);
     const long esize = bf16 ? 2 : 4;
     for (int c = c0; c < c1; c += 8)  /* a b panel of 8 x r stays in L1 across the tile's rows */
         for (int t = 0; t < tl->count; t++) {
             const long row = order[tl->first + t];
             void *yr = (char *)y + row * ldy * esize;
-            if (c1 - c >= 8) expand_group(bs, r, v + row * ldv, 8, scale, bf16, yr, c);
-            else expand_group(bs, r, v + row * ldv, c1 - c, scale, bf16, yr, c);
+            if (c1 - c >= 8) expand_group(bs, wbf16, r, v + row * ldv, 8, scale, bf16, yr, c);
+            else expand_group(bs, wbf16, r, v + row * ldv, c1 - c, scale, bf16, yr, c);
         }
 }
 
-/* bf16: 0 when x and y are float32, 1 when both are bfloat16. slots (t,) int64 in [-1, s).
+/* dtypes: bit 0 set when x and y are bfloat16 (else float32), bit 1 when a and b are bfloat16.
+ * slots (t,) int64 in [-1, s).
  * Returns 0, -1 on a shape or slot it does not take (before writing anything), -2 out of memory. */
-int lc_add_lora(void *y, long ldy, const void *x, long ldx, int bf16, int t, int k, int n,
-                const float *a, const float *b, int r, int s, const int64_t *slots, const float *scales,
+int lc_add_lora(void *y, long ldy, const void *x, long ldx, int dtypes, int t, int k, int n,
+                const void *a, const void *b, int r, int s, const int64_t *slots, const float *scales,
                 int nthreads) {
+    const int bf16 = dtypes & 1, wbf16 = (dtypes >> 1) & 1;
     if (t < 0 || k <= 0 || n <= 0 || r <= 0 || s <= 0) return -1;
     for (int row = 0; row < t; row++)
         if (slots[row] < -1 || slots[row] >= s) return -1;
@@ -203,14 +224,14 @@ int lc_add_lora(void *y, long ldy, const void *x, long ldx, int bf16, int t, int
             #pragma omp for schedule(dynamic)
             for (long task = 0; task < (long)num_tiles * r_chunks; task++) {
                 const int j0 = (int)(task % r_chunks) * R_CHUNK, j1 = j0 + R_CHUNK < r ? j0 + R_CHUNK : r;
-                shrink(&tiles[task / r_chunks], order, x, ldx, bf16, k, a, r, v, ldv, j0, j1, xbuf);
+                shrink(&tiles[task / r_chunks], order, x, ldx, bf16, k, a, wbf16, r, v, ldv, j0, j1, xbuf);
             }
             /* 2. expand: y[row, c] += scale * b[slot, c] . v[row], rounded once into y's dtype */
             #pragma omp for schedule(dynamic)
             for (long task = 0; task < (long)num_tiles * n_chunks; task++) {
                 const tile_t *tl = &tiles[task / n_chunks];
                 const int c0 = (int)(task % n_chunks) * N_CHUNK, c1 = c0 + N_CHUNK < n ? c0 + N_CHUNK : n;
-                expand(tl, order, y, ldy, bf16, b, n, r, v, ldv, scales[tl->slot], c0, c1);
+                expand(tl, order, y, ldy, bf16, b, wbf16, n, r, v, ldv, scales[tl->slot], c0, c1);
             }
         }
         free(xbuf);

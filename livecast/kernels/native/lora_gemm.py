@@ -17,7 +17,7 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 def supports(x: torch.Tensor, a: torch.Tensor) -> bool:
     """Whether `add_lora_native` takes these (else callers use `add_lora_reference`)."""
-    return (x.device.type == a.device.type == "cpu" and x.dtype in DTYPES and a.dtype == torch.float32
+    return (x.device.type == a.device.type == "cpu" and x.dtype in DTYPES and a.dtype in DTYPES
             and library() is not None)
 
 
@@ -26,7 +26,7 @@ def add_lora_native(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.
     """In place, as `add_lora_reference`: y[t] += scales[s] * (b[s] @ (a[s] @ x[t])) for rows with
     slot s >= 0. y (T, N), x (T, K) float32 or bfloat16 with contiguous rows (any row stride);
     a (S, R, K), b (S, N, R), scales (S,) float32; slots (T,) int64 or int32 in [-1, S). CPU only."""
-    check_lora_inputs(y, x, a, b, scales)
+    check_lora_inputs(y, x, a, b, scales, weight_dtypes=DTYPES)
     if y.dtype not in DTYPES or y.device.type != "cpu":
         raise ValueError(f"the native LoRA kernel takes float32 or bfloat16 CPU tensors, got {y.dtype} on {y.device}")
     if y.stride(1) != 1 or x.stride(1) != 1:
@@ -37,7 +37,8 @@ def add_lora_native(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.
     slots = slots.to(torch.int64).contiguous()
     (num_slots, rank, k), (num_rows, n) = a.shape, y.shape
     status = library().lc_add_lora(
-        y.data_ptr(), y.stride(0), x.data_ptr(), x.stride(0), int(y.dtype == torch.bfloat16), num_rows, k, n,
+        y.data_ptr(), y.stride(0), x.data_ptr(), x.stride(0),
+        int(y.dtype == torch.bfloat16) | int(a.dtype == torch.bfloat16) << 1, num_rows, k, n,
         a.data_ptr(), b.data_ptr(), rank, num_slots, slots.data_ptr(), scales.data_ptr(), torch.get_num_threads())
     if status == -2:
         raise MemoryError(f"no memory for the ({num_rows}, {rank}) LoRA intermediate")

@@ -15,7 +15,9 @@ ADAPTERS = {
 
 
 def save_adapter(base_path, out, seed: int, strength: float = 0.15, **lora_kwargs):
-    """A PEFT adapter with random A and B (peft starts B at zero: an identity that proves nothing)."""
+    """A PEFT adapter with random A and B (peft starts B at zero: an identity that proves nothing),
+    whose values are bfloat16's: the engine keeps adapters in bfloat16 (lora_dtype auto), so
+    parity with float32 HF + peft is exact up to the float32 sums."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -26,6 +28,7 @@ def save_adapter(base_path, out, seed: int, strength: float = 0.15, **lora_kwarg
         for name, p in peft_model.named_parameters():
             if "lora_" in name:
                 p.normal_(0, strength)
+                p.copy_(p.bfloat16().float())  # bfloat16 values, as adapters are usually trained and kept
     peft_model.save_pretrained(out)
     return out
 

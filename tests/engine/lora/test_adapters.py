@@ -204,7 +204,7 @@ def test_slots_hold_only_the_projections_adapters_touch(tiny_llama_path, tiny_ad
     assert [sorted(layer) for layer in slots.stacks] == [["q_proj", "v_proj"]] * 2
     per_slot = sum(s.a[0].nbytes + s.b[0].nbytes for layer in slots.stacks for s in layer.values())
     assert slots.nbytes == per_slot * slots.num_slots
-    assert per_slot == 2 * 4 * 8 * (2 * 64 + 64 + 32)  # layers x float32 x max_rank x (q: 64+64, v: 64+32)
+    assert per_slot == 2 * 2 * 8 * (2 * 64 + 64 + 32)  # layers x bfloat16 x max_rank x (q: 64+64, v: 64+32)
     out = run(engine, [("b", PROMPTS[2], SamplingParams(**GREEDY, lora="o1"))])["b"].outputs[0].token_ids
     assert [sorted(layer) for layer in slots.stacks] == [["q_proj", "v_proj"], ["o_proj", "q_proj", "v_proj"]]
     expected = greedy_with_logprobs(merged_model(tiny_llama_path, one_layer), PROMPTS[2], 8)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from livecast.engine import LLMEngine, SamplingParams
 from tests.engine.lora.conftest import ADAPTERS, greedy_with_logprobs, merged_model
@@ -44,13 +45,11 @@ def run(engine, requests, stagger: int = 0):
     return outputs
 
 
-KERNELS = ["torch", "native"]
-
-
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel, lora_dtype", [("torch", "auto"), ("native", "auto"), ("native", "float32")])
 def test_three_adapters_and_the_base_in_one_batch_match_hf_peft_merged(tiny_llama_path, tiny_adapters,
-                                                                        references, kernel):
-    engine = make_engine(tiny_llama_path, tiny_adapters, kernel)
+                                                                        references, kernel, lora_dtype):
+    engine = make_engine(tiny_llama_path, tiny_adapters, kernel, lora_dtype=lora_dtype)
+    assert engine.lora.dtype == (torch.float32 if lora_dtype == "float32" else torch.bfloat16)
     requests = []
     for i, ids in enumerate(PROMPTS):
         for name in [None, *ADAPTERS]:

@@ -10,7 +10,7 @@ from torch import nn
 
 from livecast.engine import LLMEngine, SamplingParams
 from livecast.engine.quant.linear import QuantizedLinear
-from tests.engine.lora.conftest import greedy_with_logprobs, save_adapter
+from tests.engine.lora.conftest import save_adapter
 from tests.engine.lora.test_parity import run
 
 QUESTIONS = ["What is the capital of France?"]
