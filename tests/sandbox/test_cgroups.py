@@ -187,11 +187,17 @@ def test_forked_children_share_the_container_memory_limit(limited, site):
         statuses = [os.waitpid(pid, 0)[1] for pid in children]
         print(sum(os.WIFSIGNALED(s) and os.WTERMSIG(s) == 9 for s in statuses))""")
     # at most two 200 MiB children fit beside the interpreter; the kernel's OOM killer may also pick
-    # the interpreter itself (every process here has the same oom_score_adj), and then nothing prints
+    # the interpreter itself (every process here has the same oom_score_adj), and then nothing prints.
+    # Near the limit the kernel first reclaims the container's file pages (its own code; no swap
+    # here), and under cgroup v1 that can thrash for tens of seconds before the OOM killer acts:
+    # then the container's CPU or wall-clock limit ends it first. Every outcome is a contained one.
     assert result.stdout == "" or int(result.stdout) >= 6, result
-    assert result.limit == limits.MEMORY and "memory limit of 512 MiB (cgroup)" in result.stderr, result
+    assert result.limit in (limits.MEMORY, limits.CPU, limits.TIMEOUT), result
+    if result.limit == limits.MEMORY:
+        assert "memory limit of 512 MiB (cgroup)" in result.stderr, result
     assert 400 * MIB < site.peak_bytes(limited.id) <= 512 * MIB  # the children did allocate; the host gave no more
-    assert run(limited, "'alive'").stdout == "'alive'\n"  # the interpreter was not the one killed
+    limited.kill()  # what a thrash left behind, then a fresh interpreter in the same container
+    assert run(limited, "'alive'").stdout == "'alive'\n"
 
 
 def test_the_cgroup_bounds_processes_below_the_rlimit(limited):
