@@ -18,6 +18,7 @@ from livecast.engine.sequence import Sequence
 from livecast.engine.spec.draft import DraftProposer
 from livecast.kernels import native
 from tests.conftest import make_tiny_llama
+from tests.engine.test_speculative import _run as run_engine
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="identical logits need the deterministic numerics")
 
@@ -49,23 +50,12 @@ def _engine(target, draft=None, **overrides) -> LLMEngine:
 
 
 def _run(engine: LLMEngine, requests=REQUESTS, check=None, abort_after: dict[str, int] | None = None):
-    for i, (prompt, params) in enumerate(requests):
-        engine.add_request(f"r{i}", prompt, params)
-    outputs, steps = {}, 0
-    while engine.has_unfinished_requests():
-        steps += 1
-        for out in engine.step():
-            outputs[out.request_id] = out.outputs[0].token_ids
-        assert not engine.step_errors, engine.step_errors
-        for request_id, at in (abort_after or {}).items():
-            if steps == at:
-                group = engine.requests[request_id]
-                engine.abort_request(request_id)
-                assert group.spec is None or group.spec.proposer_state is None  # its draft blocks went at once
-        if check:
-            check(engine)
+    def released_at_once(group) -> None:  # an aborted request's draft blocks go at once
+        assert group.spec is None or group.spec.proposer_state is None
+
+    outputs = run_engine(engine, requests, check, abort_after, released_at_once)
     _assert_draft_cache_empty(engine)
-    return {rid: outputs[rid] for rid in sorted(outputs)}
+    return outputs
 
 
 def _proposer(engine: LLMEngine) -> DraftProposer:

@@ -103,7 +103,9 @@ def _engine(path, speculative: bool | str, **overrides) -> LLMEngine:
 
 
 def _run(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]], check=None,
-         abort_after: dict[str, int] | None = None) -> dict[str, list[int]]:
+         abort_after: dict[str, int] | None = None, on_abort=None) -> dict[str, list[int]]:
+    """Every request to the end, aborting `abort_after`'s at their step (then `on_abort(group)`),
+    `check(engine)` after each step; nothing may leak."""
     for i, (prompt, params) in enumerate(requests):
         engine.add_request(f"r{i}", prompt, params)
     outputs, steps = {}, 0
@@ -114,7 +116,10 @@ def _run(engine: LLMEngine, requests: list[tuple[list[int], SamplingParams]], ch
         assert not engine.step_errors, engine.step_errors
         for request_id, at in (abort_after or {}).items():
             if steps == at:
+                group = engine.requests[request_id]
                 engine.abort_request(request_id)
+                if on_abort:
+                    on_abort(group)
         if check:
             check(engine)
     _assert_nothing_leaked(engine)
