@@ -140,7 +140,8 @@ def test_out_of_range_positions_and_blocks_are_refused_before_any_write(model):
 @pytest.mark.parametrize("mode", ["swap", "recompute"])
 def test_the_fused_stack_under_preemption_on_smollm2(mode):
     """The default Q4_1 engine with a KV pool so small that sequences are preempted: every request
-    finishes, nothing leaks, and the first tokens equal the torch path's under the same pressure."""
+    finishes, nothing leaks, and the first tokens equal the torch path's under the same pressure
+    and each prompt's alone."""
     from livecast.engine import LLM, SamplingParams
     from tests.engine.test_hf_parity import BLOCK_BYTES_FP32, PROMPTS
 
@@ -171,4 +172,6 @@ def test_the_fused_stack_under_preemption_on_smollm2(mode):
     # logprobs part by ~0.1 on SmolLM2): a close call (prompt 2's 4th token: top two 0.03 apart on
     # the stack) may diverge from the third token on
     assert [t[:2] for t in fused] == [t[:2] for t in torch_path]
-    assert sum(a == b for a, b in zip(fused, torch_path)) >= len(PROMPTS) // 2
+    # and each prompt alone, without pressure (its prefill in one chunk, decodes one row a step)
+    alone = [llm.generate([prompt], params)[0].outputs[0].token_ids for prompt in PROMPTS]
+    assert [t[:2] for t in fused] == [t[:2] for t in alone]
