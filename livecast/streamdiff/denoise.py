@@ -81,13 +81,16 @@ class Job:
         self.x, self.stock, self.slots = x_next, stock_next, [self.slots[0] + 1]
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
 class Denoiser:
     """Runs rounds of jobs through the UNet; owns no per-stream state."""
 
     def __init__(self, unet: torch.nn.Module, prediction_type: str, dtype: torch.dtype):
-        if prediction_type not in ("epsilon", "v_prediction"):
+        if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}; "
-                             f"streamdiff handles 'epsilon' and 'v_prediction' models")
+                             f"streamdiff handles {', '.join(map(repr, PREDICTION_TYPES))} models")
         self.unet = unet
         self.prediction_type = prediction_type
         self.dtype = dtype
@@ -135,6 +138,8 @@ class Denoiser:
     def _step(self, job: Job, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
         g, plan, rows = job.guidance, job.plan, job.x.shape[0]
         k = slice(job.slots[0], job.slots[-1] + 1)
+        if self.prediction_type == "sample":
+            out = self._sample_to_epsilon(job, out, k)
         cond = out[:rows]
         stock = job.stock
         if g.cfg_type == "full":
@@ -157,9 +162,22 @@ class Denoiser:
         stock_next = plan.noise[nk] + plan.alpha[nk] / plan.beta[nk] * noise_error
         return x0, x_next, stock_next
 
+    @staticmethod
+    def _sample_to_epsilon(job: Job, out: torch.Tensor, k: slice) -> torch.Tensor:
+        """An x0 model's rows as the noise they imply, eps = (x_t - alpha * x0) / beta.
+
+        Guidance and Residual CFG's noise estimate then work in the epsilon space they are
+        defined in; x0 comes back from eps exactly (up to rounding) when no guidance mixes it.
+        Rows: the job's, then as many of its unconditional rows (all for full CFG, the first
+        for initialize) at the same slots.
+        """
+        extra = out.shape[0] - job.x.shape[0]
+        alpha, beta, x = (torch.cat([v, v[:extra]]) for v in (job.plan.alpha[k], job.plan.beta[k], job.x))
+        return (x - alpha * out) / beta
+
     def _denoised(self, x: torch.Tensor, model_pred: torch.Tensor, plan: Plan, k: slice) -> torch.Tensor:
         alpha, beta = plan.alpha[k], plan.beta[k]
-        if self.prediction_type == "epsilon":
+        if self.prediction_type in ("epsilon", "sample"):  # sample rows arrive as epsilon
             x0 = (x - beta * model_pred) / alpha
         else:
             x0 = alpha * x - beta * model_pred

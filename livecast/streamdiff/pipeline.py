@@ -259,9 +259,10 @@ class StreamPipeline:
         for k, (i, box, _) in enumerate(todo):
             state = items[i][0]
             plan = state.plan_for(txt2img=box is None)
-            x_first = plan.noise[:1]  # (1, C, h, w)
-            if box is not None:
-                x_first = plan.alpha[:1] * next(latents) + plan.beta[:1] * x_first
+            # x_t = alpha * x0 + beta * noise: the frame's latent, or for txt2img the zero (mean)
+            # latent, as diffusers' trailing Euler starts (noise * sigma_max, scaled to the model)
+            x0 = next(latents) if box is not None else 0.0
+            x_first = plan.alpha[:1] * x0 + plan.beta[:1] * plan.noise[:1]  # (1, C, h, w)
             jobs.append(Job.start(plan, state.guidance, x_first, state.params.use_denoising_batch))
             if k in controls:
                 jobs[-1].control, jobs[-1].control_scale = controls[k], controlled[k][1]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import EulerDiscreteScheduler, LCMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from tests.streamdiff.conftest import SIZE, frame, make_pipe, pixels
+from livecast.streamdiff import StreamPipeline
+from tests.streamdiff.conftest import SIZE, frame, make_pipe, pixels, tiny_components
 
 MAX_LEVELS = 1
 MAX_MEAN_LEVELS = 0.1
@@ -83,3 +84,35 @@ def test_lcm_schedule_matches_diffusers_lcm_scheduler():
         generator=torch.Generator().manual_seed(11)).images[0]
     pipe.prepare("neon city", seed=11, strength=0.5, num_inference_steps=2, schedule="lcm")
     assert_close(expected, pipe(image))
+
+
+def pipe_predicting(prediction_type: str) -> StreamPipeline:
+    """The tiny components with a scheduler for an x0 ("sample") or v model (the trained demo is
+    an x0 model on a gentler schedule)."""
+    parts = tiny_components()
+    parts["scheduler"] = EulerDiscreteScheduler.from_config(
+        parts["scheduler"].config, prediction_type=prediction_type, beta_start=0.0005, beta_end=0.005)
+    return StreamPipeline(**parts, resolution=SIZE, dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "v_prediction"])
+def test_x0_and_v_models_match_diffusers(prediction_type):
+    pipe = pipe_predicting(prediction_type)
+    image = frame(4)
+    img2img = reference(StableDiffusionImg2ImgPipeline, pipe)
+    expected = img2img("a cat", image=image, num_inference_steps=2, strength=0.5, guidance_scale=0.0,
+                       generator=torch.Generator().manual_seed(7)).images[0]
+    pipe.prepare("a cat", seed=7, strength=0.5, num_inference_steps=2)
+    assert_close(expected, pipe(image))
+    # guidance mixes the two predictions in epsilon space; for these models that is the same
+    # mix of their outputs (eps is affine in x0 and in v at fixed x_t), which diffusers does
+    expected = img2img("a cat", negative_prompt="blurry", image=image, num_inference_steps=2, strength=0.5,
+                       guidance_scale=3.0, generator=torch.Generator().manual_seed(5)).images[0]
+    pipe.prepare("a cat", negative_prompt="blurry", seed=5, strength=0.5, num_inference_steps=2,
+                 guidance_scale=3.0, cfg_type="full")
+    assert_close(expected, pipe(image))
+    expected = reference(StableDiffusionPipeline, pipe)(
+        "a photo of a dog", num_inference_steps=1, guidance_scale=0.0, height=SIZE, width=SIZE,
+        generator=torch.Generator().manual_seed(3)).images[0]
+    pipe.prepare("a photo of a dog", seed=3, strength=1.0, num_inference_steps=1)
+    assert_close(expected, pipe(None))
