@@ -397,11 +397,13 @@ def test_lru_keeps_max_loras_resident_and_reloads_on_use(adapters, tmp_path):
 
 
 def test_demo_unet_attention_adapter(tmp_path):
-    # The built-in demo model with a random adapter on its attention projections (the bench's).
+    # The built-in demo architecture with a random adapter on its attention projections (the
+    # bench's). The random build: the trained demo leans on FiLM more than on cross-attention, so
+    # a random adapter moves its pictures by well under a level.
     from livecast.streamdiff import StreamPipeline
     from livecast.streamdiff.lora_format import save_random_adapter
 
-    pipe = StreamPipeline.from_pretrained("demo", device="cpu", dtype=torch.float32, resolution=64)
+    pipe = StreamPipeline.from_pretrained("demo-random", device="cpu", dtype=torch.float32, resolution=64)
     path = save_random_adapter(copy.deepcopy(pipe.unet), tmp_path / "demo-style", seed=1, rank=8)
     adapter = pipe.load_lora("style", str(path))
     assert adapter.rank == 8 and all(".attn" in name for name in adapter.layers)

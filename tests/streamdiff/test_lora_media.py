@@ -1,6 +1,7 @@
 """Style LoRAs in the media room: --diffusion-loras at startup, the `lora` / `lora_scale` stream
 settings over the WebSocket frames protocol and the settings path the WebRTC control channel
-shares, and the images API. A live server on the demo model at 64 px with two random adapters."""
+shares, and the images API. A live server on the demo architecture with random weights (demo-random:
+random adapters move its pictures clearly) at 64 px with two random adapters."""
 from __future__ import annotations
 
 import asyncio
@@ -25,11 +26,12 @@ from tests.media.app import build_app
 from tests.streamdiff.conftest import make_pipe
 
 SIDE = 64
+MODEL = "demo-random"
 
 
 @pytest.fixture(scope="module")
 def demo_adapters(tmp_path_factory):
-    unet = build_random_components("demo")["unet"]
+    unet = build_random_components("demo-random")["unet"]
     root = tmp_path_factory.mktemp("loras")
     return {name: save_random_adapter(unet, root / name, seed=seed, rank=4, std=0.2)
             for name, seed in (("ink", 1), ("neon", 2))}
@@ -38,7 +40,7 @@ def demo_adapters(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(demo_adapters):
     loras = ",".join(f"{name}={path}" for name, path in demo_adapters.items())
-    with running(build_app(diffusion=dict(resolution=SIDE, loras=loras, max_diffusion_loras=1))) as live:
+    with running(build_app(diffusion=dict(model=MODEL, resolution=SIDE, loras=loras, max_diffusion_loras=1))) as live:
         yield live
 
 
@@ -71,11 +73,11 @@ def test_the_flag_and_settings_carry_lora():
 def test_startup_fails_naming_a_malformed_adapter(demo_adapters, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    config = MediaConfig(resolution=SIDE, loras=f"ink={demo_adapters['ink']},broken={bad}")
+    config = MediaConfig(model=MODEL, resolution=SIDE, loras=f"ink={demo_adapters['ink']},broken={bad}")
     with pytest.raises(LoraError, match=r"^LoRA 'broken' \(.*bad\.safetensors\)"):
         config.load_pipeline()
     with pytest.raises(LoraError, match=r"^LoRA 'gone' .*no such LoRA file"):
-        MediaConfig(resolution=SIDE, loras=f"gone={tmp_path / 'gone.safetensors'}").load_pipeline()
+        MediaConfig(model=MODEL, resolution=SIDE, loras=f"gone={tmp_path / 'gone.safetensors'}").load_pipeline()
 
 
 def test_service_settings_switch_lora_for_the_next_frame(tmp_path):

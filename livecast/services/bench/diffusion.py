@@ -5,7 +5,10 @@
    KL VAE), same dtype and device, measured in alternating rounds so background load hits both.
 2. multi-stream throughput: StreamBatcher with 1, 2, 4, 8 streams, frames/s summed over streams.
 3. sd-turbo-shape (SD-Turbo's architecture, random weights): single-stream fps at 512x512.
-4. with `--controlnet SOURCE` (a diffusers ControlNet folder, or controlnet-shape): one pipeline
+4. the trained demo (when its weights ship) against `demo-random`, both through
+   `StreamPipeline.from_pretrained` at the demo resolution, in alternating rounds: the trained
+   weights must not cost frames (issue 28).
+5. with `--controlnet SOURCE` (a diffusers ControlNet folder, or controlnet-shape): one pipeline
    (`--controlnet-model`, the demo by default) with the ControlNet, one stream at scale 0 and one
    at scale 1 (canny map + ControlNet + residuals) in alternating rounds: the cost as a ratio.
 """
@@ -139,6 +142,22 @@ def turbo_shape(args, device: torch.device, dtype: torch.dtype) -> tuple[float, 
     return best_and_median(samples["turbo"]), size, args.turbo_frames
 
 
+def trained_vs_random(args, device: torch.device, dtype: torch.dtype) -> dict[str, tuple[float, float]]:
+    """Single-stream fps of the shipped trained demo and of demo-random, alternating rounds."""
+    from livecast.streamdiff import StreamPipeline
+    from livecast.streamdiff.demo import DEMO
+
+    contenders = {}
+    for name in ("demo", "demo-random"):
+        pipe = StreamPipeline.from_pretrained(name, device=str(device), dtype=dtype)
+        pipe.prepare(PROMPT, num_inference_steps=2, strength=0.5, guidance_scale=0.0)
+        contenders[name] = pipe
+    frames = video_frames(args.frames, DEMO.resolution)
+    time_rounds(contenders, frames[:2], rounds=1, device=device)  # warm-up
+    fps = time_rounds(contenders, frames, rounds=args.rounds, device=device)
+    return {name: best_and_median(samples) for name, samples in fps.items()}
+
+
 def controlnet_cost(pipe, frames: list, rounds: int, device: torch.device) -> dict[str, tuple[float, float]]:
     """Single-stream frames/s (best, median) of `pipe` with its ControlNet off (controlnet_scale 0)
     and on (1), alternating round by round; frames[:2] warm both up."""
@@ -224,6 +243,16 @@ def main(argv: list[str]) -> int:
         "multi_stream_fps": {str(n): best for n, (best, _) in batched.items()},
         "multi_stream_fps_median": {str(n): median for n, (_, median) in batched.items()},
     }
+    from livecast.streamdiff.demo import demo_weights_shipped
+
+    if demo_weights_shipped():
+        both = trained_vs_random(args, device, dtype)
+        (trained, trained_median), (random_, random_median) = both["demo"], both["demo-random"]
+        rows += [["streamdiff StreamPipeline, demo (trained, shipped)", demo, 1, trained, trained_median,
+                  f"{trained / random_:.2f}x demo-random"],
+                 ["streamdiff StreamPipeline, demo-random", demo, 1, random_, random_median, "-"]]
+        result.update(trained_demo_fps=trained, trained_demo_fps_median=trained_median,
+                      random_demo_fps=random_, random_demo_fps_median=random_median)
     if args.turbo_frames > 0:
         (turbo_fps, turbo_median), size, frames = turbo_shape(args, device, dtype)
         rows.append(["streamdiff StreamPipeline (tiny VAE)", f"sd-turbo-shape {size}x{size}", 1,

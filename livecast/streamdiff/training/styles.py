@@ -166,9 +166,9 @@ STYLES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 SUBJECTS = ("a cat", "a dog", "a red fox in the snow", "a city street", "mountains", "a portrait",
             "a flower", "a car", "the ocean", "a forest", "a robot", "a face", "a castle",
-            "a bowl of fruit", "a person at a desk", "a bird", "a house", "a sunset")
+            "a bowl of fruit", "a person at a desk", "a bird", "a house", "a sunset", "a lighthouse at dusk")
 STYLE_TEMPLATES = ("{style}", "{style} of {subject}", "{subject}, {style}", "{subject} in {style} style",
-                   "{style} style", "a {style}", "{style}, highly detailed")
+                   "{style} style", "a {style}", "{style}, highly detailed", "{style}, vivid colors")
 PLAIN_TEMPLATES = ("", "photo", "a photo of {subject}", "{subject}", "{subject}, cinematic")
 
 

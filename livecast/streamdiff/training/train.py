@@ -1,14 +1,16 @@
 """`livecast train demo`: train the demo UNet for one-step img2img/txt2img, seeded, from scratch.
 
 1. Build the untrained demo: the random demo's text encoder, tokenizer and near-identity tiny
-   VAE (seeded), and a fresh UNet of `demo_model.UNET` whose output starts at zero.
+   VAE (seeded), and a fresh UNet of `demo_model.UNET` whose output starts at the mean target.
 2. Make the data bank: procedural scenes and noise scenes (`scenes`), each stylized by every
    filter (`styles`), all encoded once by the frozen tiny VAE. Prompts are encoded once too.
 3. Train the UNet alone at the timesteps streams visit (trailing schedules of 1-4 steps):
-   x_t = alpha * z_in + beta * noise, v = unet(x_t, t, prompt), x0 = alpha * x_t - beta * v,
-   loss = |x0 - z_style|^2. Below t=999, z_in is the scene's latent (a quarter of the time the
-   stylized one, so a second step keeps the style); at t=999 the scene is the noise's own
-   colour field, so a seed becomes a stylized picture.
+   x_t = alpha * z_in + beta * noise, x0 = unet(x_t, t, prompt) (an x0 model), loss =
+   |x0 - z_style|^2. Below t=999, z_in is the scene's latent, or (30% of the time) the scene
+   already stylized in some style: a later step of a 2-4 step schedule keeps the prompt's style,
+   and after a prompt change it switches to the new one. At t=999, x_t is beta * noise, as a
+   txt2img stream starts, and the target is a stylized colour field made from that noise, so a
+   seed becomes a stylized picture.
 4. Save a diffusers folder (fp16 safetensors) plus `livecast_demo.json` (recipe, loss log).
 """
 from __future__ import annotations
@@ -36,12 +38,12 @@ TIMESTEPS = (999, 749, 666, 499, 332, 249)
 TIMESTEP_WEIGHTS = (0.22, 0.1, 0.06, 0.3, 0.08, 0.24)
 assert set(TIMESTEPS) == {int(t) for n in range(1, 5) for t in trailing_timesteps(1000, n)}
 
-FULL = dict(scenes=1024, noises=256, steps=1200, batch=32, size=128, lr=2e-3, readout_batches=32)
+FULL = dict(scenes=2048, noises=512, steps=8000, batch=32, size=128, lr=2e-3, readout_batches=32)
 QUICK = dict(scenes=24, noises=16, steps=20, batch=8, size=128, lr=2e-3, readout_batches=2)
 
 
 def build_untrained(seed: int = DEMO_SEED) -> dict[str, Any]:
-    """Step 1: the demo's frozen parts and a fresh UNet (conv_out zeroed: v = 0 at the start)."""
+    """Step 1: the demo's frozen parts and a fresh UNet (conv_out zeroed; `train` sets its bias)."""
     parts = build_random_components("demo", seed=seed)
     parts.pop("vae")  # the trained demo ships the tiny VAE only
     parts.pop("unet")
@@ -154,16 +156,21 @@ def sample_batch(bank: dict[str, torch.Tensor], embeds: torch.Tensor, prompt_ind
     j = torch.randint(0, noise_lat.shape[0], (batch,), generator=gen)
     source = torch.where(from_noise.view(-1, 1, 1, 1, 1), noise_lat[j], scene_lat[i])
     target = source[torch.arange(batch), k + 1]
-    # A stylized input should stay in its style (the second step of a 2-4 step schedule).
-    keep = (torch.rand(batch, generator=gen) < 0.25) & (k > 0) & (t < 999)
-    z_in = torch.where(keep.view(-1, 1, 1, 1), target, source[:, 0])
+    # A later step of a 2-4 step schedule sees the scene already stylized: in the prompt's own
+    # style it keeps it; in another (the frames in flight when the prompt changed) it switches.
+    # "photo" (k = 0) cannot undo a style, so it only ever sees the scene itself.
+    styled = (torch.rand(batch, generator=gen) < 0.3) & (k > 0) & (t < 999)
+    other = torch.randint(1, num_styles, (batch,), generator=gen)
+    z_in = torch.where(styled.view(-1, 1, 1, 1), source[torch.arange(batch), other + 1], source[:, 0])
     eps = torch.randn(z_in.shape, generator=gen)
     eps = torch.where((t == 999).view(-1, 1, 1, 1), noise[j], eps)  # the scene's own noise
     flip = torch.rand(batch, generator=gen) < 0.5
     z_in, target, eps = (torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x) for x in (z_in, target, eps))
     a = ac[t].sqrt().view(-1, 1, 1, 1)
     b = (1 - ac[t]).sqrt().view(-1, 1, 1, 1)
-    x_t = a * z_in + b * eps
+    # txt2img starts from beta * noise (the zero latent noised, as the pipeline does); img2img
+    # noises the input latent
+    x_t = torch.where((t == 999).view(-1, 1, 1, 1), b * eps, a * z_in + b * eps)
     p = torch.stack([idx[torch.randint(0, len(idx), (1,), generator=gen)][0]
                      for idx in (prompt_index[int(s)] for s in k)])
     return x_t, t, embeds[p], a, b, target
@@ -180,19 +187,12 @@ def train(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, steps: int, b
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
-    scene_lat = bank["scenes"]
-    t_choices = torch.tensor(TIMESTEPS)
-    t_probs = torch.tensor(TIMESTEP_WEIGHTS)
-    with torch.no_grad():
-        # The demo latents are not zero-mean: start conv_out's bias at the mean v target,
-        # -mean(z) * E[beta], so the first steps learn the picture rather than an offset.
-        beta_mean = float((t_probs * (1 - ac[t_choices]).sqrt()).sum() / t_probs.sum())
-        unet.conv_out.bias.copy_(-scene_lat[:, 1:].mean((0, 1, 3, 4)) * beta_mean)
+    with torch.no_grad():  # start at the mean target, so the first steps learn the picture
+        unet.conv_out.bias.copy_(bank["scenes"][:, 1:].mean((0, 1, 3, 4)))
     history, start = [], time.monotonic()
     for step in range(steps):
-        x_t, t, emb, a, b, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
-        v = unet(x_t, t.float(), encoder_hidden_states=emb).sample
-        x0 = a * x_t - b * v
+        x_t, t, emb, _a, _b, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
+        x0 = unet(x_t, t.float(), encoder_hidden_states=emb).sample
         loss = F.mse_loss(x0, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -220,8 +220,8 @@ def fit_readout_(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, batche
     """Step 3b: solve the UNet's output convolution in closed form (weighted ridge regression).
 
     conv_out is linear in its 3x3 input patches, so on the batches of `sample_batch` the x0 loss
-    |alpha * x_t - beta * conv_out(f) - target|^2 is least squares in its weights: a few hundred
-    gradient steps leave it far from that optimum, and solving it costs only forward passes.
+    |conv_out(f) - target|^2 is least squares in its weights: a few hundred gradient steps leave
+    it short of that optimum, and solving it costs only forward passes.
     """
     unet, conv_out = parts["unet"].eval(), parts["unet"].conv_out
     embeds, prompt_index = encode_prompts(parts)
@@ -235,16 +235,12 @@ def fit_readout_(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, batche
     hook = conv_out.register_forward_pre_hook(lambda _m, args: captured.update(x=args[0]))
     try:
         for _ in range(batches):
-            x_t, t, emb, a, b, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
+            x_t, t, emb, _a, _b, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
             unet(x_t, t.float(), encoder_hidden_states=emb)
             patches = F.unfold(captured["x"], k, padding=k // 2).transpose(1, 2)  # (B, hw, in*k*k)
-            features = torch.cat([patches, torch.ones(*patches.shape[:2], 1)], -1)
-            # x0 = a*x_t - b*v: rows weighted by beta fit x0, with v's target (a*x_t - x0)/b.
-            weight = b.view(-1, 1, 1)
-            v_target = ((a * x_t - target) / b).flatten(2).transpose(1, 2)  # (B, hw, C)
-            rows = (features * weight).flatten(0, 1).double()
+            rows = torch.cat([patches, torch.ones(*patches.shape[:2], 1)], -1).flatten(0, 1).double()
             gram += rows.T @ rows
-            rhs += rows.T @ (v_target * weight).flatten(0, 1).double()
+            rhs += rows.T @ target.flatten(2).transpose(1, 2).flatten(0, 1).double()
             if progress is not None:
                 progress.update(1)
     finally:
