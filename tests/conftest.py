@@ -8,6 +8,8 @@ import tempfile
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the agent store of every app a test builds lives in a temporary folder, never the user's home
 os.environ["LIVECAST_DATA_DIR"] = tempfile.mkdtemp(prefix="livecast-test-")
+# and the kernel choices timed at load (engine.quant.measured) are shared by this run alone
+os.environ["LIVECAST_CACHE_DIR"] = os.environ["LIVECAST_DATA_DIR"]
 
 import pytest
 import torch

@@ -14,6 +14,7 @@ from torch import nn
 from livecast.engine.quant.int4 import Int4Linear, QuantizedWeight
 from livecast.engine.quant.int8 import Int8Linear
 from livecast.engine.quant.linear import QuantizedLinear
+from livecast.engine.quant.measured import measured
 
 MODES = ("auto", "none", "awq", "gguf")
 PROBE_TOKENS = (4, 8, 16, 32, 64, 128)
@@ -90,17 +91,13 @@ def probe_crossover(linears: list[QuantizedLinear], dense: list[torch.Tensor], r
     return crossover, dtype
 
 
-_int8_wins: dict[tuple, bool] = {}
-
-
 @torch.inference_mode()
 def int8_beats_int4(linears: list[Int4Linear], reps: int = 5) -> bool:
     """Whether per-row int8 kernels beat these int4 ones (one decoder layer's) at decode sizes,
     1 and 8 rows, by 10%, on this machine. PyTorch's CPU int4 kernel is not the faster one
     everywhere: on an AVX2-only EPYC int8 measured 17% faster at both sizes. Measured once per
-    process and layer shape, so every engine of a process computes the same model."""
-    key = tuple((m.out_features, m.in_features, m.group_size) for m in linears)
-    if key not in _int8_wins:
+    machine and layer shape (`measured`), so every engine of every process computes alike."""
+    def measure() -> bool:
         int8 = [Int8Linear(m.dequantize()) for m in linears]
         wins = True
         for rows in (1, 8):
@@ -108,8 +105,9 @@ def int8_beats_int4(linears: list[Int4Linear], reps: int = 5) -> bool:
             t_int4 = median_s(lambda: [m.weight_mm(x) for m, x in zip(linears, xs)], reps)
             t_int8 = median_s(lambda: [m.weight_mm(x) for m, x in zip(int8, xs)], reps)
             wins = wins and t_int8 < 0.9 * t_int4
-        _int8_wins[key] = wins
-    return _int8_wins[key]
+        return wins
+    shapes = tuple((m.out_features, m.in_features, m.group_size) for m in linears)
+    return bool(measured("int8_beats_int4", shapes, measure))
 
 
 def choose_kernel(model: nn.Module, fused: dict[str, QuantizedWeight], device: torch.device, kernel: str) -> str:
@@ -133,8 +131,14 @@ def attach_dense(model: nn.Module, fused: dict[str, QuantizedWeight], device: to
     if device.type != "cpu" or not fused:
         return f"{kernel} at every step size"
     first = [t for t in fused if t.startswith("layers.0.")]
-    min_tokens, dtype = probe_crossover([model.get_submodule(t) for t in first],
-                                        [fused[t].dequantize() for t in first])
+    linears = [model.get_submodule(t) for t in first]
+
+    def measure() -> list:  # JSON-able: [rows or None, dtype name]
+        rows, dtype = probe_crossover(linears, [fused[t].dequantize() for t in first])
+        return [rows, str(dtype).removeprefix("torch.")]
+    shapes = (kernel, tuple((type(m).__name__, m.out_features, m.in_features) for m in linears))
+    min_tokens, dtype_name = measured("dense_crossover", shapes, measure)
+    dtype = getattr(torch, dtype_name)
     if min_tokens is None:
         return f"{kernel} at every step size (dense never measured faster)"
     import psutil

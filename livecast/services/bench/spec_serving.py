@@ -119,6 +119,9 @@ def run_setting(url: str, label: str, workloads: list[ChatWorkload], streams: li
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
         model = http.get("/v1/models").raise_for_status().json()["data"][0]["id"]
+        # which kernels this process computes with (int4/int8, the dense crossover): what "same
+        # text as off" depends on across servers
+        kernels = (http.get("/health").json().get("llm") or {}).get("quantization_detail") if livecast else None
     # a text of no workload: llama.cpp's ngram-mod pool and livecast's suffix trees outlive a request
     warm = ChatWorkload("warm-up", 8, [[{"role": "user", "content": "Say hello."}]])
     asyncio.run(_closed_loop(url, model, warm, 1, headers, {}))
@@ -129,7 +132,7 @@ def run_setting(url: str, label: str, workloads: list[ChatWorkload], streams: li
             r = runs[-1]
             print(f"{label} {work.name} x{n}: {r['completed']}/{r['num_requests']}, decode "
                   f"{r['decode_tok_s']:.1f} tok/s, acceptance {r['acceptance']}", file=sys.stderr)
-    return {"server": label, "runs": runs, "ttft": run_ttft(url, model, prompts, headers)}
+    return {"server": label, "kernels": kernels, "runs": runs, "ttft": run_ttft(url, model, prompts, headers)}
 
 
 def _same_texts(run: dict, base: dict | None) -> str:
