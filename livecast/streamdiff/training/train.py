@@ -144,7 +144,7 @@ def encode_prompts(parts: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tens
 
 def sample_batch(bank: dict[str, torch.Tensor], embeds: torch.Tensor, prompt_index: list[torch.Tensor],
                  ac: torch.Tensor, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """One training batch: (x_t, t, prompt embeddings, alpha, beta, target x0)."""
+    """One training batch: (x_t, t, prompt embeddings, target x0)."""
     scene_lat, noise, noise_lat = bank["scenes"], bank["noise"], bank["noise_scenes"]
     num_styles = scene_lat.shape[1] - 1
     t_choices = torch.tensor(TIMESTEPS)
@@ -173,7 +173,7 @@ def sample_batch(bank: dict[str, torch.Tensor], embeds: torch.Tensor, prompt_ind
     x_t = torch.where((t == 999).view(-1, 1, 1, 1), b * eps, a * z_in + b * eps)
     p = torch.stack([idx[torch.randint(0, len(idx), (1,), generator=gen)][0]
                      for idx in (prompt_index[int(s)] for s in k)])
-    return x_t, t, embeds[p], a, b, target
+    return x_t, t, embeds[p], target
 
 
 def train(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, steps: int, batch: int, lr: float,
@@ -191,7 +191,7 @@ def train(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, steps: int, b
         unet.conv_out.bias.copy_(bank["scenes"][:, 1:].mean((0, 1, 3, 4)))
     history, start = [], time.monotonic()
     for step in range(steps):
-        x_t, t, emb, _a, _b, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
+        x_t, t, emb, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
         x0 = unet(x_t, t.float(), encoder_hidden_states=emb).sample
         loss = F.mse_loss(x0, target)
         opt.zero_grad(set_to_none=True)
@@ -235,7 +235,7 @@ def fit_readout_(parts: dict[str, Any], bank: dict[str, torch.Tensor], *, batche
     hook = conv_out.register_forward_pre_hook(lambda _m, args: captured.update(x=args[0]))
     try:
         for _ in range(batches):
-            x_t, t, emb, _a, _b, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
+            x_t, t, emb, target = sample_batch(bank, embeds, prompt_index, ac, batch, gen)
             unet(x_t, t.float(), encoder_hidden_states=emb)
             patches = F.unfold(captured["x"], k, padding=k // 2).transpose(1, 2)  # (B, hw, in*k*k)
             rows = torch.cat([patches, torch.ones(*patches.shape[:2], 1)], -1).flatten(0, 1).double()
